@@ -1,0 +1,116 @@
+//! `cpengine`: the command-line interface over the engine library.
+
+mod check;
+mod dump;
+mod restore;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Checkpoint and restore processes and containers with CRIU, natively.
+#[derive(Debug, Parser)]
+#[command(name = "cpengine", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that CRIU is installed, recent enough, and what this kernel supports.
+    Check(check::Args),
+    /// Checkpoint a process tree into a directory of CRIU images.
+    Dump(dump::Args),
+    /// Restore a process tree from CRIU images; it keeps running after cpengine exits.
+    Restore(restore::Args),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Check(a) => check::run(a).await,
+            Command::Dump(a) => dump::run(a).await,
+            Command::Restore(a) => restore::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dump_requires_images_dir() {
+        assert!(Cli::try_parse_from(["cpengine", "dump", "12"]).is_err());
+        let cli = Cli::try_parse_from([
+            "cpengine",
+            "dump",
+            "12",
+            "--images-dir",
+            "/tmp/x",
+            "--leave-running",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Dump(a) => {
+                assert_eq!(a.pid, 12);
+                assert!(a.leave_running);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pid_must_be_a_number() {
+        assert!(Cli::try_parse_from(["cpengine", "dump", "abc", "--images-dir", "/x"]).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! Reading the CRIU image files the engine needs (size-capped, typed errors).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use criu_proto::image::{self, ImageError, ImageReader};
+use criu_proto::images::{InventoryEntry, PstreeEntry};
+
+/// Most entries cpengine accepts in `pstree.img` (one per process).
+const MAX_TASKS: usize = 1 << 16;
+
+/// The process tree of an image set.
+pub fn read_pstree(images_dir: &Path) -> Result<Vec<PstreeEntry>, ImageError> {
+    let f = File::open(images_dir.join("pstree.img"))?;
+    let mut r = ImageReader::new(
+        BufReader::new(f),
+        image::Header::Common(image::magic::PSTREE),
+    )?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry::<PstreeEntry>()? {
+        if out.len() == MAX_TASKS {
+            return Err(ImageError::Oversized {
+                offset: r.offset(),
+                size: MAX_TASKS as u64 + 1,
+                limit: MAX_TASKS as u64,
+            });
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// The inventory (header) of an image set.
+pub fn read_inventory(images_dir: &Path) -> Result<InventoryEntry, ImageError> {
+    let f = File::open(images_dir.join("inventory.img"))?;
+    ImageReader::new(
+        BufReader::new(f),
+        image::Header::Single(image::magic::INVENTORY),
+    )?
+    .one()
+}

@@ -1,0 +1,85 @@
+//! cpengine: checkpoint and restore of processes and containers, driving CRIU natively over
+//! its RPC protocol.
+//!
+//! The data path of a checkpoint: [`Engine::dump`] vets the target and the images directory,
+//! starts `criu swrk` on a socketpair ([`criu::Session`]), sends one DUMP request with the
+//! options built by [`criu::convert`], answers CRIU's hooks, and returns a [`report`] with the
+//! engine's phases and CRIU's own statistics. A restore is the mirror image, with the restored
+//! tree re-parented to the caller (`rst_sibling`).
+
+pub mod cgroups;
+pub mod criu;
+mod error;
+pub mod images;
+pub mod options;
+pub mod proc;
+pub mod process;
+pub mod report;
+pub mod sys;
+
+pub use error::{Error, Result};
+pub use options::{CheckpointOptions, RestoreOptions};
+pub use report::{DumpReport, RestoreReport};
+
+use criu::{AckAll, Criu, CriuVersion, Features, NotifyHandler};
+
+/// A ready-to-use engine: a located CRIU of a supported version.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    criu: Criu,
+    version: CriuVersion,
+}
+
+impl Engine {
+    /// Finds CRIU and checks its version.
+    pub async fn new() -> Result<Self> {
+        let (criu, version) = Criu::detect().await?;
+        Ok(Self { criu, version })
+    }
+
+    /// An engine over a specific CRIU whose version is already known.
+    pub fn with_criu(criu: Criu, version: CriuVersion) -> Self {
+        Self { criu, version }
+    }
+
+    pub fn criu(&self) -> &Criu {
+        &self.criu
+    }
+
+    pub fn criu_version(&self) -> &CriuVersion {
+        &self.version
+    }
+
+    /// FEATURE_CHECK for every feature cpengine knows.
+    pub async fn features(&self) -> Result<Features> {
+        Ok(self.criu.features(Features::ALL).await?)
+    }
+
+    /// Checkpoints a process tree.
+    pub async fn dump(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
+        self.dump_with(opts, &mut AckAll).await
+    }
+
+    /// Checkpoints a process tree, answering CRIU's hooks with `handler`.
+    pub async fn dump_with(
+        &self,
+        opts: &CheckpointOptions,
+        handler: &mut dyn NotifyHandler,
+    ) -> Result<DumpReport> {
+        process::dump(&self.criu, Some(&self.version), opts, handler).await
+    }
+
+    /// Restores a process tree; the restored root becomes a child of this process.
+    pub async fn restore(&self, opts: RestoreOptions) -> Result<RestoreReport> {
+        self.restore_with(opts, &mut AckAll).await
+    }
+
+    /// Restores a process tree, answering CRIU's hooks with `handler`.
+    pub async fn restore_with(
+        &self,
+        opts: RestoreOptions,
+        handler: &mut dyn NotifyHandler,
+    ) -> Result<RestoreReport> {
+        process::restore(&self.criu, opts, handler).await
+    }
+}

@@ -1,0 +1,381 @@
+//! Checkpoint and restore of plain process trees over swrk.
+//!
+//! Dump: check the target and the images directory before CRIU starts (clear errors, nothing
+//! touched), snapshot the tree's state, send DUMP, and whatever happens make sure the tree is
+//! running and not stopped afterwards unless CRIU was asked to kill it. Restore: send RESTORE
+//! with `rst_sibling`, so the restored root is our child.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::criu::convert::{self, DUMP_LOG, RESTORE_LOG};
+use crate::criu::{Criu, CriuVersion, Exchange, NotifyHandler, SpawnSpec};
+use crate::error::{Error, Result};
+use crate::options::{CheckpointOptions, RestoreOptions};
+use crate::proc::{self, TaskState};
+use crate::report::{self, DumpReport, DumpStats, Phase, RestoreReport, RestoreStats};
+use crate::sys;
+
+/// Dumps the process tree described by `opts`.
+pub async fn dump(
+    criu: &Criu,
+    version: Option<&CriuVersion>,
+    opts: &CheckpointOptions,
+    handler: &mut dyn NotifyHandler,
+) -> Result<DumpReport> {
+    let started = Instant::now();
+    let pid = opts.pid;
+    if pid <= 0 || !proc::exists(pid) {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    let images = prepare_images_dir(&opts.images_dir)?;
+    let work = open_work_dir(opts.work_dir.as_deref())?;
+    let work_path = opts.effective_work_dir().to_path_buf();
+    // A stale stats file must not be mistaken for this dump's.
+    let _ = fs::remove_file(work_path.join("stats-dump"));
+    let before = snapshot(pid);
+    let existing = dir_names(&opts.images_dir);
+
+    let req = convert::dump_request(
+        opts,
+        images.as_raw_fd(),
+        work.as_ref().map(AsRawFd::as_raw_fd),
+    );
+    let mut session = criu.session(SpawnSpec::default())?;
+    session.set_log(work_path.join(DUMP_LOG));
+    let prepared = started.elapsed();
+    let result = session.request(req, handler, opts.timeout).await;
+    let exchange = match result {
+        Ok(ex) => ex,
+        Err(source) => {
+            session.kill().await;
+            resume_tree(&before, opts.freeze_cgroup.as_deref());
+            remove_partial_images(&opts.images_dir, &existing);
+            return Err(Error::Dump { pid, source });
+        }
+    };
+    session.finish().await;
+    drop(images);
+    drop(work);
+
+    if opts.leave_running {
+        resume_tree(&before, opts.freeze_cgroup.as_deref());
+    }
+    let stats_path = work_path.join("stats-dump");
+    let criu_stats = match report::read_stats(&stats_path) {
+        Ok(s) => s.dump.map(DumpStats::from),
+        Err(e) => {
+            tracing::warn!(path = %stats_path.display(), error = %e, "no dump statistics");
+            None
+        }
+    };
+    let (images_bytes, images_files) = dir_usage(&opts.images_dir);
+    let mut phases = vec![Phase::new("prepare", prepared)];
+    phases.extend(criu_phases(
+        &exchange,
+        "post-dump",
+        "criu: freeze + dump",
+        "criu: resume + exit",
+    ));
+    Ok(DumpReport {
+        pid,
+        images_dir: opts.images_dir.clone(),
+        leave_running: opts.leave_running,
+        criu_version: version.cloned(),
+        phases,
+        total: started.elapsed(),
+        hooks: exchange.hooks,
+        criu: criu_stats,
+        images_bytes,
+        images_files,
+        page_size: sys::page_size(),
+    })
+}
+
+/// Restores the process tree in `opts.images_dir`. The restored root is our child.
+pub async fn restore(
+    criu: &Criu,
+    opts: RestoreOptions,
+    handler: &mut dyn NotifyHandler,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let images_dir = opts.images_dir.clone();
+    if !images_dir.join("inventory.img").is_file() {
+        return Err(Error::NoImages { path: images_dir });
+    }
+    let images = sys::open_dir(&images_dir).map_err(|source| Error::ImagesDir {
+        path: images_dir.clone(),
+        source,
+    })?;
+    let mut phases = Vec::new();
+    if opts.check_pids {
+        let t = Instant::now();
+        wait_for_free_ids(&images_dir).await?;
+        phases.push(Phase::new("wait for free pids", t.elapsed()));
+    }
+    let prepare_start = Instant::now();
+    let work = open_work_dir(opts.work_dir.as_deref())?;
+    let work_path = opts.effective_work_dir().to_path_buf();
+    let _ = fs::remove_file(work_path.join("stats-restore"));
+
+    let mut inherit_keys = Vec::with_capacity(opts.inherit_fds.len());
+    let mut inherit_fds: Vec<OwnedFd> = Vec::with_capacity(opts.inherit_fds.len());
+    let req = {
+        for (i, f) in opts.inherit_fds.iter().enumerate() {
+            inherit_keys.push((f.key.clone(), SpawnSpec::inherited_fd_number(i)));
+        }
+        convert::restore_request(
+            &opts,
+            images.as_raw_fd(),
+            work.as_ref().map(AsRawFd::as_raw_fd),
+            &inherit_keys,
+        )
+    };
+    let RestoreOptions {
+        inherit_fds: inherit,
+        stdio,
+        timeout,
+        ..
+    } = opts;
+    inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
+    let mut session = criu.session(SpawnSpec {
+        inherit: inherit_fds,
+        stdio,
+    })?;
+    session.set_log(work_path.join(RESTORE_LOG));
+    phases.push(Phase::new("prepare", prepare_start.elapsed()));
+    let exchange = match session.request(req, handler, timeout).await {
+        Ok(ex) => ex,
+        Err(source) => {
+            session.kill().await;
+            return Err(Error::Restore { images_dir, source });
+        }
+    };
+    session.finish().await;
+    let pid = exchange.resp.restore.as_ref().map_or(-1, |r| r.pid);
+
+    let stats_path = work_path.join("stats-restore");
+    let criu_stats = match report::read_stats(&stats_path) {
+        Ok(s) => s.restore.map(RestoreStats::from),
+        Err(e) => {
+            tracing::warn!(path = %stats_path.display(), error = %e, "no restore statistics");
+            None
+        }
+    };
+    phases.extend(criu_phases(
+        &exchange,
+        "post-restore",
+        "criu: restore",
+        "criu: resume + exit",
+    ));
+    Ok(RestoreReport {
+        pid,
+        images_dir,
+        phases,
+        total: started.elapsed(),
+        hooks: exchange.hooks,
+        criu: criu_stats,
+    })
+}
+
+/// How long a restore waits for the ids it needs to be released. Killed trees leave orphans
+/// and zombies that keep their pid, process group or session id until someone reaps them; a
+/// lazy init can take a second or more.
+const ID_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until no process holds a pid, process-group or session id of the tree in the images
+/// (CRIU restores with the original ids), or fails naming the holder.
+async fn wait_for_free_ids(images_dir: &Path) -> Result<()> {
+    let tree = crate::images::read_pstree(images_dir).map_err(|source| Error::Images {
+        path: images_dir.join("pstree.img"),
+        source,
+    })?;
+    let mut ids: Vec<i32> = Vec::new();
+    for t in &tree {
+        ids.push(t.pid as i32);
+        ids.extend(t.threads.iter().map(|&x| x as i32));
+    }
+    let in_tree = |id: u32| tree.iter().any(|t| t.pid == id);
+    for t in &tree {
+        // Group and session ids of the tree's own tasks must be free; ids of outside leaders
+        // (a shell job) are inherited, not created.
+        ids.extend(
+            [t.pgid, t.sid]
+                .into_iter()
+                .filter(|&x| in_tree(x))
+                .map(|x| x as i32),
+        );
+    }
+    let deadline = Instant::now() + ID_RELEASE_WAIT;
+    loop {
+        let held = proc::ids_in_use(&ids);
+        let Some(h) = held.into_iter().next() else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::IdInUse { holder: h });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Splits CRIU's part of the time at the hook `split` (if CRIU reached it).
+fn criu_phases(ex: &Exchange, split: &str, before: &str, after: &str) -> Vec<Phase> {
+    match ex.hook_at(split) {
+        Some(at) => vec![
+            Phase::new(before, at),
+            Phase::new(after, ex.elapsed.saturating_sub(at)),
+        ],
+        None => vec![Phase::new("criu", ex.elapsed)],
+    }
+}
+
+/// Creates (0700) and vets the images directory, returning an fd for CRIU.
+fn prepare_images_dir(path: &Path) -> Result<OwnedFd> {
+    let dir_err = |source| Error::ImagesDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
+        Ok(()) => {}
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(libc::EROFS) =>
+        {
+            return Err(Error::ImagesDirNotWritable {
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+        Err(e) => return Err(dir_err(e)),
+    }
+    if path.join("inventory.img").exists() {
+        return Err(Error::ImagesDirNotEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    // Writability is checked by writing: root ignores mode bits, but not a read-only mount.
+    let probe = path.join(format!(".cpengine-probe-{}", std::process::id()));
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+        }
+        Err(source) => {
+            return Err(Error::ImagesDirNotWritable {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    sys::open_dir(path).map_err(dir_err)
+}
+
+fn open_work_dir(path: Option<&Path>) -> Result<Option<OwnedFd>> {
+    let Some(path) = path else { return Ok(None) };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .and_then(|()| sys::open_dir(path))
+        .map(Some)
+        .map_err(|source| Error::WorkDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn dir_names(dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// After a failed dump, removes the images CRIU wrote (they cannot be restored) and keeps the
+/// log, so that the directory can be reused and the failure still diagnosed.
+fn remove_partial_images(dir: &Path, existing: &std::collections::BTreeSet<std::ffi::OsString>) {
+    for name in dir_names(dir) {
+        if existing.contains(&name) || name == DUMP_LOG {
+            continue;
+        }
+        let p = dir.join(&name);
+        if p.symlink_metadata()
+            .is_ok_and(|m| m.is_file() || m.file_type().is_symlink())
+        {
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
+/// Total size and number of regular files directly in `dir`.
+pub(crate) fn dir_usage(dir: &Path) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut files = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Ok(m) = e.metadata()
+                && m.is_file()
+            {
+                bytes += m.len();
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+/// The tree's tasks and their state before CRIU touched them.
+pub(crate) struct TreeSnapshot {
+    tasks: Vec<(i32, TaskState)>,
+}
+
+pub(crate) fn snapshot(pid: i32) -> TreeSnapshot {
+    TreeSnapshot {
+        tasks: proc::tree(pid)
+            .into_iter()
+            .filter_map(|p| proc::task_state(p).map(|s| (p, s)))
+            .collect(),
+    }
+}
+
+/// Makes sure a tree CRIU has let go of runs: thaws its freezer cgroup (CRIU leaves it frozen if
+/// it dies mid-dump) and continues tasks that were running before but are stopped now.
+pub(crate) fn resume_tree(before: &TreeSnapshot, freeze_cgroup: Option<&Path>) {
+    if let Some(cg) = freeze_cgroup {
+        crate::cgroups::thaw(cg);
+    }
+    // Give the kernel a moment to finish detaching tracees of a dead tracer.
+    for _ in 0..50 {
+        let stuck: Vec<i32> = before
+            .tasks
+            .iter()
+            .filter(|(pid, was)| {
+                !was.is_stopped() && proc::task_state(*pid).is_some_and(|now| now.is_stopped())
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        if stuck.is_empty() {
+            return;
+        }
+        for pid in &stuck {
+            if proc::task_state(*pid).is_some_and(|s| s.state == 'T' && s.tracer == 0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!("some tasks are still stopped after the checkpoint");
+}

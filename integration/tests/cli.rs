@@ -1,0 +1,120 @@
+//! The `cpengine` command line against real CRIU.
+
+use std::process::Command;
+
+use cpengine_integration::*;
+
+#[test]
+fn check_reports_the_binary_version_and_features() {
+    init();
+    let (status, out, err) = run(Command::new(cpengine_bin()).arg("check"));
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.contains("/usr/local/sbin/criu"), "{out}");
+    assert!(out.contains("4.2.1"), "{out}");
+    assert!(
+        out.contains("lazy_pages") && out.contains("mem_track") && out.contains("pidfd_store"),
+        "{out}"
+    );
+
+    let (status, out, _) = run(Command::new(cpengine_bin()).args(["check", "--json"]));
+    assert!(status.success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["version"], "4.2.1");
+    assert_eq!(v["supported"], true);
+    assert!(v["features"]["lazy_pages"].is_boolean());
+}
+
+#[test]
+fn check_fails_with_a_hint_when_criu_is_missing() {
+    init();
+    let (status, out, err) = run(Command::new(cpengine_bin())
+        .arg("check")
+        .env("CPENGINE_CRIU", "/nonexistent/criu"));
+    assert!(!status.success());
+    let all = format!("{out}{err}");
+    assert!(all.contains("/nonexistent/criu"), "{all}");
+    assert!(all.contains("scripts/setup.sh"), "{all}");
+}
+
+/// A fake CRIU that answers VERSION with 3.17 (Debian bookworm's): too old.
+#[test]
+fn check_fails_with_a_hint_when_criu_is_too_old() {
+    init();
+    let dir = scratch("cpe-fake-");
+    let fake = dir.path().join("criu");
+    std::fs::write(
+        &fake,
+        "#!/usr/bin/env python3\n\
+         import socket\n\
+         s = socket.socket(fileno=3)\n\
+         s.recv(4096)\n\
+         # criu_resp{type=VERSION, success=true, version{major 3, minor 17}}\n\
+         s.send(bytes([0x08, 0x0a, 0x10, 0x01, 0x52, 0x04, 0x08, 0x03, 0x10, 0x11]))\n",
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&fake).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (status, out, err) = run(Command::new(cpengine_bin())
+        .arg("check")
+        .env("CPENGINE_CRIU", &fake));
+    assert!(!status.success(), "{out}");
+    let all = format!("{out}{err}");
+    assert!(all.contains("3.17"), "{all}");
+    assert!(all.contains("too old"), "{all}");
+    assert!(all.contains("scripts/setup.sh"), "{all}");
+}
+
+#[test]
+fn dump_of_a_missing_pid_fails_naming_it() {
+    init();
+    let dir = scratch("cpe-img-");
+    let (status, _, err) = run(Command::new(cpengine_bin())
+        .args(["dump", "4194305", "--images-dir"])
+        .arg(dir.path()));
+    assert!(!status.success());
+    assert!(err.contains("no process with pid 4194305"), "{err}");
+}
+
+#[test]
+fn dump_and_restore_through_the_cli() {
+    init();
+    let mut w = Workload::start(&[]);
+    let images = scratch("cpe-img-");
+    let (status, out, err) = run(Command::new(cpengine_bin())
+        .args([
+            "dump",
+            &w.pid.to_string(),
+            "--leave-running",
+            "--json",
+            "--images-dir",
+        ])
+        .arg(images.path()));
+    assert!(status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["criu"]["pages_written"].as_u64().unwrap() > 0);
+    assert!(report["criu"]["frozen_ms"].as_f64().unwrap() > 0.0);
+    let at_dump = w.counter();
+    w.kill();
+
+    let (status, out, err) = run(Command::new(cpengine_bin())
+        .args(["restore", "--images-dir"])
+        .arg(images.path()));
+    assert!(status.success(), "{err}");
+    let pid: i32 = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("restored ")
+                .and_then(|r| r.rsplit(' ').next())
+        })
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"));
+    // The CLI exited; the restored tree lives on (re-parented to us, the subreaper).
+    w.adopt(pid);
+    assert!(
+        w.advances_past("counter", at_dump),
+        "restored workload does not count"
+    );
+}
