@@ -27,3 +27,136 @@ pub fn is_frozen(cgroup: &Path) -> bool {
     }
     fs::read_to_string(cgroup.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
 }
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One mounted cgroup hierarchy of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Controllers as /proc/PID/cgroup lists them (`cpu`, `cpu,cpuacct`, `name=systemd`; "" for
+    /// the unified hierarchy).
+    pub controllers: String,
+    pub mount_point: PathBuf,
+}
+
+/// The cgroup hierarchies mounted on this host (v1 controllers and the unified hierarchy).
+pub fn hierarchies() -> std::io::Result<Vec<Hierarchy>> {
+    let mounts = crate::container::mountinfo::of_pid(std::process::id() as i32)?;
+    let mut out: Vec<Hierarchy> = Vec::new();
+    for m in mounts {
+        let controllers = match m.fs_type.as_str() {
+            "cgroup2" => String::new(),
+            "cgroup" => {
+                let known = [
+                    "rw",
+                    "ro",
+                    "relatime",
+                    "nosuid",
+                    "nodev",
+                    "noexec",
+                    "clone_children",
+                    "noprefix",
+                    "xattr",
+                ];
+                m.super_options
+                    .split(',')
+                    .filter(|o| !known.contains(o) && !o.starts_with("release_agent"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+            _ => continue,
+        };
+        if !out.iter().any(|h| h.controllers == controllers) {
+            out.push(Hierarchy {
+                controllers,
+                mount_point: m.mount_point,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// This process's cgroup in each hierarchy (from /proc/PID/cgroup), keyed by controller list.
+pub fn cgroups_of(pid: u32) -> std::io::Result<BTreeMap<String, String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            let ctrls = it.next()?.to_string();
+            Some((ctrls, it.next()?.to_string()))
+        })
+        .collect())
+}
+
+/// Creates a cgroup named `name` under this process's own cgroup in every hierarchy (the way
+/// runc places a container with no explicit cgroups path). Returns controller list → dir.
+pub fn create_beside_self(name: &str) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let own = cgroups_of(std::process::id())?;
+    let mut out = BTreeMap::new();
+    for h in hierarchies()? {
+        let Some(rel) = own.get(&h.controllers) else {
+            continue;
+        };
+        let dir = h.mount_point.join(rel.trim_start_matches('/')).join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_all(&out);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("creating cgroup {}: {e}", dir.display()),
+                ));
+            }
+        }
+        // cpuset cgroups start empty and refuse tasks until given cpus and mems.
+        if h.controllers.split(',').any(|c| c == "cpuset") {
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = fs::read_to_string(dir.parent().unwrap_or(&dir).join(f)) {
+                    let _ = fs::write(dir.join(f), v.trim());
+                }
+            }
+        }
+        out.insert(h.controllers, dir);
+    }
+    Ok(out)
+}
+
+/// Moves `pid` into each of the cgroup directories.
+pub fn join(dirs: &BTreeMap<String, PathBuf>, pid: u32) -> std::io::Result<()> {
+    for dir in dirs.values() {
+        fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("joining cgroup {}: {e}", dir.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes cgroup directories (they must be empty of tasks). Best effort; returns those left.
+pub fn remove_all(dirs: &BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for dir in dirs.values() {
+        let mut ok = false;
+        for _ in 0..50 {
+            match fs::remove_dir(dir) {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    ok = true;
+                    break;
+                }
+                // EBUSY while the last tasks are still exiting.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        if !ok {
+            left.push(dir.clone());
+        }
+    }
+    left
+}

@@ -28,6 +28,14 @@ pub enum Error {
     IdInUse { holder: crate::proc::IdHolder },
     #[error("reading CRIU image {}", path.display())]
     Images { path: PathBuf, source: ImageError },
+    #[error("setting up cgroups")]
+    Cgroups { source: io::Error },
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerError),
+    #[error("{what}")]
+    Io { what: String, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
     #[error("work directory {}", path.display())]
     WorkDir { path: PathBuf, source: io::Error },
     #[error("checkpoint of pid {pid} failed")]
@@ -52,5 +60,13 @@ impl Error {
             }
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
     }
 }

@@ -8,6 +8,7 @@
 //! tree re-parented to the caller (`rst_sibling`).
 
 pub mod cgroups;
+pub mod container;
 pub mod criu;
 mod error;
 pub mod images;
@@ -82,4 +83,13 @@ impl Engine {
     ) -> Result<RestoreReport> {
         process::restore(&self.criu, opts, handler).await
     }
+}
+
+/// Runs blocking file work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Invalid(format!("background task failed: {e}")))?
 }

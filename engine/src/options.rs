@@ -204,6 +204,10 @@ pub struct RestoreOptions {
     pub lazy_pages: bool,
     pub lsm_profile: Option<String>,
     pub lsm_mount_context: Option<String>,
+    /// Cgroup directories (controller list → dir) the CRIU worker joins before the request; its
+    /// resulting cgroups become `cg_root` entries, so the restored tree lands in them (what
+    /// runc does before it sends RESTORE).
+    pub join_cgroups: std::collections::BTreeMap<String, PathBuf>,
     /// Wait for (and otherwise refuse) ids of the tree that are still held by other processes.
     /// Off when the tree is restored into a new pid namespace, where ids are its own.
     pub check_pids: bool,
@@ -236,6 +240,7 @@ impl RestoreOptions {
             lazy_pages: false,
             lsm_profile: None,
             lsm_mount_context: None,
+            join_cgroups: Default::default(),
             check_pids: true,
             stdio: [None, None, None],
             log_level: DEFAULT_LOG_LEVEL,

@@ -159,3 +159,12 @@ fn comm(pid: i32) -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), used to
+/// tell a process from a later one that reuses its pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = parse_stat(&stat)?;
+    // `rest` starts at field 3 (state); start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}

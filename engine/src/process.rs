@@ -138,6 +138,7 @@ pub async fn restore(
         inherit_fds: inherit,
         stdio,
         timeout,
+        join_cgroups,
         ..
     } = opts;
     inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
@@ -146,6 +147,13 @@ pub async fn restore(
         stdio,
     })?;
     session.set_log(work_path.join(RESTORE_LOG));
+    let mut req = req;
+    if !join_cgroups.is_empty()
+        && let Err(e) = add_worker_cgroups(&session, &join_cgroups, &mut req)
+    {
+        session.kill().await;
+        return Err(e);
+    }
     phases.push(Phase::new("prepare", prepare_start.elapsed()));
     let exchange = match session.request(req, handler, timeout).await {
         Ok(ex) => ex,
@@ -179,6 +187,31 @@ pub async fn restore(
         hooks: exchange.hooks,
         criu: criu_stats,
     })
+}
+
+/// Moves the CRIU worker into the container's cgroups and turns its resulting cgroups into
+/// `cg_root` entries of the request (runc does the same before sending RESTORE).
+fn add_worker_cgroups(
+    session: &crate::criu::Session,
+    dirs: &std::collections::BTreeMap<String, std::path::PathBuf>,
+    req: &mut criu_proto::rpc::CriuReq,
+) -> Result<()> {
+    let worker = session.worker_pid().unwrap_or(0);
+    crate::cgroups::join(dirs, worker).map_err(|source| Error::Cgroups { source })?;
+    let roots = crate::cgroups::cgroups_of(worker).map_err(|source| Error::Cgroups { source })?;
+    if let Some(o) = req.opts.as_mut() {
+        o.cg_root
+            .extend(
+                roots
+                    .into_iter()
+                    .filter(|(c, _)| dirs.contains_key(c))
+                    .map(|(ctrl, path)| criu_proto::rpc::CgroupRoot {
+                        ctrl: Some(ctrl),
+                        path,
+                    }),
+            );
+    }
+    Ok(())
 }
 
 /// How long a restore waits for the ids it needs to be released. Killed trees leave orphans

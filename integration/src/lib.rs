@@ -19,6 +19,8 @@ use nix::unistd::Pid;
 
 pub use cpengine;
 
+pub mod runc;
+
 /// Panics unless running as root (CRIU needs it).
 pub fn require_root() {
     assert!(

@@ -44,6 +44,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    cpengine::container::relay::run_if_relay();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()

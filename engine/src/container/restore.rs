@@ -1,0 +1,579 @@
+//! Restoring a container from a checkpoint, natively over swrk.
+//!
+//! 1. A new rootfs: an overlay whose lower layer is the container's base (image) tree and
+//!    whose upper layer starts empty; the checkpoint's rootfs diff is applied on top and the
+//!    deleted files removed. It is mounted at `<run>/containers/<id>/rootfs`, a mount point
+//!    whose parent is not over-mounted, which is what CRIU needs for `root`.
+//! 2. A bundle with the checkpoint's spec pointing at that rootfs, and every mount point the
+//!    spec needs created in it (except under tmpfs mounts, whose content CRIU restores).
+//! 3. Cgroups for the container beside our own; the CRIU worker joins them before the request,
+//!    so `cg_root` puts the restored tasks there.
+//! 4. Stdio: the pipes recorded in `descriptors.json` are replaced (`inherit_fd`) by new pipes
+//!    whose read ends go to a detached log relay ([`super::relay`]).
+//! 5. RESTORE with runc's options (external mounts mapped to their new sources, evasive devices,
+//!    `rst_sibling`, empty network namespace), then a record in cpengine's state so `ps`,
+//!    `kill`, `delete` and the next checkpoint find it.
+//!
+//! Anything that fails undoes what was done: the relay stops, the rootfs is unmounted, the
+//! cgroups and the state directories are removed. The checkpoint itself is never modified.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::Engine;
+use crate::criu::{Ack, Notification};
+use crate::error::{Error, Result};
+use crate::options::{CgroupMode, ExtMount, InheritFd, RestoreOptions};
+use crate::report::{Phase, RestoreReport};
+
+use super::checkpoint::read_descriptors;
+use super::state::{ContainerRecord, StateRoot};
+use super::{RUNC_DEFAULT_DEVICES, validate_id};
+
+/// The base tree a restored rootfs is layered on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsBase {
+    /// A directory (used read-only as the overlay's lower layer).
+    Dir(PathBuf),
+    /// A tarball, unpacked into the container's state first.
+    Tar(PathBuf),
+}
+
+impl RootfsBase {
+    /// A directory path is a `Dir`, anything else a `Tar`.
+    pub fn from_path(p: impl Into<PathBuf>) -> Self {
+        let p = p.into();
+        if p.is_dir() {
+            Self::Dir(p)
+        } else {
+            Self::Tar(p)
+        }
+    }
+}
+
+/// A checkpoint laid out on disk (an extracted archive, or a dump made in place).
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    /// CRIU images (the archive's `checkpoint/`).
+    pub images_dir: PathBuf,
+    /// The container's OCI spec (`spec.dump`).
+    pub spec: serde_json::Value,
+    /// `config.dump`, if any.
+    pub config: Option<serde_json::Value>,
+    /// The rootfs changes (`rootfs-diff.tar`), if any.
+    pub rootfs_diff: Option<PathBuf>,
+    /// Paths deleted from the base (`deleted.files`).
+    pub deleted: Vec<String>,
+    /// Where it came from (archive path or image reference), for the record.
+    pub source: Option<String>,
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct ContainerRestoreOptions {
+    /// Id of the restored container.
+    pub id: String,
+    pub base: Option<RootfsBase>,
+    pub state: StateRoot,
+    /// Where the container's output goes (default: `<lib>/containers/<id>/container.log`).
+    pub log_path: Option<PathBuf>,
+    /// Join this network namespace instead of creating an empty one (a pod's).
+    pub netns: Option<PathBuf>,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub file_locks: bool,
+    pub timeout: std::time::Duration,
+    pub log_level: u32,
+    /// The binary that runs the log relay (default: [`super::relay::default_exe`]).
+    pub relay_exe: Option<PathBuf>,
+}
+
+impl ContainerRestoreOptions {
+    pub fn new(id: impl Into<String>, state: StateRoot) -> Self {
+        Self {
+            id: id.into(),
+            base: None,
+            state,
+            log_path: None,
+            netns: None,
+            tcp_established: false,
+            ext_unix_sk: false,
+            file_locks: false,
+            timeout: crate::options::DEFAULT_TIMEOUT,
+            log_level: crate::options::DEFAULT_LOG_LEVEL,
+            relay_exe: None,
+        }
+    }
+}
+
+/// The result of a container restore.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContainerRestoreReport {
+    pub id: String,
+    pub pid: i32,
+    pub rootfs: PathBuf,
+    pub log_path: PathBuf,
+    pub criu: RestoreReport,
+    pub phases: Vec<Phase>,
+    #[serde(rename = "total_ms", serialize_with = "crate::report::ser_duration_ms")]
+    pub total: std::time::Duration,
+}
+
+/// Undo list for a restore in progress.
+#[derive(Default)]
+struct Cleanup {
+    mounted: Option<PathBuf>,
+    cgroups: BTreeMap<String, PathBuf>,
+    dirs: Vec<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(m) = &self.mounted {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        crate::cgroups::remove_all(&self.cgroups);
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Restores a container from `ckpt`.
+pub async fn restore(
+    engine: &Engine,
+    ckpt: &CheckpointDir,
+    opts: &ContainerRestoreOptions,
+) -> Result<ContainerRestoreReport> {
+    let started = Instant::now();
+    let id = opts.id.as_str();
+    validate_id(id)?;
+    let record_path = opts.state.container_record(id);
+    if record_path.exists() {
+        return Err(Error::Invalid(format!(
+            "a container named {id} already exists (cpengine delete {id} first)"
+        )));
+    }
+    let base = opts.base.clone().ok_or_else(|| {
+        Error::Invalid(
+            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR".into(),
+        )
+    })?;
+    let run_dir = opts.state.container_run_dir(id);
+    let lib_dir = opts.state.container_lib_dir(id);
+    let mut cleanup = Cleanup::default();
+    cleanup.armed = true;
+    for d in [&run_dir, &lib_dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(Error::io(format!("creating {}", d.display())))?;
+        cleanup.dirs.push(d.clone());
+    }
+    let mut phases = Vec::new();
+
+    // 1. rootfs
+    let t = Instant::now();
+    let lower = match &base {
+        RootfsBase::Dir(d) => d.clone(),
+        RootfsBase::Tar(t) => {
+            let dir = lib_dir.join("base");
+            let t = t.clone();
+            let d2 = dir.clone();
+            crate::blocking(move || unpack_tar(&t, &d2)).await?;
+            dir
+        }
+    };
+    let (upper, work, rootfs) = (
+        lib_dir.join("upper"),
+        lib_dir.join("work"),
+        run_dir.join("rootfs"),
+    );
+    for d in [&upper, &work, &rootfs] {
+        std::fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display())))?;
+    }
+    mount_overlay(std::slice::from_ref(&lower), &upper, &work, &rootfs)?;
+    cleanup.mounted = Some(rootfs.clone());
+    if ckpt.rootfs_diff.is_some() || !ckpt.deleted.is_empty() {
+        let (r, diff, deleted) = (
+            rootfs.clone(),
+            ckpt.rootfs_diff.clone(),
+            ckpt.deleted.clone(),
+        );
+        crate::blocking(move || apply_diff(&r, diff.as_deref(), &deleted)).await?;
+    }
+    phases.push(Phase::new("rootfs", t.elapsed()));
+
+    // 2. bundle
+    let t = Instant::now();
+    let bundle = run_dir.join("bundle");
+    std::fs::create_dir_all(&bundle).map_err(Error::io("creating the bundle"))?;
+    let mut spec_json = ckpt.spec.clone();
+    spec_json["root"]["path"] = serde_json::Value::String(rootfs.display().to_string());
+    super::state::write_atomic(
+        &bundle.join("config.json"),
+        &serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
+        0o600,
+    )
+    .map_err(Error::io("writing the bundle's config.json"))?;
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(spec_json.clone()).map_err(|e| {
+        Error::Invalid(format!(
+            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
+        ))
+    })?;
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    prepare_mount_points(&rootfs, &mounts)?;
+    let has_pidns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        });
+    let namespaces: Vec<String> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| runc_ns_name(n.typ()).to_string())
+        .collect();
+
+    // 3. cgroups
+    let cg_name = format!("cpengine-{id}");
+    let cgroups =
+        crate::cgroups::create_beside_self(&cg_name).map_err(|source| Error::Cgroups { source })?;
+    cleanup.cgroups = cgroups.clone();
+
+    // 4. stdio: new pipes for the recorded ones, read by a relay into the log
+    let log_path = opts
+        .log_path
+        .clone()
+        .unwrap_or_else(|| lib_dir.join("container.log"));
+    let descriptors = read_descriptors(&ckpt.images_dir);
+    let mut ro = RestoreOptions::new(&ckpt.images_dir);
+    ro.work_dir = Some(run_dir.join("work"));
+    let (out_r, out_w) =
+        nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+    let mut keys_seen: Vec<String> = Vec::new();
+    for (i, key) in descriptors.iter().enumerate() {
+        if !key.starts_with("pipe:") || keys_seen.contains(key) {
+            continue;
+        }
+        keys_seen.push(key.clone());
+        let fd: OwnedFd = match i {
+            // stdin: a pipe whose writer is gone reads as end of file.
+            0 => {
+                let (r, w) =
+                    nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+                drop(w);
+                r
+            }
+            1 => out_w
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(Error::io("dup"))?,
+            _ => err_w
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(Error::io("dup"))?,
+        };
+        ro.inherit_fds.push(InheritFd {
+            key: key.clone(),
+            fd,
+        });
+    }
+    let relay_exe = match &opts.relay_exe {
+        Some(p) => p.clone(),
+        None => super::relay::default_exe().map_err(Error::io("locating the log relay binary"))?,
+    };
+    let relay_pid = super::relay::spawn(&relay_exe, &log_path, out_r, err_r)
+        .map_err(Error::io("starting the log relay"))?;
+    phases.push(Phase::new("prepare", t.elapsed()));
+
+    // 5. RESTORE
+    ro.root = Some(rootfs.clone());
+    ro.evasive_devices = true;
+    ro.tcp_established = opts.tcp_established;
+    ro.ext_unix_sk = opts.ext_unix_sk;
+    ro.file_locks = opts.file_locks;
+    ro.cgroups = Some(CgroupMode::Soft);
+    ro.orphan_pts_master = true;
+    ro.empty_net_ns = opts.netns.is_none();
+    ro.timeout = opts.timeout;
+    ro.log_level = opts.log_level;
+    ro.check_pids = !has_pidns;
+    ro.join_cgroups = cgroups.clone();
+    ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
+    if let Some(netns) = &opts.netns {
+        let f = std::fs::File::open(netns)
+            .map_err(Error::io(format!("opening {}", netns.display())))?;
+        ro.inherit_fds.push(InheritFd {
+            key: "extRootNetNS".into(),
+            fd: f.into(),
+        });
+    }
+    let mut restored_pid = -1;
+    let mut handler = |n: Notification| {
+        if let Notification::PostRestore { pid } = n {
+            restored_pid = pid;
+        }
+        Ack::ok()
+    };
+    let result = engine.restore_with(ro, &mut handler).await;
+    // Our copies of the pipes' write ends must go, or the relay never sees end of file.
+    drop(out_w);
+    drop(err_w);
+    let criu = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(relay_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
+    };
+    let pid = if criu.pid > 0 { criu.pid } else { restored_pid };
+
+    // 6. record
+    let stdio = (0..3)
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let record = ContainerRecord {
+        id: id.to_string(),
+        pid,
+        pid_start: crate::proc::start_time(pid).unwrap_or(0),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        bundle: bundle.clone(),
+        rootfs: rootfs.clone(),
+        lowers: vec![lower],
+        upper: Some(upper),
+        work: Some(work),
+        cgroup_paths: cgroups
+            .iter()
+            .map(|(c, p)| (runc_cgroup_key(c), p.clone()))
+            .collect(),
+        namespaces,
+        stdio,
+        log_path: Some(log_path.clone()),
+        relay_pid: Some(relay_pid),
+        restored_from: ckpt.source.clone(),
+        checkpoint_config: ckpt.config.clone(),
+    };
+    record
+        .save(&record_path)
+        .map_err(Error::io(format!("writing {}", record_path.display())))?;
+    cleanup.armed = false;
+    Ok(ContainerRestoreReport {
+        id: id.to_string(),
+        pid,
+        rootfs,
+        log_path,
+        criu,
+        phases,
+        total: started.elapsed(),
+    })
+}
+
+/// runc's key for a cgroup hierarchy in `cgroup_paths` ("" for unified, the first controller
+/// otherwise, e.g. `cpu` for `cpu,cpuacct`, `name=systemd` kept whole).
+fn runc_cgroup_key(controllers: &str) -> String {
+    if controllers.starts_with("name=") {
+        return controllers.to_string();
+    }
+    controllers.split(',').next().unwrap_or("").to_string()
+}
+
+fn runc_ns_name(t: oci_spec::runtime::LinuxNamespaceType) -> &'static str {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    match t {
+        T::Mount => "NEWNS",
+        T::Cgroup => "NEWCGROUP",
+        T::Uts => "NEWUTS",
+        T::Ipc => "NEWIPC",
+        T::User => "NEWUSER",
+        T::Pid => "NEWPID",
+        T::Network => "NEWNET",
+        T::Time => "NEWTIME",
+    }
+}
+
+/// External mounts at restore: image name → new host source.
+fn restore_ext_mounts(
+    mounts: &[oci_spec::runtime::Mount],
+    cgroups: &BTreeMap<String, PathBuf>,
+    spec: &oci_spec::runtime::Spec,
+) -> Vec<ExtMount> {
+    let mut out: Vec<ExtMount> = Vec::new();
+    let mut add = |k: String, v: String| {
+        if !out.iter().any(|m| m.key == k) {
+            out.push(ExtMount { key: k, value: v });
+        }
+    };
+    for m in mounts {
+        let opts = m.options().clone().unwrap_or_default();
+        let ty = m.typ().clone().unwrap_or_default();
+        let dest = m.destination().display().to_string();
+        if ty == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind") {
+            if let Some(src) = m.source() {
+                add(dest, src.display().to_string());
+            }
+        } else if ty == "cgroup" {
+            // Each v1 hierarchy was bind-mounted at <dest>/<name>; point it at the new cgroup.
+            for (ctrls, dir) in cgroups {
+                if ctrls.is_empty() {
+                    continue;
+                }
+                let name = ctrls.strip_prefix("name=").unwrap_or(ctrls);
+                add(format!("{dest}/{name}"), dir.display().to_string());
+            }
+        }
+    }
+    let masked = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default();
+    if !masked.is_empty() {
+        add("/dev/null".into(), "/dev/null".into());
+    }
+    let mut devices: Vec<String> = RUNC_DEFAULT_DEVICES.iter().map(|d| d.to_string()).collect();
+    if let Some(devs) = spec.linux().as_ref().and_then(|l| l.devices().clone()) {
+        devices.extend(devs.iter().map(|d| d.path().display().to_string()));
+    }
+    for d in devices {
+        add(d.clone(), d);
+    }
+    out
+}
+
+/// Creates the mount points the spec needs in the rootfs, except under tmpfs mounts (CRIU
+/// restores their content, mount points included).
+fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> Result<()> {
+    let tmpfs: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| m.typ().as_deref() == Some("tmpfs"))
+        .map(|m| m.destination().clone())
+        .collect();
+    for m in mounts {
+        let dest = m.destination();
+        if tmpfs.iter().any(|t| dest.starts_with(t) && dest != t) {
+            continue;
+        }
+        let rel = dest.strip_prefix("/").unwrap_or(dest);
+        if rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(Error::Invalid(format!(
+                "mount destination {} escapes the rootfs",
+                dest.display()
+            )));
+        }
+        let target = rootfs.join(rel);
+        if target.symlink_metadata().is_ok() {
+            continue;
+        }
+        let is_file_bind = m
+            .source()
+            .as_ref()
+            .is_some_and(|s| std::fs::metadata(s).is_ok_and(|md| !md.is_dir()));
+        let r = if is_file_bind {
+            target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&target)
+                        .map(drop)
+                })
+        } else {
+            std::fs::create_dir_all(&target)
+        };
+        r.map_err(Error::io(format!(
+            "creating mount point {}",
+            target.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// Mounts an overlay.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let lower = lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| Error::io(format!("mounting overlay at {}", target.display()))(e.into()))
+}
+
+/// Unpacks a base tarball (plain, gzip or zstd not yet: plain tar).
+fn unpack_tar(tar: &Path, dest: &Path) -> Result<()> {
+    let f = std::fs::File::open(tar).map_err(Error::io(format!("opening {}", tar.display())))?;
+    std::fs::create_dir_all(dest).map_err(Error::io(format!("creating {}", dest.display())))?;
+    let mut a = tar::Archive::new(std::io::BufReader::new(f));
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_unpack_xattrs(true);
+    a.unpack(dest)
+        .map_err(Error::io(format!("unpacking {}", tar.display())))
+}
+
+/// Applies the rootfs changes: the diff tar over the rootfs, then the deletions.
+fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<()> {
+    if let Some(d) = diff {
+        unpack_tar(d, rootfs)?;
+    }
+    for p in deleted {
+        let rel = Path::new(p.trim_start_matches('/'));
+        if rel.as_os_str().is_empty()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::Invalid(format!(
+                "deleted.files entry {p:?} is not a plain path beneath the rootfs"
+            )));
+        }
+        let target = rootfs.join(rel);
+        match target.symlink_metadata() {
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&target),
+            Ok(_) => std::fs::remove_file(&target),
+            Err(_) => Ok(()),
+        }
+        .map_err(Error::io(format!("removing {}", target.display())))?;
+    }
+    Ok(())
+}
