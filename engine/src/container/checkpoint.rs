@@ -194,3 +194,56 @@ impl<F: FnMut() -> bool + Send> std::fmt::Debug for FrozenHook<F> {
             .finish()
     }
 }
+
+/// Kubernetes identity of a container, recorded in the archive's metadata when known (the shim
+/// knows it; a bare runc container has none).
+#[derive(Debug, Clone, Default)]
+pub struct PodInfo {
+    /// Container name in the pod spec.
+    pub container_name: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub pod_uid: String,
+}
+
+/// Image identity recorded in `config.dump` (`rootfsImage`, `rootfsImageRef`,
+/// `rootfsImageName`).
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    /// The image as the user asked for it.
+    pub image: String,
+    /// A resolvable reference (`repo@sha256:…` or an image id).
+    pub image_ref: String,
+    /// The normalised image name.
+    pub image_name: String,
+}
+
+/// A container checkpoint to an archive.
+#[derive(Debug, Clone)]
+pub struct ContainerCheckpointOptions {
+    /// The archive to write (atomically; its parent must exist).
+    pub output: PathBuf,
+    pub knobs: DumpKnobs,
+    /// For a plain-directory rootfs: the base to diff against.
+    pub rootfs_base: Option<super::restore::RootfsBase>,
+    /// Where CRIU's images are staged (default: beside `output`, same filesystem).
+    pub staging_dir: Option<PathBuf>,
+    pub pod: Option<PodInfo>,
+    pub image: Option<ImageInfo>,
+    /// Runtime name written to `config.dump` (default `runc`).
+    pub runtime: Option<String>,
+}
+
+impl ContainerCheckpointOptions {
+    pub fn new(output: impl Into<PathBuf>) -> Self {
+        Self {
+            output: output.into(),
+            knobs: DumpKnobs::default(),
+            rootfs_base: None,
+            staging_dir: None,
+            pod: None,
+            image: None,
+            runtime: None,
+        }
+    }
+}

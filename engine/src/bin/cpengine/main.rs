@@ -1,6 +1,7 @@
 //! `cpengine`: the command-line interface over the engine library.
 
 mod check;
+mod containers;
 mod dump;
 mod restore;
 
@@ -15,6 +16,10 @@ struct Cli {
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Where cpengine keeps containers and images (default /var/lib/cpengine and
+    /// /run/cpengine; a directory given here holds both, as lib/ and run/).
+    #[arg(long, global = true, env = "CPENGINE_STATE_ROOT")]
+    state_root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +32,12 @@ enum Command {
     Dump(dump::Args),
     /// Restore a process tree from CRIU images; it keeps running after cpengine exits.
     Restore(restore::Args),
+    /// List the containers cpengine restored.
+    Ps(containers::PsArgs),
+    /// Send a signal to a container cpengine restored.
+    Kill(containers::KillArgs),
+    /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
+    Delete(containers::DeleteArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -57,8 +68,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let state = cpengine::container::state::StateRoot::resolve(cli.state_root.as_deref());
     let result = rt.block_on(async {
         match cli.command {
+            Command::Ps(a) => containers::ps(a, &state),
+            Command::Kill(a) => containers::kill(a, &state),
+            Command::Delete(a) => containers::delete(a, &state).await,
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a).await,
