@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 
 pub use cpengine;
 
+pub mod containerd;
 pub mod cri;
 pub mod runc;
 

@@ -324,3 +324,104 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     assert!(!mounts.contains(&ctr), "a mount of {ctr} is left");
     assert!(!shim.state().run.join("shim/containers").join(&ctr).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_forwards_the_lifecycle_to_containerd() {
+    let ctrd = cpengine_integration::containerd::Containerd::start();
+    let dir = scratch("cpe-shimproxy-").keep();
+    let shim = Shim::start_in(
+        &dir,
+        &[
+            "--upstream",
+            &format!("unix://{}", ctrd.socket.display()),
+            "--upstream-runc-root",
+            &ctrd.runc_root.display().to_string(),
+        ],
+    );
+    let (mut rt, mut img) = shim.clients();
+    let v = rt
+        .version(pb::VersionRequest::default())
+        .await
+        .expect("Version")
+        .into_inner();
+    assert_eq!(v.runtime_name, "containerd", "Version comes from upstream");
+    let images = img
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(
+        images.iter().any(|i| i
+            .repo_tags
+            .iter()
+            .any(|t| t == cpengine_integration::containerd::BUSYBOX_IMAGE)),
+        "{images:?}"
+    );
+
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("proxied", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "counter",
+            cpengine_integration::containerd::BUSYBOX_IMAGE,
+            COUNTER,
+        ),
+    )
+    .await;
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    // The container is containerd's: its runc state is in containerd's runc root.
+    assert!(ctrd.runc_root.join(&ctr).join("state.json").is_file());
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 3 }
+        })
+        .await
+    );
+    // Errors pass through with their codes.
+    let nf = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nf.code(), tonic::Code::NotFound);
+
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("StopContainer");
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerExited as i32
+    );
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    drop(shim);
+}
