@@ -886,3 +886,39 @@ fn stats_and_inspect_dir_build_the_requested_views() {
     let err = statistics(&d.join("nope")).unwrap_err();
     assert!(matches!(err, InspectError::Stats { .. }));
 }
+
+#[test]
+fn zombies_have_a_tree_node_but_no_memory_or_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tree(d, &[Proc::new(40, 0, "parent"), Proc::new(41, 40, "gone")]);
+    let mut zombie = core("gone");
+    zombie.tc.as_mut().unwrap().task_state = 6;
+    write_image(d, "core-41.img", magic::CORE, &[zombie]);
+    // CRIU writes no mm, ids or pagemap for a zombie.
+    for f in ["mm-41.img", "ids-41.img"] {
+        std::fs::remove_file(d.join(f)).unwrap();
+    }
+    write_memory(d, 40, &[run(BASE, 1, PE_PRESENT)], &[page(0, 0, b"zz")]);
+    write_image(d, "files.img", magic::FILES, &[reg(1, "/bin/parent", 0, 0)]);
+    write_image::<FdinfoEntry>(d, "fdinfo-40.img", magic::FDINFO, &[]);
+    let set = ImageSet::open(d).unwrap();
+    let t = set
+        .process_tree(&PsOptions {
+            cmdline: true,
+            env: true,
+        })
+        .unwrap();
+    let z = t.find(41).unwrap();
+    assert_eq!(z.task_state, TaskState::Zombie);
+    assert!(z.cmdline.is_none() && z.notes.is_empty());
+    assert_eq!(serde_json::to_value(z).unwrap()["task_state"], "zombie");
+    assert!(t.to_string().contains("41 gone (zombie)"), "{t}");
+    let files = set.file_descriptors().unwrap();
+    assert_eq!(files.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![40]);
+    assert_eq!(files[0].open_files.last().unwrap().path, "/bin/parent");
+    assert_eq!(set.memory().unwrap().processes.len(), 1);
+    let r = set.search(&SearchOptions::new(b"zz".to_vec())).unwrap();
+    assert_eq!(r.processes_searched, 1);
+    assert_eq!(r.hits.len(), 1);
+}

@@ -13,7 +13,7 @@ use cpengine::inspect::{self, Limits, SearchOptions, ViewRequest};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ViewArgs {
     /// Show the process tree with each process's command line.
-    #[arg(long)]
+    #[arg(long, visible_alias = "ps-tree-cmd")]
     pub ps_tree: bool,
     /// Show the process tree with each process's environment (implies --ps-tree).
     #[arg(long)]
@@ -24,8 +24,8 @@ pub struct ViewArgs {
     /// Show the sockets of each process.
     #[arg(long)]
     pub sockets: bool,
-    /// Show the container's mounts, from the OCI spec given with --spec.
-    #[arg(long, requires = "spec")]
+    /// Show the container's mounts, from the OCI spec (--spec, or the archive's spec.dump).
+    #[arg(long)]
     pub mounts: bool,
     /// OCI runtime spec of the container (spec.dump or config.json).
     #[arg(long, value_name = "FILE")]
@@ -61,12 +61,31 @@ pub struct ViewArgs {
 }
 
 impl ViewArgs {
-    /// The views to build for `images_dir`; the process tree alone if nothing is selected.
-    pub fn request(&self, images_dir: &Path) -> ViewRequest {
+    /// The views to build for a bare images directory: statistics default to its
+    /// `stats-dump`, mounts need `--spec`.
+    pub fn request(&self, images_dir: &Path) -> anyhow::Result<ViewRequest> {
+        self.request_with_defaults(&images_dir.join("stats-dump"), None)
+    }
+
+    /// The views to build, with the statistics file and OCI spec to use when the flags name
+    /// none (for an extracted archive: its top-level `stats-dump` and `spec.dump`). Only the
+    /// process tree if nothing is selected.
+    pub fn request_with_defaults(
+        &self,
+        default_stats: &Path,
+        default_spec: Option<&Path>,
+    ) -> anyhow::Result<ViewRequest> {
         let stats_path = self
             .stats_file
             .clone()
-            .unwrap_or_else(|| images_dir.join("stats-dump"));
+            .unwrap_or_else(|| default_stats.to_path_buf());
+        let spec = self
+            .spec
+            .clone()
+            .or_else(|| default_spec.map(Path::to_path_buf));
+        if self.mounts && spec.is_none() {
+            anyhow::bail!("--mounts needs the container's OCI spec: pass --spec <FILE>");
+        }
         let mut req = ViewRequest {
             ps_tree: self.ps_tree || self.ps_tree_env || self.all,
             cmdline: true,
@@ -75,11 +94,7 @@ impl ViewArgs {
             sockets: self.sockets || self.all,
             memory: self.memory || self.all,
             stats: (self.stats || (self.all && stats_path.exists())).then_some(stats_path),
-            mounts: if self.mounts || self.all {
-                self.spec.clone()
-            } else {
-                None
-            },
+            mounts: if self.mounts || self.all { spec } else { None },
             search: self.search.as_ref().map(|s| SearchOptions {
                 pattern: s.as_bytes().to_vec(),
                 context: self.search_context,
@@ -97,7 +112,7 @@ impl ViewArgs {
         if nothing {
             req.ps_tree = true;
         }
-        req
+        Ok(req)
     }
 }
 
@@ -110,7 +125,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let req = a.view.request(&a.images_dir);
+    let req = a.view.request(&a.images_dir)?;
     let result = inspect::inspect(a.images_dir.clone(), req, Limits::default())
         .await
         .with_context(|| format!("inspecting {}", a.images_dir.display()))?;
@@ -120,4 +135,92 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         print!("{result}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn parse(args: &[&str]) -> Args {
+        let mut v = vec!["inspect-images"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap().a
+    }
+
+    #[test]
+    fn no_view_flag_means_the_process_tree() {
+        let a = parse(&["/img"]);
+        let r = a.view.request(&a.images_dir).unwrap();
+        assert!(r.ps_tree && r.cmdline && !r.env && !r.files && !r.memory);
+        assert!(r.stats.is_none() && r.mounts.is_none() && r.search.is_none());
+    }
+
+    #[test]
+    fn flags_select_views() {
+        let a = parse(&[
+            "/img",
+            "--ps-tree-env",
+            "--sockets",
+            "--stats",
+            "--search",
+            "hunter2",
+            "--max-hits",
+            "3",
+            "--pid",
+            "7",
+            "--json",
+        ]);
+        assert!(a.view.json);
+        let r = a.view.request(&a.images_dir).unwrap();
+        assert!(r.ps_tree && r.env && r.sockets && !r.files);
+        assert_eq!(r.stats.as_deref(), Some(Path::new("/img/stats-dump")));
+        let s = r.search.unwrap();
+        assert_eq!(s.pattern, b"hunter2");
+        assert_eq!((s.max_hits, s.pid, s.context), (3, Some(7), 32));
+        assert!(parse(&["/img", "--ps-tree-cmd"]).view.ps_tree);
+    }
+
+    #[test]
+    fn mounts_need_a_spec_unless_the_caller_has_one() {
+        let a = parse(&["/img", "--mounts"]);
+        let err = a.view.request(&a.images_dir).unwrap_err();
+        assert!(err.to_string().contains("--spec"), "{err}");
+        // An archive supplies spec.dump and its top-level stats-dump.
+        let r = a
+            .view
+            .request_with_defaults(Path::new("/x/stats-dump"), Some(Path::new("/x/spec.dump")))
+            .unwrap();
+        assert_eq!(r.mounts.as_deref(), Some(Path::new("/x/spec.dump")));
+        assert!(!r.ps_tree, "an explicit view replaces the default tree");
+        let a = parse(&[
+            "/img",
+            "--mounts",
+            "--spec",
+            "/s.json",
+            "--stats-file",
+            "/t",
+        ]);
+        let r = a.view.request(&a.images_dir).unwrap();
+        assert_eq!(r.mounts.as_deref(), Some(Path::new("/s.json")));
+        assert!(r.stats.is_none(), "--stats-file alone selects nothing");
+    }
+
+    #[test]
+    fn all_turns_on_everything_available() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = parse(&[dir.path().to_str().unwrap(), "--all"]);
+        let r = a.view.request(&a.images_dir).unwrap();
+        assert!(r.ps_tree && r.env && r.files && r.sockets && r.memory);
+        // No stats-dump there, no spec given: those views are left out, not errors.
+        assert!(r.stats.is_none() && r.mounts.is_none() && r.search.is_none());
+        std::fs::write(dir.path().join("stats-dump"), b"").unwrap();
+        assert!(a.view.request(&a.images_dir).unwrap().stats.is_some());
+    }
 }
