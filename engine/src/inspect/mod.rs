@@ -84,6 +84,8 @@ pub struct Limits {
     pub max_scan: u64,
     /// Longest search pattern.
     pub max_pattern: usize,
+    /// Most hits one search returns, whatever the caller asks for.
+    pub max_hits: usize,
     /// Deepest chain of parent image sets followed for pages flagged "in parent".
     pub max_parent_depth: usize,
 }
@@ -103,6 +105,7 @@ impl Default for Limits {
             max_read: 16 << 20,
             max_scan: 1 << 40,
             max_pattern: 4096,
+            max_hits: 100_000,
             max_parent_depth: 16,
         }
     }

@@ -537,6 +537,7 @@ impl ImageSet {
         }
         let opts = SearchOptions {
             context: opts.context.min(self.limits.max_read as usize / 2),
+            max_hits: opts.max_hits.min(self.limits.max_hits),
             ..opts.clone()
         };
         if let Some(pid) = opts.pid {

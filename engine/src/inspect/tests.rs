@@ -389,6 +389,20 @@ fn search_finds_matches_across_page_and_chunk_boundaries() {
     let r = set.search(&capped).unwrap();
     assert_eq!(r.hits.len(), 1);
     assert!(r.truncated);
+    // The limit caps what the caller asks for.
+    let set_capped = ImageSet::open_with(
+        dir.path(),
+        Limits {
+            max_hits: 1,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let r = set_capped
+        .search(&SearchOptions::new(b"aaa".to_vec()))
+        .unwrap();
+    assert_eq!(r.hits.len(), 1);
+    assert!(r.truncated);
     // And so does the scan cap.
     let limits = Limits {
         max_scan: ps,
