@@ -168,7 +168,9 @@ fn vma(v: &VmaEntry, runs: &[PageRun], ps: u64, files: &HashMap<u32, FileEntry>)
     let mut pages = PageCounts::default();
     // Runs are sorted and disjoint: start at the first one ending after the mapping starts.
     let first = runs.partition_point(|r| r.vaddr + r.pages * ps <= v.start);
-    for run in &runs[first..] {
+    // A mapping ending before it starts (corrupt image) holds no pages.
+    let within = if v.end > v.start { &runs[first..] } else { &[] };
+    for run in within {
         if run.vaddr >= v.end {
             break;
         }

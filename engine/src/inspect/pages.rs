@@ -424,7 +424,10 @@ impl ProcessPages {
         comm: &str,
     ) -> Result<SearchHit> {
         let start = at.saturating_sub(context as u64).max(range.vaddr);
-        let end = (at + plen as u64 + context as u64).min(range.vaddr + range.len);
+        let end = at
+            .saturating_add(plen as u64)
+            .saturating_add(context as u64)
+            .min(range.vaddr + range.len);
         let mut bytes = vec![0u8; (end - start) as usize];
         self.read_file_at(range.offset + (start - range.vaddr), &mut bytes)?;
         Ok(SearchHit {

@@ -530,6 +530,14 @@ fn corrupt_images_give_typed_errors() {
     write_memory(d, 100, &[run(BASE, u64::MAX / 2, PE_PRESENT)], &[]);
     let err = ImageSet::open(d).unwrap().process_pages(100).unwrap_err();
     assert!(matches!(err, InspectError::Inconsistent { .. }), "{err:?}");
+    // A mapping that ends before it starts counts no pages (and does not panic).
+    let mut p = Proc::new(100, 0, "a");
+    p.vmas = vec![anon_vma(BASE + 4 * ps(), BASE)];
+    write_tree(d, &[p]);
+    write_memory(d, 100, &[run(BASE, 8, PE_PRESENT)], &[]);
+    let m = ImageSet::open(d).unwrap().memory().unwrap();
+    assert_eq!(m.processes[0].vmas[0].size, 0);
+    assert_eq!(m.processes[0].vmas[0].pages.total, 0);
     // Too many VMAs.
     let mut p = Proc::new(100, 0, "a");
     p.vmas = vec![anon_vma(BASE, BASE + ps()); 3];
@@ -935,4 +943,107 @@ fn zombies_have_a_tree_node_but_no_memory_or_files() {
     let r = set.search(&SearchOptions::new(b"zz".to_vec())).unwrap();
     assert_eq!(r.processes_searched, 1);
     assert_eq!(r.hits.len(), 1);
+}
+
+/// Every view over every image cut short or with a byte changed: errors, never panics.
+#[test]
+fn mangled_images_never_panic() {
+    let ps = ps();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut p = Proc::new(50, 0, "victim");
+    p.args = (BASE + 10, BASE + 20);
+    p.env = (BASE + 20, BASE + 40);
+    let mut file_vma = anon_vma(BASE + 4 * ps, BASE + 5 * ps);
+    file_vma.status = 1 << 6;
+    file_vma.shmid = 1;
+    p.vmas.push(file_vma);
+    write_tree(d, &[p]);
+    write_memory(
+        d,
+        50,
+        &[run(BASE, 2, PE_PRESENT), run(BASE + 2 * ps, 1, PE_LAZY)],
+        &[
+            page(b'a', 10, b"x\0y\0zz\0\0\0\0A=1\0B=2\0"),
+            page(0, 0, b""),
+        ],
+    );
+    write_image(
+        d,
+        "files.img",
+        magic::FILES,
+        &[
+            reg(1, "/bin/victim", 0, 0),
+            FileEntry {
+                r#type: FdTypes::Unixsk as i32,
+                id: 2,
+                usk: Some(UnixSkEntry {
+                    id: 2,
+                    name: b"/tmp/s".to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ],
+    );
+    write_image(
+        d,
+        "fdinfo-50.img",
+        magic::FDINFO,
+        &[fd(1, 0, FdTypes::Reg), fd(2, 1, FdTypes::Unixsk)],
+    );
+    write_image(
+        d,
+        "fs-50.img",
+        magic::FS,
+        &[FsEntry {
+            cwd_id: 1,
+            root_id: 1,
+            umask: None,
+        }],
+    );
+    let views = |d: &Path| {
+        let req = ViewRequest {
+            ps_tree: true,
+            cmdline: true,
+            env: true,
+            files: true,
+            sockets: true,
+            memory: true,
+            search: Some(SearchOptions::new(b"zz".to_vec())),
+            ..Default::default()
+        };
+        inspect_dir(d, &req, &Limits::default())
+    };
+    views(d).expect("the intact fixture inspects cleanly");
+
+    let names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut outcomes = (0, 0);
+    for name in &names {
+        let path = d.join(name);
+        let orig = std::fs::read(&path).unwrap();
+        let step = (orig.len() / 16).max(1);
+        for at in (0..orig.len()).step_by(step) {
+            std::fs::write(&path, &orig[..at]).unwrap();
+            match views(d) {
+                Ok(_) => outcomes.0 += 1,
+                Err(_) => outcomes.1 += 1,
+            }
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut m = orig.clone();
+                m[at] ^= flip;
+                std::fs::write(&path, &m).unwrap();
+                match views(d) {
+                    Ok(_) => outcomes.0 += 1,
+                    Err(_) => outcomes.1 += 1,
+                }
+            }
+        }
+        std::fs::write(&path, &orig).unwrap();
+    }
+    // Both kinds of outcome occurred: the mangling reached the decoders.
+    assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
 }
