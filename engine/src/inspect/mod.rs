@@ -52,7 +52,10 @@ pub use error::{InspectError, PageAbsence};
 pub use files::{OpenFile, ProcessFiles};
 pub use memory::{MemoryView, PageCounts, ProcessMemory, Vma};
 pub use mounts::{Mount, mounts_from_spec, mounts_from_spec_file};
-pub use pages::{PageRun, ProcessPages, SearchHit, SearchOptions, SearchResult};
+pub use pages::{
+    PE_LAZY, PE_PARENT, PE_PRESENT, PageRun, ProcessPages, SearchHit, SearchOptions, SearchResult,
+    printable,
+};
 pub use ps::{PsNode, PsOptions, TaskState};
 pub use render::{
     Table, files_table, memory_summary_table, mounts_table, sockets_table, vma_table,
