@@ -12,6 +12,7 @@ pub mod container;
 pub mod criu;
 mod error;
 pub mod images;
+pub mod inspect;
 pub mod options;
 pub mod proc;
 pub mod process;

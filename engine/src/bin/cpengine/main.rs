@@ -3,6 +3,7 @@
 mod check;
 mod containers;
 mod dump;
+mod inspect_images;
 mod restore;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Kill(containers::KillArgs),
     /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
     Delete(containers::DeleteArgs),
+    /// Show what a CRIU images directory holds: processes, files, sockets, memory.
+    InspectImages(inspect_images::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a).await,
+            Command::InspectImages(a) => inspect_images::run(a).await,
         }
     });
     match result {
