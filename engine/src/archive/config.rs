@@ -226,7 +226,13 @@ mod tests {
             ]
         );
         assert!(obj["restored"].is_boolean());
-        for k in ["id", "name", "createdTime", "checkpointedTime", "restoredTime"] {
+        for k in [
+            "id",
+            "name",
+            "createdTime",
+            "checkpointedTime",
+            "restoredTime",
+        ] {
             assert!(obj[k].is_string(), "{k}");
         }
         assert_eq!(obj["createdTime"], "2024-04-29T20:43:15.123456789+08:00");

@@ -62,8 +62,8 @@ pub use read::{
     read_info, read_info_with, visit,
 };
 pub use spec::{
-    CheckpointAnnotations, EngineKind, Identity, SpecError, annotate_spec, annotation,
-    annotations, detect_engine, identity,
+    CheckpointAnnotations, EngineKind, Identity, SpecError, annotate_spec, annotation, annotations,
+    detect_engine, identity,
 };
 pub use write::{ArchiveInput, WriteOptions, WriteReport, write_archive};
 

@@ -440,7 +440,11 @@ pub fn read_info_with(path: &Path, opts: &ReadOptions<'_>) -> Result<ArchiveInfo
     let identity = spec::identity(&spec_v, engine, &config.name);
     let log_member = names::LOGS
         .iter()
-        .find(|l| members.iter().any(|m| m.name == **l && m.kind == MemberKind::File))
+        .find(|l| {
+            members
+                .iter()
+                .any(|m| m.name == **l && m.kind == MemberKind::File)
+        })
         .map(|s| (*s).to_owned());
     Ok(ArchiveInfo {
         path: path.to_path_buf(),
@@ -704,8 +708,14 @@ mod tests {
         assert_eq!(n(b"a//b/./c").unwrap().as_deref(), Some("a/b/c"));
         assert_eq!(n(b"./").unwrap(), None);
         assert!(matches!(n(b"../x"), Err(ArchiveError::Traversal { .. })));
-        assert!(matches!(n(b"a/../../x"), Err(ArchiveError::Traversal { .. })));
-        assert!(matches!(n(b"/etc/x"), Err(ArchiveError::AbsoluteName { .. })));
+        assert!(matches!(
+            n(b"a/../../x"),
+            Err(ArchiveError::Traversal { .. })
+        ));
+        assert!(matches!(
+            n(b"/etc/x"),
+            Err(ArchiveError::AbsoluteName { .. })
+        ));
         assert!(matches!(
             n(b"a\nb"),
             Err(ArchiveError::BadName {

@@ -62,7 +62,9 @@ pub fn annotate_spec(spec: &mut Value, a: &CheckpointAnnotations) -> Result<(), 
     if ann.is_null() {
         *ann = Value::Object(Map::new());
     }
-    let ann = ann.as_object_mut().ok_or(SpecError::AnnotationsNotAnObject)?;
+    let ann = ann
+        .as_object_mut()
+        .ok_or(SpecError::AnnotationsNotAnObject)?;
     let mut set = |k: &str, v: &str| {
         ann.insert(k.to_owned(), Value::String(v.to_owned()));
     };
@@ -236,13 +238,16 @@ mod tests {
         .unwrap();
         assert_eq!(annotation(&no_ann, CRI_CONTAINER_NAME), Some("c"));
         assert!(matches!(
-            annotate_spec(&mut json!([]), &CheckpointAnnotations {
-                container_name: "c".into(),
-                sandbox_name: None,
-                sandbox_namespace: None,
-                criu_version: None,
-                checkpointed: GoTime::now(),
-            }),
+            annotate_spec(
+                &mut json!([]),
+                &CheckpointAnnotations {
+                    container_name: "c".into(),
+                    sandbox_name: None,
+                    sandbox_namespace: None,
+                    criu_version: None,
+                    checkpointed: GoTime::now(),
+                }
+            ),
             Err(SpecError::NotAnObject)
         ));
     }
@@ -253,18 +258,29 @@ mod tests {
             "io.kubernetes.cri-o.Metadata": "{\"name\":\"ctr\",\"attempt\":0}",
             "io.kubernetes.pod.name": "p", "io.kubernetes.pod.namespace": "n"}});
         assert_eq!(detect_engine(&crio), EngineKind::CriO);
-        assert_eq!(identity(&crio, EngineKind::CriO, "k8s_x").container_name, "ctr");
+        assert_eq!(
+            identity(&crio, EngineKind::CriO, "k8s_x").container_name,
+            "ctr"
+        );
         let podman = json!({"annotations": {"io.container.manager": "libpod"}});
         assert_eq!(detect_engine(&podman), EngineKind::Podman);
-        assert_eq!(identity(&podman, EngineKind::Podman, "busy").container_name, "busy");
+        assert_eq!(
+            identity(&podman, EngineKind::Podman, "busy").container_name,
+            "busy"
+        );
         let ctrd = json!({"annotations": {"io.kubernetes.cri.container-name": "c",
             "io.kubernetes.cri.sandbox-namespace": "ns"}});
         assert_eq!(detect_engine(&ctrd), EngineKind::Containerd);
         assert_eq!(
-            identity(&ctrd, EngineKind::Containerd, "x").namespace.as_deref(),
+            identity(&ctrd, EngineKind::Containerd, "x")
+                .namespace
+                .as_deref(),
             Some("ns")
         );
-        assert_eq!(detect_engine(&json!({"annotations": {}})), EngineKind::Unknown);
+        assert_eq!(
+            detect_engine(&json!({"annotations": {}})),
+            EngineKind::Unknown
+        );
         assert_eq!(detect_engine(&json!({})), EngineKind::Unknown);
         let ours = json!({"annotations": {"io.cpengine.engine.name": "cpengine"}});
         assert_eq!(detect_engine(&ours), EngineKind::Cpengine);

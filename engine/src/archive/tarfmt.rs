@@ -375,7 +375,8 @@ mod tests {
         let link = "t".repeat(150);
         let mut bytes = Vec::new();
         let mut m = Meta::new(long.as_bytes(), TypeFlag::File, 0o600, 3, 1_700_000_000);
-        m.pax.push((b"SCHILY.xattr.user.k".to_vec(), b"v\0w".to_vec()));
+        m.pax
+            .push((b"SCHILY.xattr.user.k".to_vec(), b"v\0w".to_vec()));
         bytes.extend(encode(&m));
         bytes.extend(b"abc");
         bytes.resize(padded(bytes.len() as u64) as usize, 0);
@@ -407,10 +408,7 @@ mod tests {
             .collect();
         assert_eq!(x, vec![b"v\0w".to_vec()]);
         let third = es.nth(1).unwrap().unwrap();
-        assert_eq!(
-            third.link_name_bytes().unwrap().as_ref(),
-            link.as_bytes()
-        );
+        assert_eq!(third.link_name_bytes().unwrap().as_ref(), link.as_bytes());
     }
 
     #[test]

@@ -88,7 +88,10 @@ pub struct WriteReport {
     pub deleted_files: u64,
     /// Rootfs files that changed between planning and writing (archived at planned size).
     pub changed_files: Vec<PathBuf>,
-    #[serde(rename = "duration_ms", serialize_with = "crate::report::ser_duration_ms")]
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "crate::report::ser_duration_ms"
+    )]
     pub duration: Duration,
     pub compression: Compression,
 }
@@ -146,11 +149,7 @@ fn now_secs() -> i64 {
 }
 
 /// Lists the images directory as members under `checkpoint/`, sorted.
-fn plan_images(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<Planned<'_>>,
-) -> Result<(), ArchiveError> {
+fn plan_images(dir: &Path, prefix: &str, out: &mut Vec<Planned<'_>>) -> Result<(), ArchiveError> {
     let err = |source| ArchiveError::ReadImagesDir {
         path: dir.to_path_buf(),
         source,
@@ -235,7 +234,8 @@ fn check_extra(name: &str, seen: &mut Vec<String>) -> Result<(), ArchiveError> {
     if name.is_empty() || name.contains(['\0', '\n', '\r']) {
         return bad("empty or contains NUL or a line break");
     }
-    if name.contains('/') || matches!(Path::new(name).components().next(), Some(c) if c != Component::Normal(name.as_ref()))
+    if name.contains('/')
+        || matches!(Path::new(name).components().next(), Some(c) if c != Component::Normal(name.as_ref()))
     {
         return bad("must be a plain top-level name");
     }
@@ -251,12 +251,11 @@ fn check_extra(name: &str, seen: &mut Vec<String>) -> Result<(), ArchiveError> {
 
 fn plan<'a>(input: &'a ArchiveInput) -> Result<Vec<Planned<'a>>, ArchiveError> {
     let now = now_secs();
-    let md = std::fs::metadata(&input.images_dir).map_err(|source| {
-        ArchiveError::ReadImagesDir {
+    let md =
+        std::fs::metadata(&input.images_dir).map_err(|source| ArchiveError::ReadImagesDir {
             path: input.images_dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let mut out = vec![Planned {
         name: names::CHECKPOINT_DIR.into(),
         mtime: mtime_of(&md),
@@ -264,7 +263,8 @@ fn plan<'a>(input: &'a ArchiveInput) -> Result<Vec<Planned<'a>>, ArchiveError> {
     }];
     plan_images(&input.images_dir, names::CHECKPOINT_DIR, &mut out)?;
     let json = |member: &'static str, v: &dyn erased::Json| {
-        v.to_pretty().map_err(|source| ArchiveError::EncodeJson { member, source })
+        v.to_pretty()
+            .map_err(|source| ArchiveError::EncodeJson { member, source })
     };
     out.push(Planned {
         name: names::CONFIG_DUMP.into(),

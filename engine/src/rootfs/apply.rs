@@ -44,7 +44,10 @@ pub struct ApplyReport {
     pub deleted_missing: u64,
     /// Things that could not be applied exactly (e.g. an xattr the filesystem refuses).
     pub warnings: Vec<String>,
-    #[serde(rename = "duration_ms", serialize_with = "crate::report::ser_duration_ms")]
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "crate::report::ser_duration_ms"
+    )]
     pub duration: Duration,
 }
 
@@ -52,14 +55,19 @@ pub struct ApplyReport {
 /// path (absolute in-container paths) beneath it. Paths resolve with the rootfs as their
 /// root; symlinks, hard links and devices are created as the tar says; ownership, modes,
 /// mtimes and xattrs are restored; holes of GNU sparse members are re-created.
-pub fn apply(rootfs: &Path, diff: impl Read, deleted: &[String]) -> Result<ApplyReport, RootfsError> {
+pub fn apply(
+    rootfs: &Path,
+    diff: impl Read,
+    deleted: &[String],
+) -> Result<ApplyReport, RootfsError> {
     let start = Instant::now();
     let tree = Tree::open(rootfs, Resolve::InRoot).map_err(|source| RootfsError::OpenRootfs {
         path: rootfs.to_path_buf(),
         source,
     })?;
-    let (compression, r) = crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, diff))
-        .map_err(|source| RootfsError::ReadDiff { source })?;
+    let (compression, r) =
+        crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, diff))
+            .map_err(|source| RootfsError::ReadDiff { source })?;
     let mut rep = ApplyReport {
         compression,
         ..Default::default()
@@ -411,7 +419,9 @@ fn write_sparse(
         let lines: Vec<&[u8]> = map.split(|&b| b == b'\n').collect();
         // All but the last piece are complete lines.
         let complete = &lines[..lines.len() - 1];
-        let Some(first) = complete.first() else { continue };
+        let Some(first) = complete.first() else {
+            continue;
+        };
         let count: u64 = std::str::from_utf8(first)
             .ok()
             .and_then(|s| s.parse().ok())

@@ -56,11 +56,21 @@ pub use tar::write_tar;
 pub enum EntryKind {
     File,
     Dir,
-    Symlink { target: PathBuf },
+    Symlink {
+        target: PathBuf,
+    },
     /// A second name of a file earlier in the diff (`target` is its relative path).
-    Hardlink { target: PathBuf },
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    Hardlink {
+        target: PathBuf,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 

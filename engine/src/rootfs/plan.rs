@@ -106,7 +106,11 @@ fn xattrs(path: &Path) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>
 
 fn overlay_attr<'a>(ov: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
     ov.iter()
-        .find(|(k, _)| OVERLAY_PREFIXES.iter().any(|p| k.strip_prefix(p) == Some(key)))
+        .find(|(k, _)| {
+            OVERLAY_PREFIXES
+                .iter()
+                .any(|p| k.strip_prefix(p) == Some(key))
+        })
         .map(|(_, v)| v.as_slice())
 }
 
@@ -147,7 +151,10 @@ fn kind_of(path: &Path, md: &Metadata) -> Result<Option<EntryKind>, RootfsError>
     let ft = md.file_type();
     let dev = || {
         let r = md.rdev();
-        (nix::sys::stat::major(r) as u32, nix::sys::stat::minor(r) as u32)
+        (
+            nix::sys::stat::major(r) as u32,
+            nix::sys::stat::minor(r) as u32,
+        )
     };
     Ok(Some(if ft.is_file() {
         EntryKind::File
@@ -400,7 +407,15 @@ pub fn plan_dir(rootfs: &Path, base: &Base, exclude: &[String]) -> Result<Rootfs
     };
     let mut diff = RootfsDiff::default();
     let mut links = HashMap::new();
-    walk_dir(rootfs, Path::new(""), &ex, &lookup, base, &mut diff, &mut links)?;
+    walk_dir(
+        rootfs,
+        Path::new(""),
+        &ex,
+        &lookup,
+        base,
+        &mut diff,
+        &mut links,
+    )?;
     // Deletions: base entries missing from the rootfs, top-most only.
     let mut deleted: Vec<String> = Vec::new();
     let mut gone = |rel: &Path| -> bool {
@@ -435,7 +450,8 @@ pub fn plan_dir(rootfs: &Path, base: &Base, exclude: &[String]) -> Result<Rootfs
                     if gone(&crel) {
                         continue;
                     }
-                    let both_dirs = std::fs::symlink_metadata(b.join(&crel)).is_ok_and(|m| m.is_dir())
+                    let both_dirs = std::fs::symlink_metadata(b.join(&crel))
+                        .is_ok_and(|m| m.is_dir())
                         && std::fs::symlink_metadata(rootfs.join(&crel)).is_ok_and(|m| m.is_dir());
                     if both_dirs {
                         sub.push(crel);
@@ -549,7 +565,8 @@ fn read_base_tar(path: &Path) -> Result<BTreeMap<PathBuf, BaseMeta>, RootfsError
         reason,
     };
     let f = File::open(path).map_err(err)?;
-    let (_, r) = crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, f)).map_err(err)?;
+    let (_, r) =
+        crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, f)).map_err(err)?;
     let mut tar = TarReader::new(r, 16 << 20);
     let mut idx: BTreeMap<PathBuf, BaseMeta> = BTreeMap::new();
     while let Some(e) = tar.next_entry().map_err(|e| fmt(e.to_string()))? {
@@ -674,7 +691,11 @@ mod tests {
         std::fs::create_dir(root.join("proc")).unwrap();
         std::fs::write(root.join("proc/x"), b"n").unwrap();
         let diff = plan_dir(&root, &Base::Dir(base), &default_excludes()).unwrap();
-        let paths: Vec<_> = diff.entries.iter().map(|e| e.path.to_str().unwrap()).collect();
+        let paths: Vec<_> = diff
+            .entries
+            .iter()
+            .map(|e| e.path.to_str().unwrap())
+            .collect();
         assert_eq!(paths, ["etc/edit", "new"]);
         assert_eq!(diff.deleted, ["/etc/sub/del", "/gone"]);
     }
@@ -689,12 +710,17 @@ mod tests {
         drop(f);
         let md = std::fs::metadata(&p).unwrap();
         let segs = sparse_segments(&p, &md).unwrap().expect("sparse");
-        assert!(segs.iter().any(|&(o, l)| o <= 1 << 20 && o + l >= (1 << 20) + 5));
+        assert!(
+            segs.iter()
+                .any(|&(o, l)| o <= 1 << 20 && o + l >= (1 << 20) + 5)
+        );
         assert_eq!(segs.last(), Some(&(64 << 20, 0)));
         let dense = t.path().join("d");
         std::fs::write(&dense, vec![1u8; 10000]).unwrap();
-        assert!(sparse_segments(&dense, &std::fs::metadata(&dense).unwrap())
-            .unwrap()
-            .is_none());
+        assert!(
+            sparse_segments(&dense, &std::fs::metadata(&dense).unwrap())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -38,7 +38,9 @@ fn header(e: &DiffEntry) -> (Vec<u8>, u64) {
             name.push(b'/');
             (TypeFlag::Dir, Vec::new())
         }
-        EntryKind::Symlink { target } => (TypeFlag::Symlink, target.as_os_str().as_bytes().to_vec()),
+        EntryKind::Symlink { target } => {
+            (TypeFlag::Symlink, target.as_os_str().as_bytes().to_vec())
+        }
         EntryKind::Hardlink { target } => (TypeFlag::Hardlink, path_bytes(target).to_vec()),
         EntryKind::CharDevice { .. } => (TypeFlag::Char, Vec::new()),
         EntryKind::BlockDevice { .. } => (TypeFlag::Block, Vec::new()),

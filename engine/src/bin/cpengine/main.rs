@@ -2,6 +2,7 @@
 
 mod check;
 mod dump;
+mod inspect;
 mod restore;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     Dump(dump::Args),
     /// Restore a process tree from CRIU images; it keeps running after cpengine exits.
     Restore(restore::Args),
+    /// Show what a checkpoint archive holds (container, image, sizes, CRIU statistics).
+    Inspect(inspect::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a).await,
+            Command::Inspect(a) => inspect::run(a).await,
         }
     });
     match result {
