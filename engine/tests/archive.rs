@@ -431,7 +431,8 @@ impl Sentinel {
 #[test]
 fn malicious_archives_are_rejected_with_specific_errors() {
     let ok_head = || file(b"checkpoint/inventory.img", b"x");
-    let cases: Vec<(&str, Vec<u8>, fn(&ArchiveError) -> bool)> = vec![
+    type Check = fn(&ArchiveError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         (
             "dot-dot",
             finish([ok_head(), file(b"../escaped", b"x")].concat()),

@@ -205,8 +205,12 @@ fn overlay_diff_round_trips_through_an_archive() {
     let ov1 = Overlay::mount(&t.path().join("ov1"), &lower);
     mutate(&ov1.merged);
 
-    let diff =
-        rootfs::plan_overlay(&ov1.upper, &[lower.clone()], &rootfs::default_excludes()).unwrap();
+    let diff = rootfs::plan_overlay(
+        &ov1.upper,
+        std::slice::from_ref(&lower),
+        &rootfs::default_excludes(),
+    )
+    .unwrap();
     let mut deleted = diff.deleted.clone();
     deleted.sort();
     assert_eq!(

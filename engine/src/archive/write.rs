@@ -27,8 +27,20 @@ const PROGRESS_STEP: u64 = 8 << 20;
 /// zstd level 3 is zstd's own default: close to level 1's speed with multi-threading and a
 /// clearly better ratio on memory pages.
 const ZSTD_LEVEL: i32 = 3;
-/// gzip level 1: gzip is single-threaded, and levels above 1 cost several times the time for
-/// a few percent of size on memory pages (see the throughput table in the crate README).
+/// gzip level 1: gzip is single-threaded and already the slowest option at level 1.
+///
+/// Measured on this project's 2-core machine, page cache warm, 1 GiB images dir (512 MiB
+/// random + 512 MiB half-compressible pages), including fsync and rename:
+/// `cargo run --release -p cpengine --example write_archive -- DIR OUT none|gzip|zstd`
+///
+/// | compression | time | tar MB/s | archive size |
+/// |---|---:|---:|---:|
+/// | none (copy_file_range) | 1.9–2.3 s | 475–560 | 1024 MiB |
+/// | gzip level 1 | 12.6 s | 85 | 546 MiB |
+/// | zstd level 3, 2 workers | 2.4 s | 452 | 512 MiB |
+///
+/// With no compression almost all of the time is the fsync of 1 GiB (0.0 s user time: the
+/// data never passes through user space).
 const GZIP_LEVEL: u32 = 1;
 
 /// Everything that goes into an archive.

@@ -76,7 +76,10 @@ fn names(dir: &Path) -> Result<Vec<OsString>, RootfsError> {
 }
 
 /// All xattrs of `path` (not following a symlink), split into carried ones and overlay's own.
-fn xattrs(path: &Path) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>), RootfsError> {
+/// Extended attributes, name and value.
+type Xattrs = Vec<(String, Vec<u8>)>;
+
+fn xattrs(path: &Path) -> Result<(Xattrs, Xattrs), RootfsError> {
     let err = |source| RootfsError::Xattr {
         path: path.to_path_buf(),
         source,
