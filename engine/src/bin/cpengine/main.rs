@@ -114,6 +114,19 @@ mod tests {
     }
 
     #[test]
+    fn inspect_takes_an_archive_and_json() {
+        let cli = Cli::try_parse_from(["cpengine", "inspect", "/x/a.tar", "--json"]).unwrap();
+        match cli.command {
+            Command::Inspect(a) => {
+                assert_eq!(a.archive, std::path::PathBuf::from("/x/a.tar"));
+                assert!(a.json);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["cpengine", "inspect"]).is_err());
+    }
+
+    #[test]
     fn pid_must_be_a_number() {
         assert!(Cli::try_parse_from(["cpengine", "dump", "abc", "--images-dir", "/x"]).is_err());
     }
