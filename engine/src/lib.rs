@@ -7,6 +7,8 @@
 //! engine's phases and CRIU's own statistics. A restore is the mirror image, with the restored
 //! tree re-parented to the caller (`rst_sibling`).
 
+pub mod archive;
+mod beneath;
 pub mod cgroups;
 pub mod container;
 pub mod criu;
@@ -17,6 +19,7 @@ pub mod options;
 pub mod proc;
 pub mod process;
 pub mod report;
+pub mod rootfs;
 pub mod sys;
 
 pub use error::{Error, Result};

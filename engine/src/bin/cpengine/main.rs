@@ -3,6 +3,7 @@
 mod check;
 mod containers;
 mod dump;
+mod inspect;
 mod inspect_images;
 mod restore;
 
@@ -41,6 +42,8 @@ enum Command {
     Delete(containers::DeleteArgs),
     /// Show what a CRIU images directory holds: processes, files, sockets, memory.
     InspectImages(inspect_images::Args),
+    /// Show what a checkpoint archive holds (container, image, sizes, CRIU statistics).
+    Inspect(inspect::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a).await,
             Command::InspectImages(a) => inspect_images::run(a).await,
+            Command::Inspect(a) => inspect::run(a).await,
         }
     });
     match result {
@@ -127,6 +131,19 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn inspect_takes_an_archive_and_json() {
+        let cli = Cli::try_parse_from(["cpengine", "inspect", "/x/a.tar", "--json"]).unwrap();
+        match cli.command {
+            Command::Inspect(a) => {
+                assert_eq!(a.archive, std::path::PathBuf::from("/x/a.tar"));
+                assert!(a.json);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["cpengine", "inspect"]).is_err());
     }
 
     #[test]
