@@ -11,6 +11,7 @@ pub mod cgroups;
 pub mod criu;
 mod error;
 pub mod images;
+pub mod oci;
 pub mod options;
 pub mod proc;
 pub mod process;
