@@ -259,7 +259,10 @@ fn build_blocking(
                 }
             }
             tar::EntryType::Directory => {
-                out.append_data(&mut header, &name, io::empty())
+                // Directory members end in '/', as every engine writes them.
+                let mut dir = name.into_os_string();
+                dir.push("/");
+                out.append_data(&mut header, &dir, io::empty())
                     .map_err(werr)?;
             }
             tar::EntryType::Symlink => {

@@ -26,18 +26,19 @@ pub fn sha256_hex(digest: &str) -> OciResult<&str> {
 
 /// Checks that content of `actual_size` bytes hashing to `actual` is what a descriptor
 /// (`expected`, `expected_size`) announced.
+/// The size is checked first: content cut short or running long is reported as such.
 pub fn verify(expected: &str, expected_size: u64, actual: &str, actual_size: u64) -> OciResult<()> {
-    if actual != expected {
-        return Err(OciError::DigestMismatch {
-            expected: expected.to_owned(),
-            actual: actual.to_owned(),
-        });
-    }
     if actual_size != expected_size {
         return Err(OciError::SizeMismatch {
             digest: expected.to_owned(),
             expected: expected_size,
             actual: actual_size,
+        });
+    }
+    if actual != expected {
+        return Err(OciError::DigestMismatch {
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
         });
     }
     Ok(())

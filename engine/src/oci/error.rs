@@ -17,7 +17,7 @@ pub enum OciError {
     InvalidDigest { digest: String },
     #[error("blob {expected} has digest {actual}")]
     DigestMismatch { expected: String, actual: String },
-    #[error("blob {digest} is {actual} bytes, its descriptor says {expected}")]
+    #[error("blob {digest} has {actual} bytes (or more), its descriptor says {expected}")]
     SizeMismatch {
         digest: String,
         expected: u64,

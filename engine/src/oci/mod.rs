@@ -152,3 +152,6 @@ mod tests {
         assert_eq!(super::rfc3339(1_767_323_045), "2026-01-02T03:04:05Z");
     }
 }
+
+#[cfg(test)]
+mod store_tests;

@@ -2,6 +2,7 @@
 
 mod check;
 mod dump;
+mod image;
 mod restore;
 
 use std::process::ExitCode;
@@ -15,6 +16,9 @@ struct Cli {
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Where cpengine keeps its state (the image store lives in <STATE_ROOT>/images).
+    #[arg(long, global = true, env = "CPENGINE_STATE_ROOT", value_name = "DIR")]
+    state_root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +31,8 @@ enum Command {
     Dump(dump::Args),
     /// Restore a process tree from CRIU images; it keeps running after cpengine exits.
     Restore(restore::Args),
+    /// Manage images: import, list, remove, build checkpoint images, push and pull.
+    Image(image::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a).await,
+            Command::Image(a) => image::run(a, cli.state_root.as_deref()).await,
         }
     });
     match result {
@@ -107,6 +114,21 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn image_build_format_needs_output() {
+        let base = ["cpengine", "image", "build", "a.tar", "--tag", "x"];
+        assert!(Cli::try_parse_from(base).is_ok());
+        let with = |extra: &[&'static str]| {
+            Cli::try_parse_from(base.iter().copied().chain(extra.iter().copied()))
+        };
+        assert!(with(&["--format", "oci-dir"]).is_err());
+        assert!(with(&["--output", "/x"]).is_err());
+        assert!(with(&["--format", "oci-archive", "--output", "/x"]).is_ok());
+        assert!(with(&["--format", "zip", "--output", "/x"]).is_err());
+        let cli = Cli::try_parse_from(["cpengine", "image", "ls", "--state-root", "/s"]).unwrap();
+        assert_eq!(cli.state_root.as_deref(), Some(std::path::Path::new("/s")));
     }
 
     #[test]
