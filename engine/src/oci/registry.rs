@@ -786,6 +786,202 @@ pub async fn pull(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    /// A fake registry speaking just enough HTTP/1.1 to exercise token authentication and
+    /// integrity checks (a real registry never serves corrupt blobs, so this edge needs a fake).
+    /// Every response closes the connection.
+    struct Fake {
+        manifest: Vec<u8>,
+        config: Vec<u8>,
+        layer: Vec<u8>,
+        corrupt_layer: bool,
+    }
+
+    async fn serve(
+        fake: Arc<Fake>,
+        listener: tokio::net::TcpListener,
+        log: Arc<Mutex<Vec<String>>>,
+    ) {
+        let port = listener.local_addr().unwrap().port();
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (fake, log) = (fake.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut r = tokio::io::BufReader::new(sock);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                let mut parts = line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or("").to_owned(),
+                    parts.next().unwrap_or("").to_owned(),
+                );
+                let mut auth = String::new();
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).await.unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("authorization")
+                    {
+                        auth = v.trim().to_owned();
+                    }
+                }
+                log.lock()
+                    .unwrap()
+                    .push(format!("{method} {path} [{auth}]"));
+                let ok = |ctype: &str, body: &[u8], digest: Option<String>| {
+                    let mut head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        body.len()
+                    );
+                    if let Some(d) = digest {
+                        head.push_str(&format!("Docker-Content-Digest: {d}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let mut out = head.into_bytes();
+                    out.extend_from_slice(body);
+                    out
+                };
+                let resp = if path.starts_with("/token?") {
+                    // "u:p" in base64
+                    if auth == "Basic dTpw" {
+                        ok("application/json", br#"{"token":"tok123"}"#, None)
+                    } else {
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                } else if auth != "Bearer tok123" {
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\",scope=\"repository:team/app:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .into_bytes()
+                } else if path == "/v2/team/app/manifests/v1" {
+                    ok(
+                        media::OCI_MANIFEST,
+                        &fake.manifest,
+                        Some(sha256_of(&fake.manifest)),
+                    )
+                } else if path == format!("/v2/team/app/blobs/{}", sha256_of(&fake.config)) {
+                    ok("application/octet-stream", &fake.config, None)
+                } else if path == format!("/v2/team/app/blobs/{}", sha256_of(&fake.layer)) {
+                    let mut body = fake.layer.clone();
+                    if fake.corrupt_layer {
+                        body[0] ^= 1;
+                    }
+                    ok("application/octet-stream", &body, None)
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec()
+                };
+                let mut sock = r.into_inner();
+                let _ = sock.write_all(&resp).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    }
+
+    async fn fake_registry(corrupt_layer: bool) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Fake>) {
+        let layer = b"not really a tar, the store does not look inside".to_vec();
+        let config =
+            serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256_of(&layer)]}}))
+            .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": sha256_of(&config), "size": config.len()},
+            "layers": [{"mediaType": media::OCI_LAYER, "digest": sha256_of(&layer), "size": layer.len()}],
+            "annotations": {"k": "v"}}))
+        .unwrap();
+        let fake = Arc::new(Fake {
+            manifest,
+            config,
+            layer,
+            corrupt_layer,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(serve(fake.clone(), listener, log.clone()));
+        (port, log, fake)
+    }
+
+    #[tokio::test]
+    async fn pull_answers_a_bearer_challenge_with_a_token_from_the_realm() {
+        let (port, log, fake) = fake_registry(false).await;
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).await.unwrap();
+        let opts = RegistryOptions {
+            credentials: Some(("u".into(), "p".into())),
+            ..Default::default()
+        };
+        let out = pull(&format!("127.0.0.1:{port}/team/app:v1"), &store, &opts)
+            .await
+            .unwrap();
+        assert_eq!(out.image.manifest_digest, sha256_of(&fake.manifest));
+        assert_eq!(out.image.annotations["k"], "v");
+        assert_eq!(out.blobs_fetched, 2);
+        let log = log.lock().unwrap().clone();
+        // 401 first, then the token request with basic credentials, then the retry.
+        assert_eq!(log[0], "GET /v2/team/app/manifests/v1 []", "{log:?}");
+        assert!(
+            log[1].starts_with(
+                "GET /token?service=fake&scope=repository%3Ateam%2Fapp%3Apull [Basic dTpw]"
+            ),
+            "{log:?}"
+        );
+        assert_eq!(
+            log[2], "GET /v2/team/app/manifests/v1 [Bearer tok123]",
+            "{log:?}"
+        );
+        // The token is reused for the blobs: no more challenges.
+        assert!(
+            log[3..].iter().all(|l| l.ends_with("[Bearer tok123]")),
+            "{log:?}"
+        );
+
+        // Without the right credentials the token service refuses: a typed error.
+        let (port, _, _) = fake_registry(false).await;
+        let err = pull(
+            &format!("127.0.0.1:{port}/team/app:v1"),
+            &store,
+            &RegistryOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, OciError::Token { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_from_a_registry_is_refused_and_nothing_is_committed() {
+        let (port, _, fake) = fake_registry(true).await;
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).await.unwrap();
+        let opts = RegistryOptions {
+            credentials: Some(("u".into(), "p".into())),
+            ..Default::default()
+        };
+        let err = pull(&format!("127.0.0.1:{port}/team/app:v1"), &store, &opts)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OciError::DigestMismatch { expected, .. } if *expected == sha256_of(&fake.layer)),
+            "{err:?}"
+        );
+        assert!(store.list().await.unwrap().is_empty());
+        let blobs = std::fs::read_dir(store.dir().join("blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(blobs, 0);
+        assert_eq!(
+            std::fs::read_dir(store.dir().join("tmp")).unwrap().count(),
+            0
+        );
+    }
 
     #[test]
     fn challenges_parse() {
