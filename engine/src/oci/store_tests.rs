@@ -490,3 +490,42 @@ async fn a_corrupt_archive_blob_is_refused() {
     assert!(fresh.list().await.unwrap().is_empty());
     assert_eq!(blob_count(&fresh), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_through_separate_handles_lose_nothing() {
+    // Separate handles open the lock file separately, as separate processes would: flock(2)
+    // serialises them just the same.
+    let root = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.tar");
+    checkpoint_archive(&archive, Compression::None);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (root, archive) = (root.path().to_path_buf(), archive.clone());
+        tasks.push(tokio::spawn(async move {
+            let store = ImageStore::open(&root).await.unwrap();
+            let opts = CheckpointImageOptions {
+                container_name: Some(format!("c{i}")),
+                ..Default::default()
+            };
+            build_checkpoint_image(&store, &archive, &format!("ckpt:{i}"), &opts)
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let store = ImageStore::open(root.path()).await.unwrap();
+    let list = store.list().await.unwrap();
+    let mut names: Vec<String> = list.iter().flat_map(|r| r.names.clone()).collect();
+    names.sort();
+    let want: Vec<String> = (0..8)
+        .map(|i| format!("docker.io/library/ckpt:{i}"))
+        .collect();
+    assert_eq!(names, want);
+    for i in 0..8 {
+        let rec = store.resolve(&format!("ckpt:{i}")).await.unwrap();
+        assert_eq!(is_checkpoint_image(&rec), Some(format!("c{i}")));
+    }
+}
