@@ -4,7 +4,7 @@
 //! A layout is `oci-layout` (`{"imageLayoutVersion":"1.0.0"}`), `index.json` (an image index
 //! whose descriptors point at manifests or nested indexes) and `blobs/sha256/<hex>`. Import
 //! picks one image (the only one, or the one for this host's platform), follows nested
-//! indexes to the manifest for linux/<host arch>, and stages manifest, config and layers, each
+//! indexes to the manifest for linux/\<host arch\>, and stages manifest, config and layers, each
 //! checked against its descriptor's digest and size before anything is committed. From an
 //! archive, members are read in one pass in whatever order they come; each `blobs/sha256/<hex>`
 //! member must hash to its own name.
@@ -359,7 +359,7 @@ fn platform_matches(d: &Descriptor, os: &str, arch: &str) -> Option<bool> {
         .map(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
 }
 
-/// The manifest of a multi-platform index for linux/<host arch>.
+/// The manifest of a multi-platform index for linux/\<host arch\>.
 pub(crate) fn select_platform<'a>(
     index: &'a ImageIndex,
     digest: &str,

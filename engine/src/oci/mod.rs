@@ -1,7 +1,7 @@
 //! OCI images: references, layouts, a local image store, checkpoint images and a registry
 //! client.
 //!
-//! - [`reference`]: parsing and normalising `[domain/]path[:tag][@digest]`.
+//! - [`mod@reference`]: parsing and normalising `[domain/]path[:tag][@digest]`.
 //! - [`store`]: the content-addressed [`ImageStore`] under the state root
 //!   (`/var/lib/cpengine/images`), shared by the CLI and the shim, safe for several processes.
 //! - [`layout`]: reading an OCI image layout (directory or tar archive) into the store, with

@@ -1,7 +1,7 @@
 //! A client of the OCI distribution API (v2): pull an image into the store, push one from it.
 //!
 //! Pull: `GET /v2/<repo>/manifests/<tag|digest>` (accepting OCI and Docker manifests and
-//! indexes) → for an index, the manifest for linux/<host arch> by digest → config and layers
+//! indexes) → for an index, the manifest for linux/\<host arch\> by digest → config and layers
 //! `GET /v2/<repo>/blobs/<digest>`, each streamed into the store's staging area while hashed
 //! and checked against its descriptor; the image is committed only when all of it is verified.
 //! A manifest fetched by tag is checked against the `Docker-Content-Digest` the registry sends.
