@@ -188,6 +188,7 @@ impl ImageStore {
             fs::create_dir_all(&d).map_err(store_err(&d))?;
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(store_err(&dir))?;
+        remove_stale_staging(&dir.join("tmp"));
         Ok(Self {
             inner: Arc::new(Inner { dir }),
         })
@@ -574,6 +575,34 @@ impl ImageStore {
         };
         self.write_records(records)?;
         Ok(out)
+    }
+}
+
+/// Staging directories outlive only a crash of the process that made them; one untouched for
+/// a day belongs to no running import.
+const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn remove_stale_staging(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_STAGING);
+        if stale && e.file_name().to_string_lossy().starts_with("stage-") {
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::debug!(path = %e.path().display(), "removed stale staging directory")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), %err, "cannot remove stale staging directory")
+                }
+            }
+        }
     }
 }
 
