@@ -15,6 +15,7 @@ pub mod criu;
 mod error;
 pub mod images;
 pub mod inspect;
+pub mod oci;
 pub mod options;
 pub mod proc;
 pub mod process;
