@@ -6,6 +6,13 @@ fn main() {
         "proto/rpc.proto",
         "proto/stats.proto",
         "proto/inventory.proto",
+        "proto/core.proto",
+        "proto/mm.proto",
+        "proto/pagemap.proto",
+        "proto/fs.proto",
+        "proto/fdinfo.proto",
+        "proto/files.proto",
+        "proto/sockets.proto",
     ];
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");

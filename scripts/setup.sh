@@ -9,6 +9,8 @@
 #
 # Environment:
 #   CPENGINE_SETUP_QUIET=1   less output
+#   CPENGINE_SETUP_NO_RUST=1 do not require cargo (the Vagrant playground VM installs Rust later,
+#                            or not at all when it is given prebuilt binaries)
 #   CPENGINE_CRIU_SRC        where the CRIU source tree is kept (default /usr/local/src/criu-4.2.1);
 #                            the tests read images/rpc.proto from it for the drift check.
 set -euo pipefail
@@ -36,6 +38,8 @@ PACKAGES=(
   runc iptables busybox-static util-linux procps psmisc e2fsprogs
   # interop peers and tools used by tests
   podman skopeo docker-registry jq shellcheck ruby
+  # checkers of vagrant/check.sh (YAML parser, systemd-analyze verify)
+  python3-yaml systemd
 )
 
 missing=()
@@ -122,6 +126,8 @@ case ":$PATH:" in
 esac
 
 # Rust toolchain pinned by rust-toolchain.toml (rustup installs it on first use if allowed).
-command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"
+if [ "${CPENGINE_SETUP_NO_RUST:-0}" != 1 ]; then
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"
+fi
 
 log "ready: $("$CRIU_BIN" --version | head -n1), $(runc --version | head -n1)"

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export PATH="/usr/local/sbin:$PATH"
+vagrant/check.sh # static checks of the kubeadm playground in vagrant/ (no VM needed)
 
 echo "== building" >&2
 cargo build --locked --workspace --all-targets

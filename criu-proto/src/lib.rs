@@ -2,8 +2,9 @@
 //!
 //! * [`rpc`] — the messages exchanged with `criu swrk` (one protobuf message per
 //!   `SOCK_SEQPACKET` packet): `CriuReq`, `CriuResp`, `CriuOpts` and friends.
-//! * [`images`] — the image entries cpengine decodes (`stats-dump`, `stats-restore`,
-//!   `inventory.img`, `pstree.img`).
+//! * [`images`] — the image entries cpengine decodes: `stats-dump`, `stats-restore`,
+//!   `inventory.img`, `pstree.img`, and for inspection `core-*`, `mm-*`, `pagemap-*`, `fs-*`,
+//!   `ids-*`, `fdinfo-*`, `files.img` (with its file and socket kinds) and `tty-info.img`.
 //! * [`image`] — how image files are framed: magic numbers, then `u32` little-endian
 //!   length-prefixed protobuf entries. Readers enforce a size cap before allocating.
 //!
@@ -30,9 +31,15 @@ pub mod rpc {
 
 /// CRIU image entries.
 pub mod images {
+    pub use crate::generated::core_entry::March;
     pub use crate::generated::{
-        DumpStatsEntry, InventoryEntry, Lsmtype, PluginsEntry, PstreeEntry, RestoreStatsEntry,
-        StatsEntry, TaskKobjIdsEntry,
+        CoreEntry, CredsEntry, DumpStatsEntry, EventfdFileEntry, EventpollFileEntry, ExtFileEntry,
+        FdTypes, FdinfoEntry, FifoEntry, FileEntry, FsEntry, InetSkEntry, InotifyFileEntry,
+        InventoryEntry, Lsmtype, MemfdFileEntry, MmEntry, NetlinkSkEntry, NsFileEntry,
+        PacketSockEntry, PagemapEntry, PagemapHead, PidfdEntry, PipeEntry, PluginsEntry,
+        PstreeEntry, RegFileEntry, RestoreStatsEntry, SignalfdEntry, SkOptsEntry, SkShutdown,
+        StatsEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, TimerfdEntry, TtyFileEntry,
+        TtyInfoEntry, TtyPtyEntry, TtyType, UnixSkEntry, VmaEntry,
     };
 }
 

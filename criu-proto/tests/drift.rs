@@ -132,15 +132,7 @@ fn rpc_proto_matches_upstream_exactly() {
 
 #[test]
 fn image_entries_match_upstream() {
-    let upstream = shapes(&compile_upstream(
-        &upstream_dir(),
-        &[
-            "stats.proto",
-            "inventory.proto",
-            "pstree.proto",
-            "core.proto",
-        ],
-    ));
+    let upstream = shapes(&compile_upstream(&upstream_dir(), UPSTREAM_IMAGE_PROTOS));
     let ours = ours();
     let mut checked = 0;
     let mut problems = Vec::new();
@@ -165,5 +157,100 @@ fn image_entries_match_upstream() {
         "image protos drifted from CRIU:\n{}",
         problems.join("\n")
     );
-    assert!(checked > 40, "only {checked} fields compared");
+    assert!(checked > 250, "only {checked} fields compared");
+    // Every image message and enum we declare was compared (none silently skipped), and
+    // the inspection entries are among them.
+    for name in [
+        "core_entry",
+        "task_core_entry",
+        "thread_core_entry",
+        "creds_entry",
+        "mm_entry",
+        "vma_entry",
+        "pagemap_head",
+        "pagemap_entry",
+        "fs_entry",
+        "fdinfo_entry",
+        "file_entry",
+        "fd_types",
+        "reg_file_entry",
+        "pipe_entry",
+        "fifo_entry",
+        "tty_file_entry",
+        "tty_info_entry",
+        "TtyType",
+        "unix_sk_entry",
+        "inet_sk_entry",
+        "sk_opts_entry",
+        "packet_sock_entry",
+        "netlink_sk_entry",
+        "eventfd_file_entry",
+        "eventpoll_file_entry",
+        "signalfd_entry",
+        "inotify_file_entry",
+        "timerfd_entry",
+        "memfd_file_entry",
+        "pidfd_entry",
+        "ns_file_entry",
+        "ext_file_entry",
+    ] {
+        assert!(ours.contains_key(name), "{name} not declared in our protos");
+        assert!(upstream.contains_key(name), "{name} not found upstream");
+    }
+}
+
+/// Upstream files holding every image message we declare (their imports come along).
+const UPSTREAM_IMAGE_PROTOS: &[&str] = &[
+    "stats.proto",
+    "inventory.proto",
+    "pstree.proto",
+    "core.proto",
+    "creds.proto",
+    "mm.proto",
+    "vma.proto",
+    "pagemap.proto",
+    "fs.proto",
+    "fdinfo.proto",
+    "regfile.proto",
+    "pipe.proto",
+    "fifo.proto",
+    "tty.proto",
+    "eventfd.proto",
+    "eventpoll.proto",
+    "signalfd.proto",
+    "fsnotify.proto",
+    "timerfd.proto",
+    "memfd.proto",
+    "pidfd.proto",
+    "ns.proto",
+    "ext-file.proto",
+    "sk-opts.proto",
+    "sk-inet.proto",
+    "sk-unix.proto",
+    "packet-sock.proto",
+    "sk-netlink.proto",
+];
+
+/// Nested messages and enums (such as `core_entry.march`) are compared too: the shapes of
+/// top-level declarations alone would let a nested enum drift unnoticed.
+#[test]
+fn nested_enums_match_upstream() {
+    let find = |set: &FileDescriptorSet| -> BTreeMap<String, i32> {
+        set.file
+            .iter()
+            .flat_map(|f| &f.message_type)
+            .filter(|m| m.name() == "core_entry")
+            .flat_map(|m| &m.enum_type)
+            .filter(|e| e.name() == "march")
+            .flat_map(|e| &e.value)
+            .map(|v| (v.name().to_string(), v.number()))
+            .collect()
+    };
+    let upstream = find(&compile_upstream(&upstream_dir(), &["core.proto"]));
+    let ours = find(&FileDescriptorSet::decode(criu_proto::DESCRIPTOR_SET).unwrap());
+    assert!(upstream.len() >= 9, "upstream march has {upstream:?}");
+    for (name, number) in &ours {
+        assert_eq!(upstream.get(name), Some(number), "core_entry.march.{name}");
+    }
+    assert_eq!(ours.len(), upstream.len(), "march values: ours {ours:?}");
 }

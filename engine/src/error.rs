@@ -32,6 +32,10 @@ pub enum Error {
     Cgroups { source: io::Error },
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("{what}")]
     Io { what: String, source: io::Error },
     #[error("{0}")]

@@ -7,15 +7,20 @@
 //! engine's phases and CRIU's own statistics. A restore is the mirror image, with the restored
 //! tree re-parented to the caller (`rst_sibling`).
 
+pub mod archive;
+mod beneath;
 pub mod cgroups;
 pub mod container;
 pub mod criu;
 mod error;
 pub mod images;
+pub mod inspect;
+pub mod oci;
 pub mod options;
 pub mod proc;
 pub mod process;
 pub mod report;
+pub mod rootfs;
 pub mod sys;
 
 pub use error::{Error, Result};

@@ -114,11 +114,12 @@ impl From<RestoreStatsEntry> for RestoreStats {
 /// Reads a CRIU stats file (`stats-dump` or `stats-restore`).
 pub fn read_stats(path: &Path) -> Result<StatsEntry, ImageError> {
     let f = std::fs::File::open(path)?;
-    ImageReader::new(
-        std::io::BufReader::new(f),
-        image::Header::Service(image::magic::STATS),
-    )?
-    .one()
+    decode_stats(std::io::BufReader::new(f))
+}
+
+/// Decodes a CRIU stats image from any reader (e.g. a member of a checkpoint archive).
+pub fn decode_stats(r: impl std::io::Read) -> Result<StatsEntry, ImageError> {
+    ImageReader::new(r, image::Header::Service(image::magic::STATS))?.one()
 }
 
 /// The result of a checkpoint of a process tree.

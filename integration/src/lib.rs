@@ -150,9 +150,15 @@ impl Workload {
 
     /// Like [`Workload::start`] with a caller-owned directory.
     pub fn start_in(dir: &Path, args: &[&str]) -> Self {
+        Self::start_in_with_env(dir, args, &[])
+    }
+
+    /// Like [`Workload::start_in`] with extra environment variables.
+    pub fn start_in_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         init();
         let mut cmd = Command::new(workload_bin());
         cmd.arg("--dir").arg(dir).args(args.iter().map(OsStr::new));
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -8,6 +8,7 @@
 //! container started with — the inputs runc's `criu_linux.go` uses to build its CRIU request.
 
 pub mod checkpoint;
+pub mod journal;
 pub mod manage;
 pub mod mountinfo;
 pub mod relay;

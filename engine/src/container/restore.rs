@@ -33,26 +33,7 @@ use super::checkpoint::read_descriptors;
 use super::state::{ContainerRecord, StateRoot};
 use super::{RUNC_DEFAULT_DEVICES, validate_id};
 
-/// The base tree a restored rootfs is layered on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootfsBase {
-    /// A directory (used read-only as the overlay's lower layer).
-    Dir(PathBuf),
-    /// A tarball, unpacked into the container's state first.
-    Tar(PathBuf),
-}
-
-impl RootfsBase {
-    /// A directory path is a `Dir`, anything else a `Tar`.
-    pub fn from_path(p: impl Into<PathBuf>) -> Self {
-        let p = p.into();
-        if p.is_dir() {
-            Self::Dir(p)
-        } else {
-            Self::Tar(p)
-        }
-    }
-}
+pub use crate::rootfs::Base as RootfsBase;
 
 /// A checkpoint laid out on disk (an extracted archive, or a dump made in place).
 #[derive(Debug, Clone)]
@@ -190,9 +171,16 @@ pub async fn restore(
         RootfsBase::Dir(d) => d.clone(),
         RootfsBase::Tar(t) => {
             let dir = lib_dir.join("base");
-            let t = t.clone();
-            let d2 = dir.clone();
-            crate::blocking(move || unpack_tar(&t, &d2)).await?;
+            std::fs::create_dir_all(&dir)
+                .map_err(Error::io(format!("creating {}", dir.display())))?;
+            let (t, d2) = (t.clone(), dir.clone());
+            crate::blocking(move || {
+                let f = std::fs::File::open(&t)
+                    .map_err(Error::io(format!("opening {}", t.display())))?;
+                crate::rootfs::apply(&d2, f, &[])?;
+                Ok(())
+            })
+            .await?;
             dir
         }
     };
@@ -544,41 +532,23 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     .map_err(|e| Error::io(format!("mounting overlay at {}", target.display()))(e.into()))
 }
 
-/// Unpacks a base tarball (plain, gzip or zstd not yet: plain tar).
-fn unpack_tar(tar: &Path, dest: &Path) -> Result<()> {
-    let f = std::fs::File::open(tar).map_err(Error::io(format!("opening {}", tar.display())))?;
-    std::fs::create_dir_all(dest).map_err(Error::io(format!("creating {}", dest.display())))?;
-    let mut a = tar::Archive::new(std::io::BufReader::new(f));
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    a.set_unpack_xattrs(true);
-    a.unpack(dest)
-        .map_err(Error::io(format!("unpacking {}", tar.display())))
-}
-
-/// Applies the rootfs changes: the diff tar over the rootfs, then the deletions.
+/// Applies the rootfs changes: the diff tar over the rootfs (safely, beneath it), then the
+/// deletions.
 fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<()> {
-    if let Some(d) = diff {
-        unpack_tar(d, rootfs)?;
-    }
-    for p in deleted {
-        let rel = Path::new(p.trim_start_matches('/'));
-        if rel.as_os_str().is_empty()
-            || rel
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(Error::Invalid(format!(
-                "deleted.files entry {p:?} is not a plain path beneath the rootfs"
-            )));
+    match diff {
+        Some(d) => {
+            let f =
+                std::fs::File::open(d).map_err(Error::io(format!("opening {}", d.display())))?;
+            crate::rootfs::apply(rootfs, f, deleted)?;
         }
-        let target = rootfs.join(rel);
-        match target.symlink_metadata() {
-            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&target),
-            Ok(_) => std::fs::remove_file(&target),
-            Err(_) => Ok(()),
+        // An empty tar (two zero blocks) carries only the deletions.
+        None => {
+            crate::rootfs::apply(
+                rootfs,
+                std::io::Read::take(std::io::repeat(0), 1024),
+                deleted,
+            )?;
         }
-        .map_err(Error::io(format!("removing {}", target.display())))?;
     }
     Ok(())
 }

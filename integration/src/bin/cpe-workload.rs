@@ -5,9 +5,14 @@
 //! * `counter` — the loop count, rewritten in place (fixed width) through one fd kept open;
 //! * `child-<i>` — the same for each forked child (`--children`);
 //! * `pipe` — bytes received so far from a child writing into a pipe (`--pipe`);
+//! * `port` — the port of the TCP listener on 127.0.0.1 (`--listen <port>`, 0 for any);
 //! * `ready` — created once memory is allocated and every child is running;
 //! * `verify-result` — `ok <MiB>` or `bad <page>` after `verify-request` appears: the
 //!   `--mem` MiB of memory are checked against the deterministic pattern they were filled with.
+//!
+//! With `--unix-listen <path>` the root also holds a listening unix stream socket bound there,
+//! and with `--secret-file <path>` it reads that file into its heap after forking (so only
+//! the root's memory holds the contents) and keeps it there: the inspection tests look for it.
 //!
 //! Single-threaded on purpose, so `fork` is safe.
 
@@ -23,6 +28,9 @@ struct Args {
     pipe: bool,
     mem_mib: usize,
     interval: Duration,
+    listen: Option<u16>,
+    unix_listen: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
 }
 
 fn parse() -> Args {
@@ -32,6 +40,9 @@ fn parse() -> Args {
         pipe: false,
         mem_mib: 0,
         interval: Duration::from_millis(20),
+        listen: None,
+        unix_listen: None,
+        secret_file: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +55,9 @@ fn parse() -> Args {
             "--interval-ms" => {
                 a.interval = Duration::from_millis(val().parse().expect("--interval-ms N"))
             }
+            "--listen" => a.listen = Some(val().parse().expect("--listen PORT")),
+            "--unix-listen" => a.unix_listen = Some(PathBuf::from(val())),
+            "--secret-file" => a.secret_file = Some(PathBuf::from(val())),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -135,6 +149,20 @@ fn main() {
 
     let counter = counter_file(&a.dir.join("counter"));
     let pipe_count = pipe_rx.as_ref().map(|_| counter_file(&a.dir.join("pipe")));
+    let listener = a.listen.map(|port| {
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind --listen");
+        let port = l.local_addr().expect("local_addr").port();
+        fs::write(a.dir.join("port"), port.to_string()).expect("write port");
+        l
+    });
+    let unix_listener = a
+        .unix_listen
+        .as_ref()
+        .map(|p| std::os::unix::net::UnixListener::bind(p).expect("bind --unix-listen"));
+    let secret = a
+        .secret_file
+        .as_ref()
+        .map(|p| fs::read(p).expect("read --secret-file"));
     fs::write(a.dir.join("ready"), std::process::id().to_string()).expect("write ready");
 
     let request = a.dir.join("verify-request");
@@ -166,6 +194,8 @@ fn main() {
             let _ = fs::remove_file(&request);
             let _ = fs::write(a.dir.join("verify-result"), verdict);
         }
+        // Keep the sockets and the secret alive (and the secret in memory) for the whole run.
+        std::hint::black_box((&listener, &unix_listener, &secret));
         sleep(a.interval);
     }
 }

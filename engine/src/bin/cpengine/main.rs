@@ -3,6 +3,9 @@
 mod check;
 mod containers;
 mod dump;
+mod image;
+mod inspect;
+mod inspect_images;
 mod restore;
 
 use std::process::ExitCode;
@@ -38,6 +41,12 @@ enum Command {
     Kill(containers::KillArgs),
     /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
     Delete(containers::DeleteArgs),
+    /// Show what a CRIU images directory holds: processes, files, sockets, memory.
+    InspectImages(inspect_images::Args),
+    /// Show what a checkpoint archive holds (container, image, sizes, CRIU statistics).
+    Inspect(inspect::Args),
+    /// Manage images: import, list, remove, build checkpoint images, push and pull.
+    Image(image::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -77,6 +86,9 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a).await,
+            Command::InspectImages(a) => inspect_images::run(a).await,
+            Command::Inspect(a) => inspect::run(a).await,
+            Command::Image(a) => image::run(a, &state).await,
         }
     });
     match result {
@@ -123,6 +135,34 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn inspect_takes_an_archive_and_json() {
+        let cli = Cli::try_parse_from(["cpengine", "inspect", "/x/a.tar", "--json"]).unwrap();
+        match cli.command {
+            Command::Inspect(a) => {
+                assert_eq!(a.archive, std::path::PathBuf::from("/x/a.tar"));
+                assert!(a.json);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["cpengine", "inspect"]).is_err());
+    }
+
+    #[test]
+    fn image_build_format_needs_output() {
+        let base = ["cpengine", "image", "build", "a.tar", "--tag", "x"];
+        assert!(Cli::try_parse_from(base).is_ok());
+        let with = |extra: &[&'static str]| {
+            Cli::try_parse_from(base.iter().copied().chain(extra.iter().copied()))
+        };
+        assert!(with(&["--format", "oci-dir"]).is_err());
+        assert!(with(&["--output", "/x"]).is_err());
+        assert!(with(&["--format", "oci-archive", "--output", "/x"]).is_ok());
+        assert!(with(&["--format", "zip", "--output", "/x"]).is_err());
+        let cli = Cli::try_parse_from(["cpengine", "image", "ls", "--state-root", "/s"]).unwrap();
+        assert_eq!(cli.state_root.as_deref(), Some(std::path::Path::new("/s")));
     }
 
     #[test]

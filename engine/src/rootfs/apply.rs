@@ -1,0 +1,458 @@
+//! Applying a diff tar to a rootfs (see the module docs of [`crate::rootfs`]).
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use serde::Serialize;
+
+use super::RootfsError;
+use crate::archive::Compression;
+use crate::archive::tarread::{RawEntry, TarReader};
+use crate::beneath::{self, Resolve, Tree};
+
+/// Cap on tar extension headers (pax records with xattrs, long names) in a diff.
+const MAX_EXT: u64 = 16 << 20;
+/// Cap on a GNU sparse map (offsets and lengths as text).
+const MAX_SPARSE_MAP: usize = 16 << 20;
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplyReport {
+    pub compression: Compression,
+    pub entries: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub devices: u64,
+    /// File data bytes written.
+    pub bytes: u64,
+    /// OCI whiteouts and opaque markers honoured.
+    pub whiteouts: u64,
+    /// `deleted.files` paths removed.
+    pub deleted: u64,
+    /// `deleted.files` paths that did not exist.
+    pub deleted_missing: u64,
+    /// Things that could not be applied exactly (e.g. an xattr the filesystem refuses).
+    pub warnings: Vec<String>,
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "crate::report::ser_duration_ms"
+    )]
+    pub duration: Duration,
+}
+
+/// Extracts `diff` (a tar, plain, gzip or zstd) into `rootfs`, then removes every `deleted`
+/// path (absolute in-container paths) beneath it. Paths resolve with the rootfs as their
+/// root; symlinks, hard links and devices are created as the tar says; ownership, modes,
+/// mtimes and xattrs are restored; holes of GNU sparse members are re-created.
+pub fn apply(
+    rootfs: &Path,
+    diff: impl Read,
+    deleted: &[String],
+) -> Result<ApplyReport, RootfsError> {
+    let start = Instant::now();
+    let tree = Tree::open(rootfs, Resolve::InRoot).map_err(|source| RootfsError::OpenRootfs {
+        path: rootfs.to_path_buf(),
+        source,
+    })?;
+    let (compression, r) =
+        crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, diff))
+            .map_err(|source| RootfsError::ReadDiff { source })?;
+    let mut rep = ApplyReport {
+        compression,
+        ..Default::default()
+    };
+    let mut tar = TarReader::new(r, MAX_EXT);
+    let mut created: HashSet<PathBuf> = HashSet::new();
+    let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let e = match tar.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(RootfsError::DiffFormat {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        if e.flag == b'g' {
+            continue;
+        }
+        let sparse = e.pax_value("GNU.sparse.major") == Some(b"1");
+        let raw_name = match (sparse, e.pax_value("GNU.sparse.name")) {
+            (true, Some(n)) => n.to_vec(),
+            _ => e.name.clone(),
+        };
+        let Some(rel) = safe_rel(&raw_name)? else {
+            continue;
+        };
+        rep.entries += 1;
+        let name = rel.display().to_string();
+        let fail = |source: io::Error| RootfsError::Apply {
+            name: name.clone(),
+            source,
+        };
+        let leaf_bytes = rel.file_name().map(OsStr::as_bytes).unwrap_or(b"");
+        if let Some(hidden) = leaf_bytes.strip_prefix(b".wh.") {
+            let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            let dir = match tree.dir(&parent) {
+                Ok(d) => d,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(fail(e)),
+            };
+            if hidden == b".wh..opq" {
+                for child in beneath::list_dir(dir.as_fd()).map_err(&fail)? {
+                    let c = OsStr::from_bytes(&child);
+                    if !created.contains(&parent.join(c)) {
+                        beneath::remove_tree_at(dir.as_fd(), c).map_err(&fail)?;
+                    }
+                }
+            } else if !hidden.is_empty() {
+                beneath::remove_tree_at(dir.as_fd(), OsStr::from_bytes(hidden)).map_err(&fail)?;
+            }
+            rep.whiteouts += 1;
+            continue;
+        }
+        let (pfd, leaf) = tree.parent(&rel, Some(0o755)).map_err(&fail)?;
+        let pfd = pfd.as_fd();
+        let existing = beneath::lstat_at(pfd, leaf).map_err(&fail)?;
+        match e.flag {
+            b'5' => {
+                match existing {
+                    Some(st) if beneath::is_dir(&st) => {}
+                    Some(_) => {
+                        beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
+                        mkdir(pfd, leaf).map_err(&fail)?;
+                    }
+                    None => mkdir(pfd, leaf).map_err(&fail)?,
+                }
+                let d = nix::fcntl::openat(
+                    pfd,
+                    leaf,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| fail(e.into()))?;
+                let d = File::from(d);
+                owner_mode(&d, &e).map_err(&fail)?;
+                set_xattrs_fd(&d, &e, &name, &mut rep.warnings);
+                dir_times.push((rel.clone(), e.mtime));
+                rep.dirs += 1;
+            }
+            b'0' | b'7' => {
+                if existing.is_some() {
+                    beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
+                }
+                let fd = nix::fcntl::openat(
+                    pfd,
+                    leaf,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| fail(e.into()))?;
+                let mut f = File::from(fd);
+                let mut data = tar.data();
+                if sparse {
+                    let real: u64 = e
+                        .pax_value("GNU.sparse.realsize")
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                        .ok_or_else(|| RootfsError::DiffFormat {
+                            reason: format!("{name}: sparse member without GNU.sparse.realsize"),
+                        })?;
+                    rep.bytes += write_sparse(&mut data, &mut f, real, &name, &mut buf)?;
+                } else {
+                    rep.bytes += copy_all(&mut data, &mut f, &mut buf).map_err(&fail)?;
+                }
+                owner_mode(&f, &e).map_err(&fail)?;
+                set_xattrs_fd(&f, &e, &name, &mut rep.warnings);
+                let t = TimeSpec::new(e.mtime, 0);
+                nix::sys::stat::futimens(&f, &t, &t).map_err(|e| fail(e.into()))?;
+                rep.files += 1;
+            }
+            b'2' => {
+                if existing.is_some() {
+                    beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
+                }
+                nix::unistd::symlinkat(OsStr::from_bytes(&e.link), pfd, leaf)
+                    .map_err(|e| fail(e.into()))?;
+                chown_at(pfd, leaf, &e).map_err(&fail)?;
+                set_xattrs_at(pfd, leaf, &e, &name, &mut rep.warnings);
+                let t = TimeSpec::new(e.mtime, 0);
+                nix::sys::stat::utimensat(pfd, leaf, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .map_err(|e| fail(e.into()))?;
+                rep.symlinks += 1;
+            }
+            b'1' => {
+                let Some(trel) = safe_rel(&e.link)? else {
+                    return Err(RootfsError::UnsafeName {
+                        name: String::from_utf8_lossy(&e.link).into_owned(),
+                        reason: "hard link to the root",
+                    });
+                };
+                let (tfd, tleaf) = tree.parent(&trel, None).map_err(&fail)?;
+                if existing.is_some() {
+                    beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
+                }
+                nix::unistd::linkat(tfd.as_fd(), tleaf, pfd, leaf, AtFlags::empty())
+                    .map_err(|e| fail(e.into()))?;
+                rep.hardlinks += 1;
+            }
+            b'3' | b'4' | b'6' => {
+                if existing.is_some() {
+                    beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
+                }
+                let kind = match e.flag {
+                    b'3' => SFlag::S_IFCHR,
+                    b'4' => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let dev = nix::sys::stat::makedev(e.dev_major.into(), e.dev_minor.into());
+                nix::sys::stat::mknodat(
+                    pfd,
+                    leaf,
+                    kind,
+                    Mode::from_bits_truncate(e.mode & 0o777),
+                    dev,
+                )
+                .map_err(|e| fail(e.into()))?;
+                chown_at(pfd, leaf, &e).map_err(&fail)?;
+                nix::sys::stat::fchmodat(
+                    pfd,
+                    leaf,
+                    Mode::from_bits_truncate(e.mode & 0o7777),
+                    FchmodatFlags::FollowSymlink,
+                )
+                .map_err(|e| fail(e.into()))?;
+                let t = TimeSpec::new(e.mtime, 0);
+                nix::sys::stat::utimensat(pfd, leaf, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .map_err(|e| fail(e.into()))?;
+                rep.devices += 1;
+            }
+            other => {
+                return Err(RootfsError::UnsupportedEntry {
+                    name,
+                    flag: other as char,
+                });
+            }
+        }
+        created.insert(rel);
+    }
+    // Directory mtimes last, deepest first: creating children changed them.
+    for (rel, mtime) in dir_times.iter().rev() {
+        if let Ok((pfd, leaf)) = tree.parent(rel, None) {
+            let t = TimeSpec::new(*mtime, 0);
+            let _ = nix::sys::stat::utimensat(
+                pfd.as_fd(),
+                leaf,
+                &t,
+                &t,
+                UtimensatFlags::NoFollowSymlink,
+            );
+        }
+    }
+    for d in deleted {
+        let Some(rel) = safe_rel(d.trim_start_matches('/').as_bytes())? else {
+            return Err(RootfsError::UnsafeName {
+                name: d.clone(),
+                reason: "deletes the root",
+            });
+        };
+        let err = |source| RootfsError::Delete {
+            path: d.clone(),
+            source,
+        };
+        let (pfd, leaf) = match tree.parent(&rel, None) {
+            Ok(x) => x,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                rep.deleted_missing += 1;
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        };
+        if beneath::remove_tree_at(pfd.as_fd(), leaf).map_err(err)? {
+            rep.deleted += 1;
+        } else {
+            rep.deleted_missing += 1;
+        }
+    }
+    rep.duration = start.elapsed();
+    Ok(rep)
+}
+
+/// A tar name as a relative path; `None` for the root itself; an error for `..`, absolute
+/// names and NUL bytes.
+fn safe_rel(raw: &[u8]) -> Result<Option<PathBuf>, RootfsError> {
+    let unsafe_name = |reason| RootfsError::UnsafeName {
+        name: String::from_utf8_lossy(raw).into_owned(),
+        reason,
+    };
+    if raw.contains(&0) {
+        return Err(unsafe_name("contains a NUL byte"));
+    }
+    if raw.starts_with(b"/") {
+        return Err(unsafe_name("is absolute"));
+    }
+    let mut p = PathBuf::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(unsafe_name("contains '..'")),
+            c => p.push(OsStr::from_bytes(c)),
+        }
+    }
+    Ok((!p.as_os_str().is_empty()).then_some(p))
+}
+
+fn mkdir(dir: BorrowedFd<'_>, leaf: &OsStr) -> io::Result<()> {
+    nix::sys::stat::mkdirat(dir, leaf, Mode::from_bits_truncate(0o700)).map_err(Into::into)
+}
+
+/// chown first (it clears set-id bits), then the full mode.
+fn owner_mode(f: &File, e: &RawEntry) -> io::Result<()> {
+    nix::unistd::fchown(
+        f,
+        Some(nix::unistd::Uid::from_raw(e.uid as u32)),
+        Some(nix::unistd::Gid::from_raw(e.gid as u32)),
+    )?;
+    nix::sys::stat::fchmod(f, Mode::from_bits_truncate(e.mode & 0o7777))?;
+    Ok(())
+}
+
+fn chown_at(dir: BorrowedFd<'_>, leaf: &OsStr, e: &RawEntry) -> io::Result<()> {
+    nix::unistd::fchownat(
+        dir,
+        leaf,
+        Some(nix::unistd::Uid::from_raw(e.uid as u32)),
+        Some(nix::unistd::Gid::from_raw(e.gid as u32)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(Into::into)
+}
+
+fn xattrs_of(e: &RawEntry) -> impl Iterator<Item = (&str, &[u8])> {
+    e.pax.iter().filter_map(|(k, v)| {
+        let n = k.strip_prefix("SCHILY.xattr.")?;
+        Some((n, v.as_slice()))
+    })
+}
+
+fn set_xattrs_fd(f: &File, e: &RawEntry, name: &str, warnings: &mut Vec<String>) {
+    use xattr::FileExt;
+    for (k, v) in xattrs_of(e) {
+        if let Err(err) = f.set_xattr(k, v) {
+            warnings.push(format!("{name}: xattr {k}: {err}"));
+        }
+    }
+}
+
+fn set_xattrs_at(
+    dir: BorrowedFd<'_>,
+    leaf: &OsStr,
+    e: &RawEntry,
+    name: &str,
+    warnings: &mut Vec<String>,
+) {
+    // No fd can be opened on a symlink for fsetxattr; the parent's /proc/self/fd link is
+    // resolved by the kernel to the already-confined directory, and lsetxattr does not follow
+    // the leaf.
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(leaf);
+    for (k, v) in xattrs_of(e) {
+        if let Err(err) = xattr::set(&path, k, v) {
+            warnings.push(format!("{name}: xattr {k}: {err}"));
+        }
+    }
+}
+
+fn copy_all(r: &mut impl Read, w: &mut File, buf: &mut [u8]) -> io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+}
+
+/// Writes a GNU sparse 1.0 member: the segment map, then each segment at its offset, leaving
+/// holes between them; the file is then extended to its real size.
+fn write_sparse(
+    r: &mut impl Read,
+    f: &mut File,
+    real: u64,
+    name: &str,
+    buf: &mut [u8],
+) -> Result<u64, RootfsError> {
+    let bad = |reason: &str| RootfsError::DiffFormat {
+        reason: format!("{name}: {reason}"),
+    };
+    let io_fail = |source| RootfsError::Apply {
+        name: name.to_owned(),
+        source,
+    };
+    let mut map = Vec::new();
+    let nums: Vec<u64> = loop {
+        let mut block = [0u8; 512];
+        r.read_exact(&mut block).map_err(io_fail)?;
+        map.extend_from_slice(&block);
+        if map.len() > MAX_SPARSE_MAP {
+            return Err(bad("sparse map too large"));
+        }
+        let lines: Vec<&[u8]> = map.split(|&b| b == b'\n').collect();
+        // All but the last piece are complete lines.
+        let complete = &lines[..lines.len() - 1];
+        let Some(first) = complete.first() else {
+            continue;
+        };
+        let count: u64 = std::str::from_utf8(first)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("bad sparse map"))?;
+        if count > (MAX_SPARSE_MAP as u64) / 4 {
+            return Err(bad("bad sparse map"));
+        }
+        if complete.len() as u64 > 2 * count {
+            break complete[1..=(2 * count) as usize]
+                .iter()
+                .map(|l| std::str::from_utf8(l).ok().and_then(|s| s.parse().ok()))
+                .collect::<Option<Vec<u64>>>()
+                .ok_or_else(|| bad("bad sparse map"))?;
+        }
+    };
+    let mut written = 0u64;
+    for pair in nums.chunks(2) {
+        let (off, len) = (pair[0], pair[1]);
+        if off.checked_add(len).is_none_or(|end| end > real) {
+            return Err(bad("sparse segment beyond the file's size"));
+        }
+        f.seek(SeekFrom::Start(off)).map_err(io_fail)?;
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            r.read_exact(&mut buf[..want]).map_err(io_fail)?;
+            f.write_all(&buf[..want]).map_err(io_fail)?;
+            left -= want as u64;
+        }
+        written += len;
+    }
+    f.set_len(real).map_err(io_fail)?;
+    Ok(written)
+}
