@@ -214,24 +214,96 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
-/// Imports a busybox root file system as image `name` into a standalone shim's image store.
-pub fn import_busybox(state: &cpengine::container::state::StateRoot, name: &str) -> pb::Image {
-    let tmp = crate::scratch("cpe-bb-");
-    crate::runc::make_busybox_base(tmp.path());
-    let store = cpengine_shim::images::dir::DirImages::new(state);
-    let cfg = cpengine_shim::domain::ImageConfig {
-        cmd: vec!["sh".into()],
-        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-        ..Default::default()
+/// Writes an OCI image layout at `dir` with one uncompressed layer per tree in `layers`
+/// (bottom first), a config running `cmd`, named `ref_name` in its index.
+pub fn oci_layout(dir: &Path, ref_name: &str, layers: &[&Path], cmd: &[&str]) {
+    use cpengine::oci::digest::sha256_of;
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let blob = |bytes: &[u8]| {
+        let d = sha256_of(bytes);
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), bytes).unwrap();
+        (d, bytes.len())
     };
-    let info = store
-        .import_dir(name, tmp.path(), cfg, Default::default())
-        .expect("import busybox");
-    pb::Image {
-        id: info.id,
-        repo_tags: info.repo_tags,
-        ..Default::default()
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let tar = tar_tree(l);
+        let (d, n) = blob(&tar);
+        diff_ids.push(d.clone());
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}));
     }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let (cd, cn) = blob(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+        "layers": descs,
+    }))
+    .unwrap();
+    let (md, mn) = blob(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
+            "annotations": {"org.opencontainers.image.ref.name": ref_name}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+/// A tar of a directory tree, entries relative (`bin/busybox`), symlinks kept as symlinks.
+fn tar_tree(root: &Path) -> Vec<u8> {
+    fn walk(b: &mut tar::Builder<Vec<u8>>, root: &Path, rel: &Path) {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))
+            .unwrap()
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            b.append_path_with_name(e.path(), &r).unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk(b, root, &r);
+            }
+        }
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    walk(&mut b, root, Path::new(""));
+    b.into_inner().unwrap()
+}
+
+/// Imports a two-layer busybox image as `name` into the image store under `state` with
+/// `cpengine image import`: the busybox base, then a layer adding `/etc/app.conf` and
+/// replacing `/etc/motd`.
+pub fn import_busybox(state: &cpengine::container::state::StateRoot, name: &str) {
+    let tmp = crate::scratch("cpe-bb-");
+    let (base, app, layout) = (
+        tmp.path().join("base"),
+        tmp.path().join("app"),
+        tmp.path().join("layout"),
+    );
+    crate::runc::make_busybox_base(&base);
+    std::fs::create_dir_all(app.join("etc")).unwrap();
+    std::fs::write(app.join("etc/app.conf"), "from the second layer\n").unwrap();
+    std::fs::write(app.join("etc/motd"), "motd of the second layer\n").unwrap();
+    oci_layout(&layout, name, &[&base, &app], &["sh"]);
+    let root = state.lib.parent().expect("state root").to_path_buf();
+    let (st, _, err) = crate::run(
+        Command::new(crate::cpengine_bin())
+            .arg("--state-root")
+            .arg(&root)
+            .args(["image", "import"])
+            .arg(&layout)
+            .args(["--tag", name]),
+    );
+    assert!(st.success(), "cpengine image import: {err}");
 }
 
 /// A pod config: `network` is `Node` (host network) or `Pod` (a private namespace).

@@ -51,7 +51,7 @@ async fn create_start(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     let mut shim = Shim::start();
-    import_busybox(&shim.state(), "busybox:latest");
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
     let (mut rt, mut img) = shim.clients();
 
     let v = rt
@@ -153,6 +153,18 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     // ExecSync: output, exit codes, the pod's hostname, and a timeout.
     let n = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
     assert!(n >= 1, "counter {n}");
+    // Both image layers, the upper one winning.
+    let motd = exec(
+        &mut rt,
+        &ctr,
+        &["cat", "/etc/motd", "/etc/app.conf", "/etc/to-delete"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&motd.stdout),
+        "motd of the second layer\nfrom the second layer\nthis file is deleted in the container\n"
+    );
     let h = exec(&mut rt, &ctr, &["busybox", "hostname"]).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&h.stdout).trim(), "web");
     let e = exec(&mut rt, &ctr, &["sh", "-c", "echo oops >&2; exit 3"])

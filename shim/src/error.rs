@@ -70,6 +70,18 @@ pub enum ShimError {
         step: &'static str,
         source: cpengine::container::ContainerError,
     },
+    /// An operation of the OCI image store or registry client failed.
+    #[error("{step}")]
+    Oci {
+        step: &'static str,
+        source: cpengine::oci::OciError,
+    },
+    /// Reading or extracting a checkpoint archive failed.
+    #[error("{step}")]
+    Archive {
+        step: &'static str,
+        source: cpengine::archive::ArchiveError,
+    },
     /// An image store operation failed.
     #[error("{step}")]
     Image {
@@ -132,6 +144,55 @@ fn engine_code(e: &cpengine::Error) -> tonic::Code {
     }
 }
 
+/// The gRPC code of an image store or registry error, by variant.
+fn oci_code(e: &cpengine::oci::OciError) -> tonic::Code {
+    use cpengine::oci::OciError as O;
+    match e {
+        O::ImageNotFound { .. } => tonic::Code::NotFound,
+        O::Reference(_) | O::AmbiguousId { .. } | O::BadCredentials | O::InvalidDigest { .. } => {
+            tonic::Code::InvalidArgument
+        }
+        O::RegistryStatus { status, .. } if *status == 404 => tonic::Code::NotFound,
+        O::Unauthorized { .. } => tonic::Code::Unauthenticated,
+        O::Http { .. } | O::Token { .. } => tonic::Code::Unavailable,
+        O::NotACheckpointImage { .. } | O::CheckpointLayers { .. } => {
+            tonic::Code::FailedPrecondition
+        }
+        _ => tonic::Code::Internal,
+    }
+}
+
+/// The gRPC code of an archive error, by variant: a malformed or unsafe archive is the
+/// caller's; failing to read or write one is ours.
+fn archive_code(e: &cpengine::archive::ArchiveError) -> tonic::Code {
+    use cpengine::archive::ArchiveError as A;
+    match e {
+        A::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            tonic::Code::NotFound
+        }
+        A::Truncated { .. }
+        | A::BadHeader { .. }
+        | A::TooManyMembers { .. }
+        | A::MemberTooLarge { .. }
+        | A::TotalTooLarge { .. }
+        | A::JsonTooLarge { .. }
+        | A::PathTooLong { .. }
+        | A::ExtensionTooLarge { .. }
+        | A::BadName { .. }
+        | A::AbsoluteName { .. }
+        | A::Traversal { .. }
+        | A::SymlinkMember { .. }
+        | A::HardlinkMember { .. }
+        | A::SpecialMember { .. }
+        | A::UnsupportedMember { .. }
+        | A::DuplicateMember { .. }
+        | A::ThroughSymlink { .. }
+        | A::MissingMember { .. }
+        | A::DecodeJson { .. } => tonic::Code::InvalidArgument,
+        _ => tonic::Code::Internal,
+    }
+}
+
 fn container_code(e: &cpengine::container::ContainerError) -> tonic::Code {
     use cpengine::container::ContainerError as C;
     match e {
@@ -153,6 +214,8 @@ impl From<ShimError> for tonic::Status {
             ShimError::Unimplemented(_) => tonic::Code::Unimplemented,
             ShimError::Engine { source, .. } => engine_code(source),
             ShimError::Container { source, .. } => container_code(source),
+            ShimError::Oci { source, .. } => oci_code(source),
+            ShimError::Archive { source, .. } => archive_code(source),
             ShimError::Upstream(status) => return status.clone(),
             ShimError::Runc { .. }
             | ShimError::Spawn { .. }
@@ -237,6 +300,15 @@ mod tests {
             (
                 ShimError::Upstream(tonic::Status::unavailable("down")),
                 tonic::Code::Unavailable,
+            ),
+            (
+                ShimError::Oci {
+                    step: "resolving",
+                    source: cpengine::oci::OciError::ImageNotFound {
+                        reference: "x".into(),
+                    },
+                },
+                tonic::Code::NotFound,
             ),
         ];
         for (e, code) in cases {

@@ -87,7 +87,7 @@ pub async fn run(
             .await
         }
         None => {
-            let images = Arc::new(images::dir::DirImages::new(&cfg.state));
+            let images = Arc::new(images::oci::OciImages::open(&cfg.state).await?);
             let rt = standalone::Standalone::new(
                 standalone::StandaloneConfig {
                     state: cfg.state.clone(),

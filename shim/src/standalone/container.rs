@@ -249,10 +249,12 @@ impl<I: ImageBackend> Standalone<I> {
                         "container {id} exited before it was started"
                     )));
                 }
+                // The process runs from the moment runc lets it go, before runc returns.
+                let started = now_ns();
                 self.runc.start(&id).await?;
                 self.store.update_ctr(&id, |c| {
                     c.phase = Phase::Started;
-                    c.started_at = now_ns();
+                    c.started_at = started;
                 })?;
                 Ok(())
             }
@@ -379,7 +381,7 @@ impl<I: ImageBackend> Standalone<I> {
         let exit = self.reaper.exit_of(pid);
         self.store.update_ctr(id, |c| {
             c.phase = Phase::Exited;
-            c.finished_at = exit.map(|e| e.at).unwrap_or_else(now_ns);
+            c.finished_at = exit.map(|e| e.at).unwrap_or_else(now_ns).max(c.started_at);
             c.exit_code = exit.map(|e| e.code);
             match c.exit_code {
                 Some(0) => c.reason = "Completed".into(),

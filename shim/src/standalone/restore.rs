@@ -28,8 +28,9 @@ use super::{ImageBackend, Standalone, create_private_dir};
 
 /// Annotation keys that mark an image as a checkpoint.
 pub const CHECKPOINT_ANNOTATIONS: &[&str] = &[
-    "io.kubernetes.cri-o.annotations.checkpoint.name",
-    "org.criu.checkpoint.container.name",
+    cpengine::oci::annotations::CRIO_CHECKPOINT_NAME,
+    cpengine::oci::annotations::CRIU_CONTAINER_NAME,
+    cpengine::oci::annotations::PODMAN_CHECKPOINT_NAME,
 ];
 
 /// Largest JSON member read (spec.dump, config.dump, deleted.files).
@@ -241,11 +242,21 @@ fn reannotate(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) {
     }
 }
 
-/// Extracts a checkpoint archive into `dir` with the engine's safe reader.
-async fn extract_archive(_archive: &Path, _dir: &Path) -> Result<()> {
-    Err(ShimError::Unimplemented(
-        "restoring from a checkpoint archive (the engine's archive reader has not landed yet)",
-    ))
+/// Extracts a checkpoint archive into `dir` (which must be empty) with the engine's safe
+/// reader: size caps from the headers, regular files and directories only, every member
+/// created beneath `dir` without following symlinks.
+async fn extract_archive(archive: &Path, dir: &Path) -> Result<()> {
+    let (a, d) = (archive.to_path_buf(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        cpengine::archive::extract(&a, &d, &cpengine::archive::Limits::default())
+    })
+    .await
+    .map_err(|e| ShimError::Internal(format!("archive extraction task: {e}")))?
+    .map(drop)
+    .map_err(|source| ShimError::Archive {
+        step: "extracting the checkpoint archive",
+        source,
+    })
 }
 
 impl<I: ImageBackend> Standalone<I> {
@@ -282,7 +293,6 @@ impl<I: ImageBackend> Standalone<I> {
         let (dir, source_name) = match source {
             CheckpointSource::Archive(a) => {
                 let dir = lib_dir.join("checkpoint");
-                create_private_dir(&dir)?;
                 extract_archive(a, &dir).await?;
                 (dir, a.display().to_string())
             }
