@@ -437,3 +437,348 @@ async fn proxy_forwards_the_lifecycle_to_containerd() {
     .expect("RemovePodSandbox");
     drop(shim);
 }
+
+/// Frozen or not, through the container's freezer cgroup.
+fn frozen(state: &cpengine::container::state::StateRoot, id: &str) -> bool {
+    let c = cpengine::container::Container::find(id, &[state.run.join("runc")], state)
+        .expect("find container");
+    c.status() == cpengine::container::Status::Paused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_running() {
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("guarded", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", COUNTER),
+    )
+    .await;
+    let dest = scratch("cpe-ckpt-");
+    let ok_loc = kubelet_location(dest.path(), "guarded", "default", "counter");
+    let ckpt = |id: &str, location: String, timeout: i64| pb::CheckpointContainerRequest {
+        container_id: id.to_string(),
+        location,
+        timeout,
+    };
+
+    let e = rt
+        .checkpoint_container(ckpt("0000nope", ok_loc.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, "relative/ckpt.tar".into(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, String::new(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let missing = dest.path().join("no-such-dir/ckpt.tar");
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, missing.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let target = dest.path().join("symlink-target.tar");
+    let link = dest.path().join("link.tar");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, link.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        !target.exists(),
+        "the checkpoint was written through a symlink"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A deadline shorter than any checkpoint: DEADLINE_EXCEEDED, and whatever the job does in
+    // the background, no archive appears and the container runs on, unfrozen.
+    for ms in [30u64, 150, 400] {
+        let mut req = tonic::Request::new(ckpt(&ctr, ok_loc.display().to_string(), 0));
+        req.set_timeout(Duration::from_millis(ms));
+        let e = rt.checkpoint_container(req).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::DeadlineExceeded,
+            "deadline {ms} ms: {e:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leftovers: Vec<String> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "link.tar")
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "files left in the checkpoint directory: {leftovers:?}"
+    );
+    assert!(
+        !frozen(&shim.state(), &ctr),
+        "the container was left frozen"
+    );
+    let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > before + 2 }
+        })
+        .await,
+        "the workload stopped counting"
+    );
+
+    // A stopped container cannot be checkpointed.
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, ok_loc.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(!ok_loc.exists());
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
+/// Reads an archive's members and its config.dump / spec.dump.
+fn archive_facts(path: &std::path::Path) -> (Vec<String>, serde_json::Value, serde_json::Value) {
+    let mut members = Vec::new();
+    let (mut config, mut spec) = (serde_json::Value::Null, serde_json::Value::Null);
+    let mut a = tar::Archive::new(std::fs::File::open(path).expect("open archive"));
+    for e in a.entries().expect("a tar") {
+        let mut e = e.expect("a tar entry");
+        let name = e.path().unwrap().display().to_string();
+        if name == "config.dump" || name == "spec.dump" {
+            let v: serde_json::Value = serde_json::from_reader(&mut e).expect("JSON member");
+            if name == "config.dump" {
+                config = v;
+            } else {
+                spec = v;
+            }
+        }
+        members.push(name);
+    }
+    (members, config, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoint_image() {
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("web", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", COUNTER),
+    )
+    .await;
+    let e = exec(
+        &mut rt,
+        &ctr,
+        &[
+            "sh",
+            "-c",
+            "echo kept > /root/note.txt && rm /etc/to-delete",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 5 }
+        })
+        .await
+    );
+
+    // The kubelet's call: a location in its checkpoints directory, a timeout in seconds.
+    let dest = scratch("cpe-kubelet-checkpoints-");
+    let loc = kubelet_location(dest.path(), "web", "default", "counter");
+    let t = std::time::Instant::now();
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: loc.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("CheckpointContainer");
+    eprintln!(
+        "CheckpointContainer through the standalone shim: {:?}",
+        t.elapsed()
+    );
+    let at_checkpoint = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&loc).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let names: Vec<String> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "only the archive is left: {names:?}");
+    let (members, config, spec) = archive_facts(&loc);
+    for m in [
+        "checkpoint/",
+        "checkpoint/inventory.img",
+        "checkpoint/descriptors.json",
+        "config.dump",
+        "spec.dump",
+        "rootfs-diff.tar",
+        "deleted.files",
+    ] {
+        assert!(
+            members.iter().any(|x| x == m),
+            "member {m} missing: {members:?}"
+        );
+    }
+    assert_eq!(config["id"], ctr.as_str());
+    assert_eq!(
+        config["rootfsImageName"],
+        "docker.io/library/busybox:latest"
+    );
+    assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-name"], "web");
+    // Leave-running: the workload did not stop.
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > at_checkpoint + 2 }
+        })
+        .await
+    );
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap();
+
+    // Restore as CRI-O does: a new pod, CreateContainer whose image is the archive.
+    let pod2_cfg = pod_config("web-restored", logs.path(), pb::NamespaceMode::Pod);
+    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
+    cfg.command.clear();
+    let restored = create_start(&mut rt, &pod2, &pod2_cfg, cfg).await;
+    let s = status_of(&mut rt, &restored).await;
+    assert_eq!(
+        s.state,
+        pb::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let first = counter_via_exec(&mut rt, &restored, "/tmp/counter").await;
+    assert!(
+        first >= at_checkpoint.saturating_sub(1),
+        "counter restarted: {first} < {at_checkpoint}"
+    );
+    let c3 = restored.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (rt2.clone(), c3.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > first + 2 }
+        })
+        .await,
+        "the restored container does not count"
+    );
+    let note = exec(&mut rt, &restored, &["cat", "/root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(note.stdout, b"kept\n");
+    let gone = exec(&mut rt, &restored, &["ls", "/etc/to-delete"])
+        .await
+        .unwrap();
+    assert_ne!(gone.exit_code, 0, "a deleted file came back");
+    let new_log = logs.path().join("counter/0.log");
+    let n = first + 2;
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &new_log
+        )
+        .unwrap_or_default()
+        .contains(&format!(" stdout F tick {n}"))),
+        "the restored container's output does not reach its log"
+    );
+
+    // And from a checkpoint image built from the same archive (`cpengine image build`).
+    let root = shim.state().lib.parent().unwrap().to_path_buf();
+    let (st, _, err) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(&root)
+        .args(["image", "build"])
+        .arg(&loc)
+        .args(["--tag", "localhost/checkpoints/counter:1"]));
+    assert!(st.success(), "cpengine image build: {err}");
+    let pod3_cfg = pod_config("web-from-image", logs.path(), pb::NamespaceMode::Pod);
+    let pod3 = run_pod(&mut rt, pod3_cfg.clone()).await;
+    let mut cfg = container_config("counter", "localhost/checkpoints/counter:1", "unused");
+    cfg.command.clear();
+    cfg.log_path = "from-image/0.log".into();
+    let from_image = create_start(&mut rt, &pod3, &pod3_cfg, cfg).await;
+    let v = counter_via_exec(&mut rt, &from_image, "/tmp/counter").await;
+    assert!(
+        v >= at_checkpoint.saturating_sub(1),
+        "counter restarted: {v} < {at_checkpoint}"
+    );
+    let note = exec(&mut rt, &from_image, &["cat", "/root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(note.stdout, b"kept\n");
+
+    for p in [pod2, pod3, pod] {
+        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+    assert!(
+        rt.list_containers(pb::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty()
+    );
+}

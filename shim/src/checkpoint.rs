@@ -4,34 +4,42 @@
 //! whole archive at `location` when the call succeeds. Here:
 //!
 //! 1. The location is checked before anything else: absolute, its parent an existing
-//!    directory, and the final component not a symlink (never followed) nor a directory. The
-//!    engine writes a temp file beside it and renames it into place, so the path holds the
-//!    complete archive or nothing new.
-//! 2. The deadline is the earlier of the gRPC deadline and the request's `timeout` field. The
-//!    engine's CRIU request is bounded by it (CRIU is killed on expiry and the workload
-//!    resumed by the engine); the whole job is bounded too, and an archive that completes
-//!    after the deadline is removed, because the caller has been told the call failed.
-//! 3. The job runs as its own task holding the container's lock: if the client goes away
-//!    (tonic drops the handler at the deadline), the checkpoint still finishes or cleans up,
-//!    and a second checkpoint of the same container waits for it. Checkpoints of different
-//!    containers run in parallel.
-//! 4. It is always leave-running: the kubelet's checkpoint is forensic, the workload goes on.
+//!    directory, and the final component not a symlink (never followed) nor a directory.
+//! 2. The engine writes the archive to a hidden *pending* name beside the location (same
+//!    directory, so the same file system), itself atomically (temp file, fsync, rename).
+//! 3. The deadline is the earlier of the gRPC deadline and the request's `timeout` field. The
+//!    checkpoint job and the call race for it through one atomic decision: if the job finishes
+//!    first, the pending archive is renamed onto the location and the call succeeds; if the
+//!    deadline comes first, the call answers `DEADLINE_EXCEEDED` at once and the job, when it
+//!    finishes, deletes its pending archive. So the location holds a complete archive exactly
+//!    when the call succeeded.
+//! 4. CRIU is never killed to meet the deadline: killing it while its parasite code runs
+//!    inside the workload would kill the workload. The job runs to its end in its own task
+//!    (bounded by the engine's own CRIU timeout), holding the container's lock, so a second
+//!    checkpoint of the same container waits for it, and a client that goes away changes
+//!    nothing. Checkpoints of different containers run in parallel.
+//! 5. It is always leave-running: the kubelet's checkpoint is forensic, the workload goes on.
+//!    The engine's in-flight journal is kept under the state root, so a shim killed
+//!    mid-checkpoint is repaired (container thawed, partial files removed) at its next start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use cpengine::container::Container;
 use cpengine::container::checkpoint::ContainerCheckpointOptions;
+use cpengine::container::state::StateRoot;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Result, ShimError};
 
 /// Time kept back from the deadline for the answer to reach the client.
 const ANSWER_MARGIN: Duration = Duration::from_millis(50);
-/// Extra time the job gets beyond CRIU's own bound before it is abandoned (the engine's own
-/// timeout kills CRIU and resumes the container; this only catches a stuck archive phase).
-const JOB_GRACE: Duration = Duration::from_secs(2);
+
+const UNDECIDED: u8 = 0;
+const COMMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
 
 /// Checks a checkpoint location and returns it as a path.
 pub fn validate_location(location: &str) -> Result<PathBuf> {
@@ -83,7 +91,8 @@ pub fn validate_location(location: &str) -> Result<PathBuf> {
     }
 }
 
-/// The options of a kubelet checkpoint: the archive at `output`, leave-running.
+/// The options of a kubelet checkpoint: the archive at `output` (uncompressed, as the kubelet
+/// and every runtime expect), leave-running.
 pub fn kubelet_options(output: PathBuf) -> ContainerCheckpointOptions {
     let mut o = ContainerCheckpointOptions::new(output);
     o.knobs.leave_running = true;
@@ -91,14 +100,37 @@ pub fn kubelet_options(output: PathBuf) -> ContainerCheckpointOptions {
 }
 
 /// Runs engine checkpoints.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Checkpointer {
     engine: tokio::sync::OnceCell<cpengine::Engine>,
+    state: StateRoot,
+}
+
+/// The hidden name the archive is written under until it is committed.
+pub fn pending_path(location: &Path) -> PathBuf {
+    let name = location
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    location.with_file_name(format!(
+        ".{name}.cpengine-pending-{:08x}",
+        rand::random::<u32>()
+    ))
 }
 
 impl Checkpointer {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    pub fn new(state: StateRoot) -> Arc<Self> {
+        Arc::new(Self {
+            engine: tokio::sync::OnceCell::new(),
+            state,
+        })
+    }
+
+    /// Repairs checkpoints a previous shim left half-done (thaws, removes partial files).
+    pub fn recover(&self) {
+        for r in cpengine::container::journal::recover(&self.state) {
+            tracing::warn!(container = %r.container, thawed = ?r.thawed, removed = ?r.removed, "repaired a checkpoint the previous shim left unfinished");
+        }
     }
 
     /// The engine, located on first use (CRIU missing fails the call, not the shim).
@@ -113,8 +145,8 @@ impl Checkpointer {
             })
     }
 
-    /// Checkpoints `ctr` with `opts` before `deadline`, holding `lock` (the container's) until
-    /// the job is over, whether or not the caller still waits.
+    /// Checkpoints `ctr` into the archive `opts.output` before `deadline`, holding `lock` (the
+    /// container's) until the job is over, whether or not the caller still waits.
     pub async fn run(
         &self,
         lock: OwnedMutexGuard<()>,
@@ -127,79 +159,121 @@ impl Checkpointer {
                 step: "checkpointing",
                 source,
             })?;
-        let engine = self.engine().await?;
-        let budget = match deadline {
-            Some(d) => {
-                let left = d
-                    .saturating_duration_since(Instant::now())
-                    .saturating_sub(ANSWER_MARGIN);
-                if left.is_zero() {
-                    return Err(ShimError::DeadlineExceeded(format!(
-                        "the deadline of the checkpoint of {} passed before it started",
+        // The answer must leave a little before the caller's deadline.
+        let deadline = deadline.map(|d| d.checked_sub(ANSWER_MARGIN).unwrap_or(d));
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(ShimError::DeadlineExceeded(format!(
+                "the deadline of the checkpoint of {} passed before it started",
+                ctr.id
+            )));
+        }
+        let engine = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), self.engine())
+                .await
+                .map_err(|_| {
+                    ShimError::DeadlineExceeded(format!(
+                        "the deadline of the checkpoint of {} passed while locating CRIU",
                         ctr.id
-                    )));
-                }
-                opts.knobs.timeout = opts.knobs.timeout.min(left);
-                Some(left)
-            }
-            None => None,
+                    ))
+                })??,
+            None => self.engine().await?,
         };
-        let job = tokio::spawn(async move {
-            let _lock = lock;
-            let output = opts.output.clone();
-            let started = Instant::now();
-            let work = engine_checkpoint(&engine, &ctr, &opts);
-            let result = match budget {
-                Some(b) => match tokio::time::timeout(b + JOB_GRACE, work).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        abandon(&ctr, &output);
-                        Err(ShimError::DeadlineExceeded(format!(
-                            "checkpoint of {} did not finish within {b:?}",
-                            ctr.id
-                        )))
-                    }
-                },
-                None => work.await,
-            };
-            match result {
-                Ok(()) if budget.is_some_and(|b| started.elapsed() > b) => {
-                    // Finished, but after the caller's deadline: the caller was told it failed,
-                    // so the location must not hold an archive.
-                    let _ = std::fs::remove_file(&output);
-                    Err(ShimError::DeadlineExceeded(format!(
-                        "checkpoint of {} finished after its deadline ({:?})",
-                        ctr.id,
-                        started.elapsed()
-                    )))
-                }
-                other => other,
-            }
-        });
-        job.await
-            .map_err(|e| ShimError::Internal(format!("checkpoint task failed: {e}")))?
+        let location = opts.output.clone();
+        let pending = pending_path(&location);
+        opts.output = pending.clone();
+        opts.knobs.leave_running = true;
+        let id = ctr.id.clone();
+        let work = async move { engine_checkpoint(&engine, &ctr, &opts).await };
+        race(lock, &id, deadline, pending, location, work).await
     }
 }
 
-/// Cleans up after a checkpoint job that was abandoned mid-way: the container must not stay
-/// frozen and no partial archive may stay beside the destination.
-fn abandon(ctr: &Container, output: &Path) {
-    if let Some(f) = ctr.freezer() {
-        cpengine::cgroups::thaw(&f);
-    }
-    if let Some(parent) = output.parent() {
-        let prefix = format!(
-            ".{}.",
-            output.file_name().and_then(|n| n.to_str()).unwrap_or("")
-        );
-        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(&prefix) && name.contains("tmp") {
-                let _ = std::fs::remove_file(e.path());
+/// Runs `work` (which writes the archive at `pending`) in its own task holding `lock`, and
+/// races it against `deadline`: the archive is renamed onto `location` only if the work
+/// finished first; otherwise the caller gets `DEADLINE_EXCEEDED` at the deadline and the
+/// work's archive is deleted when it ends.
+async fn race<F>(
+    lock: OwnedMutexGuard<()>,
+    id: &str,
+    deadline: Option<Instant>,
+    pending: PathBuf,
+    location: PathBuf,
+    work: F,
+) -> Result<()>
+where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let decision = Arc::new(AtomicU8::new(UNDECIDED));
+    let job = {
+        let decision = decision.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _lock = lock;
+            let result = work.await;
+            let in_time = deadline.is_none_or(|d| Instant::now() < d);
+            match result {
+                Ok(())
+                    if in_time
+                        && decision
+                            .compare_exchange(
+                                UNDECIDED,
+                                COMMITTED,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
+                            .is_ok() =>
+                {
+                    commit(&pending, &location)
+                }
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&pending);
+                    tracing::info!(container = %id, "checkpoint finished after its deadline; archive discarded");
+                    Err(ShimError::DeadlineExceeded(format!(
+                        "checkpoint of {id} finished after its deadline"
+                    )))
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&pending);
+                    Err(e)
+                }
+            }
+        })
+    };
+    let joined = match deadline {
+        None => job.await,
+        Some(d) => {
+            tokio::pin!(job);
+            tokio::select! {
+                r = &mut job => r,
+                _ = tokio::time::sleep_until(d.into()) => {
+                    if decision
+                        .compare_exchange(UNDECIDED, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        return Err(ShimError::DeadlineExceeded(format!(
+                            "checkpoint of {id} did not finish before its deadline; it completes in the background and its archive is discarded"
+                        )));
+                    }
+                    // The job committed an instant before the deadline: its answer is final.
+                    job.await
+                }
             }
         }
+    };
+    joined.map_err(|e| ShimError::Internal(format!("checkpoint task failed: {e}")))?
+}
+
+/// Renames the finished archive onto the location (replacing a symlink there, never following
+/// it) and makes the rename durable.
+fn commit(pending: &Path, location: &Path) -> Result<()> {
+    if let Err(e) = std::fs::rename(pending, location) {
+        let _ = std::fs::remove_file(pending);
+        return Err(ShimError::fs("moving the archive to", location)(e));
     }
+    if let Some(dir) = location.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// The engine's container checkpoint.
@@ -216,6 +290,87 @@ async fn engine_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Work that writes `pending` after `delay`.
+    async fn writer(pending: PathBuf, delay: Duration) -> Result<()> {
+        tokio::time::sleep(delay).await;
+        std::fs::write(&pending, b"archive").map_err(ShimError::fs("writing", &pending))
+    }
+
+    #[tokio::test]
+    async fn work_that_beats_the_deadline_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().join("c.tar");
+        let pending = pending_path(&loc);
+        let locks = crate::locks::KeyedLocks::default();
+        let lock = locks.lock("c").await;
+        let d = Some(Instant::now() + Duration::from_secs(5));
+        race(
+            lock,
+            "c",
+            d,
+            pending.clone(),
+            loc.clone(),
+            writer(pending.clone(), Duration::from_millis(10)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&loc).unwrap(), b"archive");
+        assert!(!pending.exists());
+    }
+
+    #[tokio::test]
+    async fn a_deadline_answers_at_once_and_the_late_archive_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().join("c.tar");
+        let pending = pending_path(&loc);
+        let locks = Arc::new(crate::locks::KeyedLocks::default());
+        let lock = locks.lock("c").await;
+        let t = Instant::now();
+        let r = race(
+            lock,
+            "c",
+            Some(t + Duration::from_millis(100)),
+            pending.clone(),
+            loc.clone(),
+            writer(pending.clone(), Duration::from_millis(400)),
+        )
+        .await;
+        assert!(matches!(r, Err(ShimError::DeadlineExceeded(_))), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "answered late: {:?}",
+            t.elapsed()
+        );
+        // The job still holds the container's lock until it is over.
+        let l2 = locks.clone();
+        let waited = tokio::spawn(async move {
+            let t = Instant::now();
+            let _g = l2.lock("c").await;
+            t.elapsed()
+        });
+        assert!(waited.await.unwrap() >= Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!loc.exists(), "a late archive reached the location");
+        assert!(!pending.exists(), "the late archive was not removed");
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().join("c.tar");
+        let pending = pending_path(&loc);
+        let locks = crate::locks::KeyedLocks::default();
+        let lock = locks.lock("c").await;
+        let p2 = pending.clone();
+        let work = async move {
+            std::fs::write(&p2, b"partial").unwrap();
+            Err(ShimError::Internal("criu failed".into()))
+        };
+        let r = race(lock, "c", None, pending.clone(), loc.clone(), work).await;
+        assert!(matches!(r, Err(ShimError::Internal(_))));
+        assert!(!loc.exists() && !pending.exists());
+    }
 
     #[test]
     fn locations_are_checked() {

@@ -67,7 +67,8 @@ pub async fn run(
 ) -> Result<()> {
     let listener = server::bind(&cfg.listen).await?;
     let _guard = server::SocketGuard(cfg.listen.clone());
-    let checkpointer = checkpoint::Checkpointer::new();
+    let checkpointer = checkpoint::Checkpointer::new(cfg.state.clone());
+    checkpointer.recover();
     match &cfg.upstream {
         Some(up) => {
             tracing::info!(socket = %cfg.listen.display(), upstream = %up.display(), runc_root = %cfg.upstream_runc_root.display(), "serving CRI (proxy mode)");
