@@ -5,7 +5,6 @@
 //! (process tree, files, sockets, mounts) are added as further flags and sections without
 //! touching the others. Human output is a table; `--json` prints the [`View`].
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -163,36 +162,17 @@ fn push_table(out: &mut String, rows: &[(&str, String)]) {
     }
 }
 
-/// An indicatif bar over the archive's bytes, shown only on a terminal.
-struct Bar(indicatif::ProgressBar);
-
-impl archive::Progress for Bar {
-    fn update(&self, done: u64, total: u64) {
-        self.0.set_length(total);
-        self.0.set_position(done);
-    }
-}
-
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let path = a.archive.clone();
     let info = tokio::task::spawn_blocking(move || {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "reading {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            Bar(b)
-        });
+        let bar = crate::progress::Bar::on_tty("reading");
         let opts = ReadOptions {
-            progress: bar.as_ref().map(|b| b as &dyn archive::Progress),
+            progress: bar.as_deref().map(|b| b as &dyn archive::Progress),
             ..Default::default()
         };
         let r = archive::read_info_with(&path, &opts);
         if let Some(b) = bar {
-            b.0.finish_and_clear();
+            b.finish();
         }
         r
     })

@@ -1,11 +1,13 @@
 //! `cpengine`: the command-line interface over the engine library.
 
 mod check;
+mod checkpoint;
 mod containers;
 mod dump;
 mod image;
 mod inspect;
 mod inspect_images;
+mod progress;
 mod restore;
 
 use std::process::ExitCode;
@@ -33,7 +35,10 @@ enum Command {
     Check(check::Args),
     /// Checkpoint a process tree into a directory of CRIU images.
     Dump(dump::Args),
-    /// Restore a process tree from CRIU images; it keeps running after cpengine exits.
+    /// Checkpoint a running container into a checkpoint archive (leaves it running by default).
+    Checkpoint(checkpoint::Args),
+    /// Restore a container from a checkpoint archive or image, or a process tree from CRIU
+    /// images; it keeps running after cpengine exits.
     Restore(restore::Args),
     /// List the containers cpengine restored.
     Ps(containers::PsArgs),
@@ -85,7 +90,8 @@ fn main() -> ExitCode {
             Command::Delete(a) => containers::delete(a, &state).await,
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
-            Command::Restore(a) => restore::run(a).await,
+            Command::Restore(a) => restore::run(a, &state).await,
+            Command::Checkpoint(a) => checkpoint::run(a, &state).await,
             Command::InspectImages(a) => inspect_images::run(a).await,
             Command::Inspect(a) => inspect::run(a).await,
             Command::Image(a) => image::run(a, &state).await,
