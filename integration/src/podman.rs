@@ -14,6 +14,12 @@ pub struct Podman {
     dir: tempfile::TempDir,
 }
 
+impl Default for Podman {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Podman {
     pub fn new() -> Self {
         require_root();
