@@ -54,7 +54,7 @@ async fn checkpoint_to_an_archive_and_restore_from_it() {
         &bundle.rootfs
     ) >= 5));
     let state = state();
-    let ctr = Container::find(&id, &[c.root.clone()], &state).unwrap();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out_dir = scratch("cpe-out-");
     let output = out_dir.path().join("checkpoint.tar");
     let mut o = ContainerCheckpointOptions::new(&output);
@@ -197,7 +197,7 @@ async fn compressed_archives_restore_too() {
         &bundle.rootfs
     ) >= 3));
     let state = state();
-    let ctr = Container::find(&id, &[c.root.clone()], &state).unwrap();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");
     for comp in [Compression::Zstd, Compression::Gzip] {
         let output = out.path().join(format!("ckpt-{comp}.tar"));
@@ -232,7 +232,7 @@ async fn without_leave_running_the_container_is_gone_after_the_checkpoint() {
         &bundle.rootfs
     ) >= 3));
     let state = state();
-    let ctr = Container::find(&id, &[c.root.clone()], &state).unwrap();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");
     let mut o = ContainerCheckpointOptions::new(out.path().join("c.tar"));
     o.knobs.leave_running = false;
@@ -267,7 +267,7 @@ async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
     assert!(wait_until(Duration::from_secs(10), || counter_in(
         &bundle.rootfs
     ) >= 3));
-    let ctr = Container::find(&id, &[c.root.clone()], &state).unwrap();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
 
     // Destination directory missing: refused before anything is frozen.
     let err = checkpoint(
@@ -340,13 +340,13 @@ async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
         .status();
     assert!(wait_until(Duration::from_secs(5), || Container::find(
         &id,
-        &[c.root.clone()],
+        std::slice::from_ref(&c.root),
         &state
     )
     .unwrap()
     .status()
         == Status::Stopped));
-    let stopped = Container::find(&id, &[c.root.clone()], &state).unwrap();
+    let stopped = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let err = checkpoint(
         &engine,
         &stopped,
@@ -381,7 +381,7 @@ async fn a_plain_directory_rootfs_is_diffed_against_its_base() {
     let c = RuncContainer::run(&b, &id);
     assert!(wait_until(Duration::from_secs(10), || counter_in(&root) >= 3));
     let state = state();
-    let ctr = Container::find(&id, &[c.root.clone()], &state).unwrap();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");
     let output = out.path().join("c.tar");
     // Without a base the plain rootfs cannot be diffed: a clear error.
