@@ -473,3 +473,79 @@ async fn a_podman_checkpoint_restores_with_cpengine() {
     assert!(!r.rootfs.join("etc/deleteme").exists());
     manage::delete(&state, &id, true).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_the_summary_and_deep_views_of_a_container_archive() {
+    let engine = engine().await;
+    // A secret kept only in the shell's memory (a variable), never written anywhere.
+    let script = format!("secret=cpe-needle-$((6*7))-x; {COUNTER_SCRIPT}");
+    let bundle = Bundle::busybox(&script);
+    let id = unique_id("cpe-i");
+    let c = RuncContainer::run(&bundle, &id);
+    assert!(wait_until(Duration::from_secs(10), || counter_in(
+        &bundle.rootfs
+    ) >= 3));
+    let state = state();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
+    let out = scratch("cpe-out-");
+    let output = out.path().join("c.tar");
+    checkpoint(&engine, &ctr, &ContainerCheckpointOptions::new(&output))
+        .await
+        .expect("checkpoint");
+
+    // The show view.
+    let (st, text, err) = run(Command::new(cpengine_bin()).arg("inspect").arg(&output));
+    assert!(st.success(), "{err}");
+    for needle in [
+        id.as_str(),
+        "cpengine",
+        "runc",
+        "checkpoint size",
+        "root fs diff size",
+        "freezing time",
+    ] {
+        assert!(
+            text.to_lowercase().contains(&needle.to_lowercase()),
+            "{needle} not in:\n{text}"
+        );
+    }
+    // Deep views through the archive: the shell with its command line, its files, the mounts
+    // from spec.dump, and the secret found in its memory.
+    let (st, json, err) = run(Command::new(cpengine_bin())
+        .arg("inspect")
+        .arg(&output)
+        .args([
+            "--ps-tree",
+            "--files",
+            "--mounts",
+            "--search",
+            "cpe-needle-42-x",
+            "--json",
+        ]));
+    assert!(st.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["id"].as_str().map(|s| s.len()),
+        Some(12.min(id.len())),
+        "{v}"
+    );
+    let tree = v["process_tree"].to_string();
+    assert!(
+        tree.contains("sh -c") && tree.contains("secret=cpe-needle"),
+        "{tree}"
+    );
+    assert!(
+        v["file_descriptors"].to_string().contains("/tmp/counter")
+            || v["file_descriptors"].to_string().contains("pipe"),
+        "{}",
+        v["file_descriptors"]
+    );
+    assert!(v["mounts"].to_string().contains("/proc"), "{}", v["mounts"]);
+    let hits = v["search"]["hits"].as_array().map_or(0, Vec::len);
+    assert!(hits >= 1, "secret not found in memory: {}", v["search"]);
+    let (st, _, err) = run(Command::new(cpengine_bin())
+        .arg("inspect")
+        .arg(&output)
+        .args(["--search", "cpe-not-there-9", "--json"]));
+    assert!(st.success(), "{err}");
+}

@@ -6,7 +6,6 @@ mod containers;
 mod dump;
 mod image;
 mod inspect;
-mod inspect_images;
 mod progress;
 mod restore;
 
@@ -46,9 +45,8 @@ enum Command {
     Kill(containers::KillArgs),
     /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
     Delete(containers::DeleteArgs),
-    /// Show what a CRIU images directory holds: processes, files, sockets, memory.
-    InspectImages(inspect_images::Args),
-    /// Show what a checkpoint archive holds (container, image, sizes, CRIU statistics).
+    /// Show what a checkpoint archive or CRIU images directory holds: container, image, sizes,
+    /// CRIU statistics, and with view flags its processes, files, sockets, mounts and memory.
     Inspect(inspect::Args),
     /// Manage images: import, list, remove, build checkpoint images, push and pull.
     Image(image::Args),
@@ -92,7 +90,6 @@ fn main() -> ExitCode {
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a, &state).await,
             Command::Checkpoint(a) => checkpoint::run(a, &state).await,
-            Command::InspectImages(a) => inspect_images::run(a).await,
             Command::Inspect(a) => inspect::run(a).await,
             Command::Image(a) => image::run(a, &state).await,
         }
@@ -148,8 +145,8 @@ mod tests {
         let cli = Cli::try_parse_from(["cpengine", "inspect", "/x/a.tar", "--json"]).unwrap();
         match cli.command {
             Command::Inspect(a) => {
-                assert_eq!(a.archive, std::path::PathBuf::from("/x/a.tar"));
-                assert!(a.json);
+                assert_eq!(a.target, std::path::PathBuf::from("/x/a.tar"));
+                assert!(a.view.json);
             }
             other => panic!("parsed as {other:?}"),
         }
