@@ -36,6 +36,8 @@ pub enum Error {
     Archive(#[from] crate::archive::ArchiveError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
     #[error("{what}")]
     Io { what: String, source: io::Error },
     #[error("{0}")]

@@ -21,6 +21,7 @@ pub use cpengine;
 
 pub mod containerd;
 pub mod cri;
+pub mod podman;
 pub mod runc;
 
 /// Panics unless running as root (CRIU needs it).

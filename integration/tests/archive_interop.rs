@@ -2,108 +2,13 @@
 //! containerd- and CRI-O-layout archives built here to their documented layouts.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 use cpengine::archive::{self, Compression, EngineKind, Limits};
 use cpengine::rootfs;
-use cpengine_integration::{cpengine_bin, require_program, require_root, run, scratch};
-
-/// Private Podman configuration (see the peers reference): cgroupfs, file events, runc,
-/// modest ulimits, no network, CRIU 4.x first in PATH, own storage.
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
-impl Podman {
-    fn new() -> Self {
-        require_root();
-        require_program("podman");
-        require_program("runc");
-        require_program("/usr/local/sbin/criu");
-        let dir = scratch("cpe-podman-");
-        let path = format!(
-            "/usr/local/sbin:{}",
-            std::env::var("PATH").unwrap_or_default()
-        );
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            format!(
-                r#"[containers]
-netns = "none"
-log_driver = "k8s-file"
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-conmon_env_vars = ["PATH={path}"]
-"#
-            ),
-        )
-        .unwrap();
-        Self { dir }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env(
-                "PATH",
-                format!(
-                    "/usr/local/sbin:{}",
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .arg("--root")
-            .arg(self.dir.path().join("root"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("runroot"))
-            .arg("--storage-driver")
-            .arg("overlay");
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (st, out, err) = run(self.cmd().args(args));
-        assert!(st.success(), "podman {args:?} failed: {err}{out}");
-        out
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = run(self.cmd().args(["rm", "-af", "-t", "0"]));
-        let _ = run(self.cmd().args(["system", "reset", "-f"]));
-    }
-}
-
-/// A busybox rootfs tree and its tarball.
-fn busybox_rootfs(dir: &Path) -> (PathBuf, PathBuf) {
-    let bb = require_program("/bin/busybox");
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    std::fs::copy(&bb, root.join("bin/busybox")).unwrap();
-    for l in ["sh", "sleep", "echo", "rm", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(l)).unwrap();
-    }
-    std::fs::write(root.join("etc/deleteme"), b"x").unwrap();
-    std::fs::write(root.join("etc/motd"), b"base\n").unwrap();
-    let tarball = dir.join("rootfs.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    (root, tarball)
-}
+use cpengine_integration::podman::{Podman, busybox_rootfs};
+use cpengine_integration::{cpengine_bin, run, scratch};
 
 #[test]
 fn reads_a_real_podman_checkpoint() {

@@ -25,7 +25,7 @@ async fn container_dump_then_restore_continues_the_counter() {
     .unwrap();
 
     let state = StateRoot::at(scratch("cpe-state-").keep());
-    let ctr = Container::find(&id, &[c.root.clone()], &state).expect("find");
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).expect("find");
     assert_eq!(ctr.status(), Status::Running);
     let staging = scratch("cpe-stage-");
     let images = staging.path().join("checkpoint");

@@ -291,7 +291,7 @@ fn inspect_images_cli_prints_every_view_as_json_and_tables() {
     )
     .unwrap();
     let (status, out, err) = run(Command::new(cpengine_bin())
-        .arg("inspect-images")
+        .arg("inspect")
         .arg(d.images.path())
         .args(["--all", "--json", "--spec"])
         .arg(&spec)
@@ -347,7 +347,7 @@ fn inspect_images_cli_prints_every_view_as_json_and_tables() {
 
     // Tables for humans.
     let (status, out, err) = run(Command::new(cpengine_bin())
-        .arg("inspect-images")
+        .arg("inspect")
         .arg(d.images.path())
         .args(["--memory", "--sockets", "--ps-tree"]));
     assert!(status.success(), "{err}");
@@ -365,7 +365,7 @@ fn inspect_images_cli_prints_every_view_as_json_and_tables() {
     // A directory without images is a clear error naming the missing image.
     let empty = scratch("cpe-empty-");
     let (status, _, err) = run(Command::new(cpengine_bin())
-        .arg("inspect-images")
+        .arg("inspect")
         .arg(empty.path()));
     assert!(!status.success());
     assert!(err.contains("pstree.img"), "{err}");

@@ -182,6 +182,7 @@ impl Checkpointer {
         let pending = pending_path(&location);
         opts.output = pending.clone();
         opts.knobs.leave_running = true;
+        opts.state = Some(self.state.clone());
         let id = ctr.id.clone();
         let work = async move { engine_checkpoint(&engine, &ctr, &opts).await };
         race(lock, &id, deadline, pending, location, work).await
@@ -278,13 +279,21 @@ fn commit(pending: &Path, location: &Path) -> Result<()> {
 
 /// The engine's container checkpoint.
 async fn engine_checkpoint(
-    _engine: &cpengine::Engine,
-    _ctr: &Container,
-    _opts: &ContainerCheckpointOptions,
+    engine: &cpengine::Engine,
+    ctr: &Container,
+    opts: &ContainerCheckpointOptions,
 ) -> Result<()> {
-    Err(ShimError::Unimplemented(
-        "CheckpointContainer (the engine's container checkpoint has not landed yet)",
-    ))
+    let report = cpengine::container::checkpoint::checkpoint(engine, ctr, opts)
+        .await
+        .map_err(ShimError::engine("checkpointing the container"))?;
+    tracing::info!(
+        container = %ctr.id,
+        total_ms = report.total.as_millis() as u64,
+        frozen_ms = report.frozen.as_millis() as u64,
+        bytes = report.archive.bytes,
+        "checkpoint written"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -218,8 +218,11 @@ pub struct ImageInfo {
     pub image_name: String,
 }
 
+/// Receives archive-writing progress (bytes done / total).
+pub type SharedProgress = std::sync::Arc<dyn crate::archive::Progress + Send>;
+
 /// A container checkpoint to an archive.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContainerCheckpointOptions {
     /// The archive to write (atomically; its parent must exist).
     pub output: PathBuf,
@@ -232,6 +235,29 @@ pub struct ContainerCheckpointOptions {
     pub image: Option<ImageInfo>,
     /// Runtime name written to `config.dump` (default `runc`).
     pub runtime: Option<String>,
+    /// Archive compression (default none: what the kubelet and containerd expect).
+    pub compression: crate::archive::Compression,
+    /// Leave the rootfs out of the checkpoint (no `rootfs-diff.tar`, no `deleted.files`).
+    pub skip_rootfs: bool,
+    /// Extra top-level members (e.g. `status.dump` from a CRI runtime).
+    pub extra_members: Vec<(String, Vec<u8>)>,
+    /// Where the in-flight journal lives (see [`super::journal`]); none → no journal.
+    pub state: Option<super::state::StateRoot>,
+    /// Progress of the archive write.
+    pub progress: Option<SharedProgress>,
+}
+
+impl std::fmt::Debug for ContainerCheckpointOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerCheckpointOptions")
+            .field("output", &self.output)
+            .field("knobs", &self.knobs)
+            .field("rootfs_base", &self.rootfs_base)
+            .field("staging_dir", &self.staging_dir)
+            .field("compression", &self.compression)
+            .field("skip_rootfs", &self.skip_rootfs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ContainerCheckpointOptions {
@@ -244,6 +270,421 @@ impl ContainerCheckpointOptions {
             pod: None,
             image: None,
             runtime: None,
+            compression: crate::archive::Compression::None,
+            skip_rootfs: false,
+            extra_members: Vec::new(),
+            state: None,
+            progress: None,
+        }
+    }
+}
+
+/// What a container checkpoint did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContainerCheckpointReport {
+    pub container: String,
+    pub output: PathBuf,
+    pub leave_running: bool,
+    /// The workload's downtime as CRIU measured it (freezing until resume).
+    #[serde(
+        rename = "frozen_ms",
+        serialize_with = "crate::report::ser_duration_ms"
+    )]
+    pub frozen: std::time::Duration,
+    #[serde(rename = "total_ms", serialize_with = "crate::report::ser_duration_ms")]
+    pub total: std::time::Duration,
+    pub phases: Vec<crate::report::Phase>,
+    /// The CRIU dump (its phases, statistics, image sizes).
+    pub dump: crate::report::DumpReport,
+    pub archive: crate::archive::WriteReport,
+    /// Files and deletions captured from the rootfs.
+    pub rootfs_files: usize,
+    pub rootfs_deleted: usize,
+}
+
+impl std::fmt::Display for ContainerCheckpointReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::report::{human_bytes, ms};
+        writeln!(
+            f,
+            "checkpointed container {} to {}{}",
+            self.container,
+            self.output.display(),
+            if self.leave_running {
+                " (left running)"
+            } else {
+                ""
+            }
+        )?;
+        let mut rows: Vec<(String, String)> = self
+            .phases
+            .iter()
+            .map(|p| (p.name.clone(), ms(p.duration)))
+            .collect();
+        rows.push(("total".into(), ms(self.total)));
+        rows.push(("workload frozen (criu)".into(), ms(self.frozen)));
+        writeln!(f, "phases")?;
+        crate::report::table(f, &rows)?;
+        if let Some(s) = &self.dump.criu {
+            writeln!(f, "criu dump statistics")?;
+            crate::report::table(
+                f,
+                &[
+                    ("freezing time".into(), ms(s.freezing)),
+                    ("frozen time".into(), ms(s.frozen)),
+                    ("memdump time".into(), ms(s.memdump)),
+                    ("memwrite time".into(), ms(s.memwrite)),
+                    ("pages scanned".into(), s.pages_scanned.to_string()),
+                    (
+                        "pages written".into(),
+                        format!(
+                            "{} ({})",
+                            s.pages_written,
+                            human_bytes(s.pages_written * self.dump.page_size)
+                        ),
+                    ),
+                ],
+            )?;
+        }
+        writeln!(f, "archive")?;
+        crate::report::table(
+            f,
+            &[
+                ("size".into(), human_bytes(self.archive.bytes)),
+                ("compression".into(), self.archive.compression.to_string()),
+                (
+                    "checkpoint images".into(),
+                    human_bytes(self.archive.images_bytes),
+                ),
+                (
+                    "rootfs diff".into(),
+                    format!(
+                        "{} ({} entries, {} deleted)",
+                        human_bytes(self.archive.rootfs_diff_bytes),
+                        self.rootfs_files,
+                        self.rootfs_deleted
+                    ),
+                ),
+            ],
+        )
+    }
+}
+
+/// Removes the staging directory when dropped.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Checkpoints a running container into an archive at `opts.output`.
+///
+/// The workload is frozen only while CRIU dumps it (and the rootfs diff is planned, a stat walk):
+/// it resumes before the archive is written. The archive appears at `output` only when
+/// complete. On failure the workload is left running and unfrozen, and nothing is left at
+/// `output` or in the staging area.
+pub async fn checkpoint(
+    engine: &crate::Engine,
+    ctr: &Container,
+    opts: &ContainerCheckpointOptions,
+) -> crate::Result<ContainerCheckpointReport> {
+    use crate::archive::{
+        self, ArchiveInput, CheckpointAnnotations, ConfigDump, GoTime, WriteOptions,
+    };
+    use crate::error::Error;
+    use crate::report::Phase;
+    use std::time::Instant;
+
+    let started = Instant::now();
+    ctr.ensure_running()?;
+    let output = if opts.output.is_absolute() {
+        opts.output.clone()
+    } else {
+        std::env::current_dir()
+            .map_err(Error::io("reading the current directory"))?
+            .join(&opts.output)
+    };
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    if !parent.is_dir() {
+        return Err(Error::Invalid(format!(
+            "destination directory {} does not exist",
+            parent.display()
+        )));
+    }
+    if output.is_dir() {
+        return Err(Error::Invalid(format!(
+            "destination {} is a directory",
+            output.display()
+        )));
+    }
+
+    // Plan what of the rootfs goes into the archive.
+    let rootfs_kind = ctr.rootfs_kind()?;
+    let mut excludes = crate::rootfs::default_excludes();
+    excludes.extend(ctr.spec_mounts.iter().map(|m| m.destination.clone()));
+    let base = match (&rootfs_kind, &opts.rootfs_base, opts.skip_rootfs) {
+        (_, _, true) => None,
+        (super::RootfsKind::Overlay { .. }, _, _) => None,
+        (super::RootfsKind::Dir, Some(b), _) => Some(b.clone()),
+        (super::RootfsKind::Dir, None, _) => {
+            return Err(Error::Invalid(format!(
+                "container {} has a plain-directory rootfs ({}): pass --rootfs-base DIR|TAR to diff it against its base, or --skip-rootfs",
+                ctr.id,
+                ctr.rootfs.display()
+            )));
+        }
+    };
+
+    // Staging beside the destination: same filesystem, page cache (measured faster than tmpfs
+    // here: 464 vs 694 ms for 1 GiB, see the design notes).
+    let t = Instant::now();
+    let staging_root = opts.staging_dir.clone().unwrap_or_else(|| parent.clone());
+    let staging_dir = staging_root.join(format!(
+        ".cpengine-{}-{:08x}",
+        ctr.id,
+        rand::random::<u32>()
+    ));
+    let images_dir = staging_dir.join("checkpoint");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&images_dir)
+            .map_err(Error::io(format!(
+                "creating staging directory {}",
+                images_dir.display()
+            )))?;
+    }
+    let staging = Staging(staging_dir.clone());
+    let _journal = match &opts.state {
+        Some(state) => Some(
+            super::journal::begin(
+                state,
+                super::journal::InFlight {
+                    pid: 0,
+                    pid_start: 0,
+                    container: ctr.id.clone(),
+                    freezer: ctr.freezer(),
+                    staging: Some(staging_dir.clone()),
+                    output: Some(output.clone()),
+                    started: GoTime::now().to_string(),
+                },
+            )
+            .map_err(Error::io("writing the checkpoint journal"))?,
+        ),
+        None => None,
+    };
+    let dump_opts = dump_options(ctr, &images_dir, &staging_dir, &opts.knobs)?;
+    write_descriptors(ctr, &images_dir).map_err(Error::io("writing descriptors.json"))?;
+    let prepare = t.elapsed();
+
+    // Dump; plan the rootfs diff in the post-dump hook, while the container is still frozen.
+    let mut plan: Option<Result<crate::rootfs::RootfsDiff, crate::rootfs::RootfsError>> = None;
+    let mut plan_time = std::time::Duration::ZERO;
+    let report = {
+        let kind = &rootfs_kind;
+        let rootfs = &ctr.rootfs;
+        let skip = opts.skip_rootfs;
+        let mut hook = FrozenHook::new(|| {
+            if skip {
+                return true;
+            }
+            let t = Instant::now();
+            let r = match (kind, &base) {
+                (super::RootfsKind::Overlay { lowers, upper, .. }, _) => {
+                    crate::rootfs::plan_overlay(upper, lowers, &excludes)
+                }
+                (super::RootfsKind::Dir, Some(b)) => crate::rootfs::plan_dir(rootfs, b, &excludes),
+                (super::RootfsKind::Dir, None) => Ok(crate::rootfs::RootfsDiff::default()),
+            };
+            plan_time = t.elapsed();
+            let ok = r.is_ok();
+            plan = Some(r);
+            // A failed plan fails the hook: CRIU then aborts the dump and resumes the container.
+            ok
+        });
+        engine.dump_with(&dump_opts, &mut hook).await
+    };
+    // A failed plan made the hook fail and CRIU abort: report the plan's error, it is the cause.
+    let report = match (report, plan) {
+        (_, Some(Err(e))) => return Err(e.into()),
+        (Err(e), _) => return Err(e),
+        (Ok(r), p) => {
+            plan = p;
+            r
+        }
+    };
+    let rootfs_plan = plan.and_then(Result::ok).filter(|d| !d.is_empty());
+    let frozen = report.criu.as_ref().map(|s| s.frozen).unwrap_or_default();
+
+    // The container runs again; now build the archive.
+    let t = Instant::now();
+    let annotations = ctr.annotations();
+    let container_name = opts
+        .pod
+        .as_ref()
+        .map(|p| p.container_name.clone())
+        .or_else(|| annotations.get("io.kubernetes.cri.container-name").cloned())
+        .or_else(|| annotations.get("io.kubernetes.container.name").cloned())
+        .unwrap_or_else(|| ctr.id.clone());
+    let image = opts
+        .image
+        .clone()
+        .unwrap_or_else(|| image_from(ctr, &annotations));
+    let config = ConfigDump {
+        id: ctr.id.clone(),
+        name: container_name.clone(),
+        rootfs_image: image.image.clone(),
+        rootfs_image_ref: image.image_ref.clone(),
+        rootfs_image_name: image.image_name.clone(),
+        runtime: opts.runtime.clone().unwrap_or_else(|| "runc".into()),
+        created_time: GoTime::parse(&ctr.created).unwrap_or_else(|_| GoTime::zero()),
+        checkpointed_time: GoTime::now(),
+        restored_time: GoTime::zero(),
+        restored: ctr
+            .record
+            .as_ref()
+            .is_some_and(|r| r.restored_from.is_some()),
+    };
+    let mut spec = ctr.spec_json.clone();
+    archive::annotate_spec(
+        &mut spec,
+        &CheckpointAnnotations {
+            container_name,
+            sandbox_name: opts
+                .pod
+                .as_ref()
+                .map(|p| p.pod_name.clone())
+                .filter(|s| !s.is_empty()),
+            sandbox_namespace: opts
+                .pod
+                .as_ref()
+                .map(|p| p.pod_namespace.clone())
+                .filter(|s| !s.is_empty()),
+            criu_version: Some(engine.criu_version().to_string()),
+            checkpointed: config.checkpointed_time,
+        },
+    )
+    .map_err(|e| Error::Invalid(format!("the container's spec cannot be annotated: {e}")))?;
+    let rootfs_files = rootfs_plan.as_ref().map_or(0, |d| d.entries.len());
+    let rootfs_deleted = rootfs_plan.as_ref().map_or(0, |d| d.deleted.len());
+    let input = ArchiveInput {
+        images_dir: images_dir.clone(),
+        config,
+        spec,
+        stats_dump: Some(staging_dir.join("stats-dump")).filter(|p| p.is_file()),
+        dump_log: Some(staging_dir.join(crate::criu::convert::DUMP_LOG)).filter(|p| p.is_file()),
+        rootfs: rootfs_plan,
+        extra: opts.extra_members.clone(),
+    };
+    let compression = opts.compression;
+    let out = output.clone();
+    let progress = opts.progress.clone();
+    let archive = crate::blocking(move || {
+        let wo = WriteOptions {
+            compression,
+            progress: progress
+                .as_deref()
+                .map(|p| p as &dyn crate::archive::Progress),
+            ..Default::default()
+        };
+        Ok(archive::write_archive(&out, &input, &wo)?)
+    })
+    .await?;
+    let archive_time = t.elapsed();
+    drop(staging);
+
+    if !opts.knobs.leave_running {
+        destroy_after_checkpoint(ctr, opts).await;
+    }
+    let mut phases = vec![Phase::new("prepare staging", prepare)];
+    phases.extend(
+        report
+            .phases
+            .iter()
+            .filter(|p| p.name.starts_with("criu"))
+            .cloned(),
+    );
+    phases.push(Phase::new("rootfs diff plan (while frozen)", plan_time));
+    phases.push(Phase::new("archive (workload running)", archive_time).with_bytes(archive.bytes));
+    Ok(ContainerCheckpointReport {
+        container: ctr.id.clone(),
+        output,
+        leave_running: opts.knobs.leave_running,
+        frozen,
+        total: started.elapsed(),
+        phases,
+        dump: report,
+        archive,
+        rootfs_files,
+        rootfs_deleted,
+    })
+}
+
+/// Image identity from what the runtime recorded in the spec (containerd and CRI-O
+/// annotations) or, for a container cpengine restored, from its checkpoint's config.dump.
+fn image_from(ctr: &Container, ann: &std::collections::BTreeMap<String, String>) -> ImageInfo {
+    if let Some(cfg) = ctr
+        .record
+        .as_ref()
+        .and_then(|r| r.checkpoint_config.as_ref())
+    {
+        let get = |k: &str| {
+            cfg.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        return ImageInfo {
+            image: get("rootfsImage"),
+            image_ref: get("rootfsImageRef"),
+            image_name: get("rootfsImageName"),
+        };
+    }
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| ann.get(*k).cloned())
+            .unwrap_or_default()
+    };
+    ImageInfo {
+        image: first(&["io.kubernetes.cri.image-name", "io.kubernetes.cri-o.Image"]),
+        image_ref: first(&["io.kubernetes.cri-o.ImageRef"]),
+        image_name: first(&[
+            "io.kubernetes.cri.image-name",
+            "io.kubernetes.cri-o.ImageName",
+        ]),
+    }
+}
+
+/// After a checkpoint without leave-running CRIU has killed the container's processes; remove
+/// the container like runc does after `checkpoint` (runc delete for runc containers, full
+/// cleanup for containers cpengine restored).
+async fn destroy_after_checkpoint(ctr: &Container, opts: &ContainerCheckpointOptions) {
+    match &ctr.origin {
+        super::Origin::Runc { root } => {
+            let r = tokio::process::Command::new("runc")
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "--force", &ctr.id])
+                .status()
+                .await;
+            if !r.is_ok_and(|s| s.success()) {
+                tracing::warn!(container = %ctr.id, "runc delete after the checkpoint failed");
+            }
+        }
+        super::Origin::Cpengine { .. } => {
+            if let Some(state) = &opts.state
+                && let Err(e) = super::manage::delete(state, &ctr.id, true).await
+            {
+                tracing::warn!(container = %ctr.id, error = %e, "removing the checkpointed container failed");
+            }
         }
     }
 }

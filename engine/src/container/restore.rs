@@ -73,6 +73,9 @@ pub struct ContainerRestoreOptions {
     pub log_level: u32,
     /// The binary that runs the log relay (default: [`super::relay::default_exe`]).
     pub relay_exe: Option<PathBuf>,
+    /// Overlay lower layers (top first) to use as the base when `base` is not given (an
+    /// image's unpacked layers).
+    pub base_layers: Vec<PathBuf>,
 }
 
 impl ContainerRestoreOptions {
@@ -90,6 +93,7 @@ impl ContainerRestoreOptions {
             timeout: crate::options::DEFAULT_TIMEOUT,
             log_level: crate::options::DEFAULT_LOG_LEVEL,
             relay_exe: None,
+            base_layers: Vec::new(),
         }
     }
 }
@@ -146,11 +150,11 @@ pub async fn restore(
             "a container named {id} already exists (cpengine delete {id} first)"
         )));
     }
-    let base = opts.base.clone().ok_or_else(|| {
-        Error::Invalid(
-            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR".into(),
-        )
-    })?;
+    if opts.base.is_none() && opts.base_layers.is_empty() {
+        return Err(Error::Invalid(
+            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
+        ));
+    }
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
     let mut cleanup = Cleanup::default();
@@ -167,9 +171,10 @@ pub async fn restore(
 
     // 1. rootfs
     let t = Instant::now();
-    let lower = match &base {
-        RootfsBase::Dir(d) => d.clone(),
-        RootfsBase::Tar(t) => {
+    let lowers: Vec<PathBuf> = match &opts.base {
+        None => opts.base_layers.clone(),
+        Some(RootfsBase::Dir(d)) => vec![d.clone()],
+        Some(RootfsBase::Tar(t)) => {
             let dir = lib_dir.join("base");
             std::fs::create_dir_all(&dir)
                 .map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -181,7 +186,7 @@ pub async fn restore(
                 Ok(())
             })
             .await?;
-            dir
+            vec![dir]
         }
     };
     let (upper, work, rootfs) = (
@@ -192,8 +197,15 @@ pub async fn restore(
     for d in [&upper, &work, &rootfs] {
         std::fs::create_dir_all(d).map_err(Error::io(format!("creating {}", d.display())))?;
     }
-    mount_overlay(std::slice::from_ref(&lower), &upper, &work, &rootfs)?;
+    mount_overlay(&lowers, &upper, &work, &rootfs)?;
     cleanup.mounted = Some(rootfs.clone());
+    // The new root must have the mode CRIU recorded for the old one.
+    if let Ok(Some(mode)) = crate::images::root_dir_mode(&ckpt.images_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(mode)).map_err(
+            Error::io(format!("setting the mode of {}", rootfs.display())),
+        )?;
+    }
     if ckpt.rootfs_diff.is_some() || !ckpt.deleted.is_empty() {
         let (r, diff, deleted) = (
             rootfs.clone(),
@@ -355,7 +367,7 @@ pub async fn restore(
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         bundle: bundle.clone(),
         rootfs: rootfs.clone(),
-        lowers: vec![lower],
+        lowers,
         upper: Some(upper),
         work: Some(work),
         cgroup_paths: cgroups
@@ -551,4 +563,121 @@ fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<
         }
     }
     Ok(())
+}
+
+/// Where a checkpoint comes from: an archive file, or an image (local or in a registry).
+pub async fn open_source(
+    source: &str,
+    state: &StateRoot,
+    target: &Path,
+    insecure: bool,
+) -> Result<(CheckpointDir, crate::archive::Extracted)> {
+    let limits = crate::archive::Limits::default();
+    let path = Path::new(source);
+    let archive = if path.is_file() {
+        path.to_path_buf()
+    } else {
+        // An image reference: local store first, then the registry it names.
+        let store = crate::oci::ImageStore::open(&state.lib).await?;
+        let record = match store.resolve(source).await {
+            Ok(r) => r,
+            Err(_) => {
+                let ro = crate::oci::RegistryOptions {
+                    insecure,
+                    ..Default::default()
+                };
+                crate::oci::pull(source, &store, &ro).await?;
+                store.resolve(source).await?
+            }
+        };
+        if crate::oci::is_checkpoint_image(&record).is_none() {
+            return Err(Error::Invalid(format!(
+                "image {source} is not a checkpoint image (no checkpoint annotation)"
+            )));
+        }
+        let mut layer = crate::oci::checkpoint_layer(&store, &record).await?;
+        let tar = target.with_extension("layer.tar");
+        let t2 = tar.clone();
+        crate::blocking(move || {
+            let mut f = std::fs::File::create(&t2)
+                .map_err(Error::io(format!("creating {}", t2.display())))?;
+            std::io::copy(&mut layer, &mut f)
+                .map_err(Error::io("reading the checkpoint image's layer"))?;
+            Ok(())
+        })
+        .await?;
+        tar
+    };
+    let (a, t) = (archive.clone(), target.to_path_buf());
+    let extracted = crate::blocking(move || Ok(crate::archive::extract(&a, &t, &limits)?)).await;
+    if archive != path {
+        let _ = std::fs::remove_file(&archive);
+    }
+    let extracted = extracted?;
+    let config = serde_json::to_value(&extracted.config).ok();
+    let dir = CheckpointDir {
+        images_dir: extracted.images_dir.clone(),
+        spec: extracted.spec.clone(),
+        config,
+        rootfs_diff: extracted.rootfs_diff.clone(),
+        deleted: extracted.deleted.clone(),
+        source: Some(source.to_string()),
+    };
+    Ok((dir, extracted))
+}
+
+/// Restores a container from an archive path or a checkpoint image reference. Without a base
+/// in `opts`, the base image named in the checkpoint's config.dump is looked up in the image
+/// store and its layers are used.
+pub async fn restore_archive(
+    engine: &Engine,
+    source: &str,
+    opts: &ContainerRestoreOptions,
+    insecure: bool,
+) -> Result<ContainerRestoreReport> {
+    validate_id(&opts.id)?;
+    let work =
+        opts.state
+            .lib
+            .join("restores")
+            .join(format!("{}-{:08x}", opts.id, rand::random::<u32>()));
+    std::fs::create_dir_all(work.parent().unwrap_or(&work))
+        .map_err(Error::io("creating the restore work dir"))?;
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(work.clone());
+    let t = Instant::now();
+    let (ckpt, extracted) = open_source(source, &opts.state, &work, insecure).await?;
+    let extract_time = t.elapsed();
+    let mut opts = opts.clone();
+    if opts.base.is_none() && opts.base_layers.is_empty() {
+        let name = [
+            &extracted.config.rootfs_image_name,
+            &extracted.config.rootfs_image,
+            &extracted.config.rootfs_image_ref,
+        ]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            Error::Invalid("the checkpoint names no base image: pass --rootfs-base DIR|TAR".into())
+        })?;
+        let store = crate::oci::ImageStore::open(&opts.state.lib).await?;
+        let record = store.resolve(&name).await.map_err(|e| {
+            Error::Invalid(format!(
+                "base image {name} of the checkpoint is not in the image store ({e}); import or pull it, or pass --rootfs-base DIR|TAR"
+            ))
+        })?;
+        opts.base_layers =
+            crate::oci::unpack::layer_dirs(&store, &record, &opts.state.lib.join("layers")).await?;
+    }
+    let mut report = restore(engine, &ckpt, &opts).await?;
+    report
+        .phases
+        .insert(0, Phase::new("extract checkpoint", extract_time));
+    Ok(report)
 }

@@ -11,6 +11,8 @@ pub type OciResult<T, E = OciError> = std::result::Result<T, E>;
 /// What went wrong, named by the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
+    #[error("unpacking layer {digest}: {reason}")]
+    Unpack { digest: String, reason: String },
     #[error(transparent)]
     Reference(#[from] ReferenceError),
     #[error("invalid digest {digest:?} (cpengine stores sha256 digests only)")]

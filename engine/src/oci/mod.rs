@@ -27,6 +27,7 @@ pub(crate) mod pgzip;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod unpack;
 
 pub use checkpoint::{
     CheckpointImageOptions, build_checkpoint_image, checkpoint_layer, is_checkpoint_image,

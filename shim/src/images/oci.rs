@@ -5,11 +5,12 @@
 //! * `PullImage` answers from the store when the image is there, else pulls from the registry
 //!   the reference names (plain HTTP on loopback, HTTPS elsewhere), with the CRI credentials.
 //! * A container's rootfs layers are the image's layers unpacked once into
-//!   `<lib>/shim/layers/<digest>` by the engine's safe layer extractor
+//!   `<lib>/layers/<digest>` (shared with `cpengine restore`) by the engine's
+//!   [`cpengine::oci::unpack::layer_dirs`], which uses the safe layer extractor
 //!   ([`cpengine::rootfs::apply`]: every path resolved beneath the layer directory, OCI
-//!   whiteouts honoured), through a temp directory renamed into place.
+//!   whiteouts honoured) through a temp directory renamed into place.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cpengine::oci::{ImageRecord, ImageStore, OciError, RegistryOptions};
 
@@ -35,7 +36,7 @@ impl OciImages {
             .map_err(oci("opening the image store"))?;
         Ok(Self {
             store,
-            layers: state.lib.join("shim").join("layers"),
+            layers: state.lib.join("layers"),
         })
     }
 
@@ -145,7 +146,9 @@ impl ImageBackend for OciImages {
             .config(&r)
             .await
             .map_err(oci("reading the image config"))?;
-        let mut layers = unpack_layers(&self.store, &r, &self.layers).await?;
+        let mut layers = cpengine::oci::unpack::layer_dirs(&self.store, &r, &self.layers)
+            .await
+            .map_err(oci("unpacking the image's layers"))?;
         layers.reverse();
         let image_ref = r
             .repo_digests()
@@ -186,67 +189,6 @@ fn decode_basic(b64: &str) -> Option<(String, String)> {
     let s = String::from_utf8(out).ok()?;
     let (u, p) = s.split_once(':')?;
     Some((u.to_string(), p.to_string()))
-}
-
-/// The image's layers unpacked under `cache`, top-most first (overlay `lowerdir` order).
-/// Each layer is unpacked once, into a temp directory renamed into place.
-async fn unpack_layers(
-    store: &ImageStore,
-    record: &ImageRecord,
-    cache: &Path,
-) -> Result<Vec<PathBuf>> {
-    let layers = store
-        .layers(record)
-        .await
-        .map_err(oci("reading the image's layers"))?;
-    let mut dirs = Vec::with_capacity(layers.len());
-    for layer in layers {
-        let dir = cache.join(layer.digest.replace(':', "-"));
-        if !dir.is_dir() {
-            let (store, cache, dir2) = (store.clone(), cache.to_path_buf(), dir.clone());
-            tokio::task::spawn_blocking(move || unpack_one(&store, &layer, &cache, &dir2))
-                .await
-                .map_err(|e| ShimError::Internal(format!("layer unpack task: {e}")))??;
-        }
-        dirs.push(dir);
-    }
-    dirs.reverse();
-    Ok(dirs)
-}
-
-fn unpack_one(
-    store: &ImageStore,
-    layer: &cpengine::oci::LayerInfo,
-    cache: &Path,
-    dir: &Path,
-) -> Result<()> {
-    crate::standalone::create_private_dir(cache)?;
-    let tmp = cache.join(format!(
-        ".tmp-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir(&tmp).map_err(ShimError::fs("creating", &tmp))?;
-    let result = (|| {
-        let r = store.open_layer(layer).map_err(oci("opening a layer"))?;
-        cpengine::rootfs::apply(&tmp, r, &[]).map_err(|e| ShimError::Image {
-            step: "unpacking a layer",
-            source: Box::new(e),
-        })?;
-        match std::fs::rename(&tmp, dir) {
-            Ok(()) => Ok(()),
-            // Unpacked by someone else meanwhile.
-            Err(_) if dir.is_dir() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(())
-            }
-            Err(e) => Err(ShimError::fs("renaming the unpacked layer to", dir)(e)),
-        }
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -348,12 +348,6 @@ impl<I: ImageBackend> Standalone<I> {
                 unmount(&rec.rootfs);
             }
         }
-        for l in &rec.lowers {
-            // A multi-layer base of a restored container is itself a read-only overlay.
-            if l.starts_with(self.store.ctr_run_dir(id)) {
-                unmount(l);
-            }
-        }
         if let Some(pid) = rec.pid {
             self.reaper.forget(pid);
         }

@@ -16,13 +16,13 @@
 
 use std::path::{Path, PathBuf};
 
-use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions, RootfsBase};
+use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions};
 use serde_json::Value;
 
 use crate::domain::*;
 use crate::error::{Result, ShimError};
 
-use super::container::{pid_alive, unmount};
+use super::container::pid_alive;
 use super::store::{CtrKind, CtrRecord, Phase, PodRecord, RestorePlan, new_id};
 use super::{ImageBackend, Standalone, create_private_dir};
 
@@ -102,19 +102,6 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
             path.display()
         ))
     })
-}
-
-/// The checkpoint's base image references, in the order they are tried.
-pub fn base_image_refs(config: Option<&Value>) -> Vec<String> {
-    let Some(c) = config else {
-        return vec![];
-    };
-    ["rootfsImageRef", "rootfsImageName", "rootfsImage"]
-        .iter()
-        .filter_map(|k| c[*k].as_str())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 fn is_bind(m: &Value) -> bool {
@@ -242,23 +229,6 @@ fn reannotate(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) {
     }
 }
 
-/// Extracts a checkpoint archive into `dir` (which must be empty) with the engine's safe
-/// reader: size caps from the headers, regular files and directories only, every member
-/// created beneath `dir` without following symlinks.
-async fn extract_archive(archive: &Path, dir: &Path) -> Result<()> {
-    let (a, d) = (archive.to_path_buf(), dir.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        cpengine::archive::extract(&a, &d, &cpengine::archive::Limits::default())
-    })
-    .await
-    .map_err(|e| ShimError::Internal(format!("archive extraction task: {e}")))?
-    .map(drop)
-    .map_err(|source| ShimError::Archive {
-        step: "extracting the checkpoint archive",
-        source,
-    })
-}
-
 impl<I: ImageBackend> Standalone<I> {
     pub(super) async fn create_restored(
         &self,
@@ -290,34 +260,45 @@ impl<I: ImageBackend> Standalone<I> {
     ) -> Result<String> {
         create_private_dir(run_dir)?;
         create_private_dir(lib_dir)?;
-        let (dir, source_name) = match source {
-            CheckpointSource::Archive(a) => {
-                let dir = lib_dir.join("checkpoint");
-                extract_archive(a, &dir).await?;
-                (dir, a.display().to_string())
-            }
-            CheckpointSource::Image(r) => {
-                let img = self.images.resolve(r).await?;
-                let top = img.layers.last().cloned().ok_or_else(|| {
-                    ShimError::InvalidArgument(format!("checkpoint image {r} has no layer"))
-                })?;
-                (top, r.clone())
-            }
+        let source_name = match source {
+            CheckpointSource::Archive(a) => a.display().to_string(),
+            CheckpointSource::Image(r) => r.clone(),
         };
-        if !dir.join("checkpoint/inventory.img").is_file() {
+        // The archive, or the checkpoint image's layer, through the engine's safe extractor.
+        let dir = lib_dir.join("checkpoint");
+        let (ckpt, extracted) =
+            cpengine::container::restore::open_source(&source_name, &self.cfg.state, &dir, false)
+                .await
+                .map_err(|source| match source {
+                    cpengine::Error::Archive(source) => ShimError::Archive {
+                        step: "extracting the checkpoint",
+                        source,
+                    },
+                    source => ShimError::Engine {
+                        step: "opening the checkpoint",
+                        source,
+                    },
+                })?;
+        if !ckpt.images_dir.join("inventory.img").is_file() {
             return Err(ShimError::InvalidArgument(format!(
                 "{source_name} is not a checkpoint: checkpoint/inventory.img is missing"
             )));
         }
-        let mut spec = read_json(&dir.join("spec.dump"))?
-            .ok_or_else(|| ShimError::InvalidArgument(format!("{source_name} has no spec.dump")))?;
+        let mut spec = ckpt.spec.clone();
         serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| {
             ShimError::InvalidArgument(format!(
                 "spec.dump of {source_name} is not an OCI spec: {e}"
             ))
         })?;
-        let config = read_json(&dir.join("config.dump"))?;
-        let refs = base_image_refs(config.as_ref());
+        let refs: Vec<String> = [
+            &extracted.config.rootfs_image_ref,
+            &extracted.config.rootfs_image_name,
+            &extracted.config.rootfs_image,
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
         let mut base = None;
         for r in &refs {
             if let Ok(img) = self.images.resolve(r).await {
@@ -340,13 +321,10 @@ impl<I: ImageBackend> Standalone<I> {
             std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
         }
         // The checkpointed container's log carries on in the new log.
-        if let Some(saved) = cpengine_log_members()
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
+        if let Some(saved) = &extracted.log
             && !log.exists()
         {
-            let _ = std::fs::copy(&saved, &log);
+            let _ = std::fs::copy(saved, &log);
         }
         let image_name = base
             .info
@@ -379,10 +357,10 @@ impl<I: ImageBackend> Standalone<I> {
             lowers: vec![],
             relay_pid: None,
             restore: Some(RestorePlan {
-                dir,
+                dir: extracted.root.clone(),
                 source: source_name,
                 spec,
-                config,
+                config: ckpt.config.clone(),
                 base_layers: base.layers.clone(),
             }),
         };
@@ -397,36 +375,9 @@ impl<I: ImageBackend> Standalone<I> {
             .clone()
             .ok_or_else(|| ShimError::Internal("restore plan missing".into()))?;
         let pod = self.ready_pod(&rec.pod_id)?;
-        // The base: the image's single layer, or a read-only overlay of its layers.
-        let (base, base_mount) = match plan.base_layers.as_slice() {
-            [one] => (one.clone(), None),
-            [] => {
-                return Err(ShimError::InvalidArgument(
-                    "the base image has no layers".into(),
-                ));
-            }
-            many => {
-                let m = self.store.ctr_run_dir(&rec.id).join("base");
-                std::fs::create_dir_all(&m).map_err(ShimError::fs("creating", &m))?;
-                let lower = many
-                    .iter()
-                    .rev()
-                    .map(|l| l.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":");
-                nix::mount::mount(
-                    Some("overlay"),
-                    &m,
-                    Some("overlay"),
-                    nix::mount::MsFlags::MS_RDONLY,
-                    Some(format!("lowerdir={lower}").as_str()),
-                )
-                .map_err(|e| ShimError::fs("mounting the base overlay at", &m)(e.into()))?;
-                (m.clone(), Some(m))
-            }
-        };
+        let images_dir = plan.dir.join("checkpoint");
         let ckpt = CheckpointDir {
-            images_dir: plan.dir.join("checkpoint"),
+            images_dir,
             spec: plan.spec.clone(),
             config: plan.config.clone(),
             rootfs_diff: Some(plan.dir.join("rootfs-diff.tar")).filter(|p| p.is_file()),
@@ -436,7 +387,8 @@ impl<I: ImageBackend> Standalone<I> {
             source: Some(plan.source.clone()),
         };
         let mut opts = ContainerRestoreOptions::new(&rec.id, self.cfg.state.clone());
-        opts.base = Some(RootfsBase::Dir(base));
+        // The base image's layers, top first (overlay order).
+        opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
         opts.log_path = Some(rec.log_path.clone());
         opts.relay_exe = Some(self.cfg.exe.clone());
         let (net, ipc, uts) = joined(&plan.spec);
@@ -455,18 +407,9 @@ impl<I: ImageBackend> Standalone<I> {
             }
         }
         let engine = self.checkpointer.engine().await?;
-        let report = match cpengine::container::restore::restore(&engine, &ckpt, &opts).await {
-            Ok(r) => r,
-            Err(source) => {
-                if let Some(m) = &base_mount {
-                    unmount(m);
-                }
-                return Err(ShimError::Engine {
-                    step: "restoring the container",
-                    source,
-                });
-            }
-        };
+        let report = cpengine::container::restore::restore(&engine, &ckpt, &opts)
+            .await
+            .map_err(ShimError::engine("restoring the container"))?;
         self.reaper.track(report.pid);
         let start = cpengine::proc::start_time(report.pid).unwrap_or(0);
         tracing::info!(container = %rec.id, pid = report.pid, total_ms = report.total.as_millis() as u64, "container restored");
@@ -476,18 +419,12 @@ impl<I: ImageBackend> Standalone<I> {
             c.pid = Some(report.pid);
             c.pid_start = start;
             c.rootfs = report.rootfs.clone();
-            c.lowers = base_mount.into_iter().collect();
         })?;
         if !pid_alive(report.pid, start) {
             tracing::warn!(container = %rec.id, "restored container exited right away");
         }
         Ok(())
     }
-}
-
-/// Names of the log copies an archive may carry.
-fn cpengine_log_members() -> [&'static str; 3] {
-    ["io.kubernetes.cri-o.LogPath", "ctr.log", "container.log"]
 }
 
 #[cfg(test)]
@@ -567,15 +504,5 @@ mod tests {
             repoint_namespaces(&mut spec, &pod(Some(host))),
             Err(ShimError::FailedPrecondition(_))
         ));
-    }
-
-    #[test]
-    fn base_image_is_looked_up_by_ref_then_name() {
-        let c = json!({"rootfsImageRef": "sha256:abc", "rootfsImageName": "docker.io/library/busybox:latest", "rootfsImage": ""});
-        assert_eq!(
-            base_image_refs(Some(&c)),
-            ["sha256:abc", "docker.io/library/busybox:latest"]
-        );
-        assert!(base_image_refs(None).is_empty());
     }
 }

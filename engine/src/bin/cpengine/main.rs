@@ -1,11 +1,12 @@
 //! `cpengine`: the command-line interface over the engine library.
 
 mod check;
+mod checkpoint;
 mod containers;
 mod dump;
 mod image;
 mod inspect;
-mod inspect_images;
+mod progress;
 mod restore;
 
 use std::process::ExitCode;
@@ -33,7 +34,10 @@ enum Command {
     Check(check::Args),
     /// Checkpoint a process tree into a directory of CRIU images.
     Dump(dump::Args),
-    /// Restore a process tree from CRIU images; it keeps running after cpengine exits.
+    /// Checkpoint a running container into a checkpoint archive (leaves it running by default).
+    Checkpoint(checkpoint::Args),
+    /// Restore a container from a checkpoint archive or image, or a process tree from CRIU
+    /// images; it keeps running after cpengine exits.
     Restore(restore::Args),
     /// List the containers cpengine restored.
     Ps(containers::PsArgs),
@@ -41,9 +45,8 @@ enum Command {
     Kill(containers::KillArgs),
     /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
     Delete(containers::DeleteArgs),
-    /// Show what a CRIU images directory holds: processes, files, sockets, memory.
-    InspectImages(inspect_images::Args),
-    /// Show what a checkpoint archive holds (container, image, sizes, CRIU statistics).
+    /// Show what a checkpoint archive or CRIU images directory holds: container, image, sizes,
+    /// CRIU statistics, and with view flags its processes, files, sockets, mounts and memory.
     Inspect(inspect::Args),
     /// Manage images: import, list, remove, build checkpoint images, push and pull.
     Image(image::Args),
@@ -85,8 +88,8 @@ fn main() -> ExitCode {
             Command::Delete(a) => containers::delete(a, &state).await,
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
-            Command::Restore(a) => restore::run(a).await,
-            Command::InspectImages(a) => inspect_images::run(a).await,
+            Command::Restore(a) => restore::run(a, &state).await,
+            Command::Checkpoint(a) => checkpoint::run(a, &state).await,
             Command::Inspect(a) => inspect::run(a).await,
             Command::Image(a) => image::run(a, &state).await,
         }
@@ -142,8 +145,8 @@ mod tests {
         let cli = Cli::try_parse_from(["cpengine", "inspect", "/x/a.tar", "--json"]).unwrap();
         match cli.command {
             Command::Inspect(a) => {
-                assert_eq!(a.archive, std::path::PathBuf::from("/x/a.tar"));
-                assert!(a.json);
+                assert_eq!(a.target, std::path::PathBuf::from("/x/a.tar"));
+                assert!(a.view.json);
             }
             other => panic!("parsed as {other:?}"),
         }

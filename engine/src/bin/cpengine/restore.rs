@@ -1,19 +1,40 @@
-//! `cpengine restore`
+//! `cpengine restore`: a container from a checkpoint archive or image, or a process tree from
+//! a CRIU images directory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cpengine::container::restore::{ContainerRestoreOptions, restore_archive};
+use cpengine::container::state::StateRoot;
+use cpengine::rootfs::Base;
 use cpengine::{Engine, RestoreOptions};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["source", "images_dir"])))]
 pub struct Args {
-    /// Directory of CRIU images written by `cpengine dump`.
-    #[arg(long, short = 'D')]
-    pub images_dir: PathBuf,
-    /// Restore established TCP connections (needed if the dump had them).
+    /// A checkpoint archive (plain, gzip or zstd), or a checkpoint image reference (local, or
+    /// pulled from its registry).
+    pub source: Option<String>,
+    /// Id of the restored container (with an archive or image).
+    #[arg(long, requires = "source")]
+    pub id: Option<String>,
+    /// Base filesystem (directory or tarball) the container's rootfs diff applies to. Default:
+    /// the checkpoint's image, from the image store.
+    #[arg(long, value_name = "DIR|TAR", requires = "source")]
+    pub rootfs_base: Option<PathBuf>,
+    /// Where the container's output goes (CRI log format).
+    #[arg(long, value_name = "FILE", requires = "source")]
+    pub log: Option<PathBuf>,
+    /// Allow plain HTTP to the registry when pulling a checkpoint image.
+    #[arg(long, requires = "source")]
+    pub insecure: bool,
+    /// Restore a process tree from this CRIU images directory instead.
+    #[arg(long, short = 'D', conflicts_with_all = ["source", "id"])]
+    pub images_dir: Option<PathBuf>,
+    /// Restore established TCP connections (needed if the checkpoint had them).
     #[arg(long)]
     pub tcp_established: bool,
-    /// The tree was dumped as a shell job.
+    /// The tree was dumped as a shell job (process restore).
     #[arg(long)]
     pub shell_job: bool,
     /// Restore connected unix sockets whose peer was outside the tree.
@@ -27,18 +48,63 @@ pub struct Args {
     pub json: bool,
 }
 
-pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     let engine = Engine::new().await?;
-    let mut opts = RestoreOptions::new(a.images_dir);
-    opts.tcp_established = a.tcp_established;
-    opts.shell_job = a.shell_job;
-    opts.ext_unix_sk = a.ext_unix_sk;
-    opts.file_locks = a.file_locks;
-    let report = engine.restore(opts).await?;
+    if let Some(images_dir) = a.images_dir {
+        let mut opts = RestoreOptions::new(images_dir);
+        opts.tcp_established = a.tcp_established;
+        opts.shell_job = a.shell_job;
+        opts.ext_unix_sk = a.ext_unix_sk;
+        opts.file_locks = a.file_locks;
+        let report = engine.restore(opts).await?;
+        if a.json {
+            crate::print_json(&report)?;
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let source = a.source.unwrap_or_default();
+    let id =
+        a.id.ok_or_else(|| anyhow::anyhow!("restoring a container needs --id <NEW_ID>"))?;
+    let mut o = ContainerRestoreOptions::new(id, state.clone());
+    o.base = a.rootfs_base.map(|p| {
+        if p.is_dir() {
+            Base::Dir(p)
+        } else {
+            Base::Tar(p)
+        }
+    });
+    o.log_path = a.log;
+    o.tcp_established = a.tcp_established;
+    o.ext_unix_sk = a.ext_unix_sk;
+    o.file_locks = a.file_locks;
+    let report = restore_archive(&engine, &source, &o, a.insecure).await?;
     if a.json {
         crate::print_json(&report)?;
     } else {
-        print!("{report}");
+        println!("restored container {} as pid {}", report.id, report.pid);
+        println!("  rootfs  {}", report.rootfs.display());
+        println!("  log     {}", report.log_path.display());
+        let mut rows: Vec<(String, String)> = report
+            .phases
+            .iter()
+            .map(|p| (p.name.clone(), cpengine::report::ms(p.duration)))
+            .collect();
+        rows.push(("total".into(), cpengine::report::ms(report.total)));
+        println!("phases");
+        for (k, v) in rows {
+            println!("  {k:<28}  {v}");
+        }
+        if let Some(s) = &report.criu.criu {
+            println!("criu restore statistics");
+            println!(
+                "  {:<28}  {}",
+                "restore time",
+                cpengine::report::ms(s.restore)
+            );
+            println!("  {:<28}  {}", "pages restored", s.pages_restored);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

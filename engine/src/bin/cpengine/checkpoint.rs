@@ -1,0 +1,92 @@
+//! `cpengine checkpoint`: a running container to a checkpoint archive.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cpengine::Engine;
+use cpengine::archive::Compression;
+use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+use cpengine::container::state::StateRoot;
+use cpengine::container::{Container, journal};
+use cpengine::rootfs::Base;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Id of the container (runc, containerd, CRI-O, or one cpengine restored).
+    pub id: String,
+    /// The archive to write (appears only when complete).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// A runc state root to look in (repeatable). Default: /run/runc, /run/cpengine/runc and
+    /// every /run/containerd/runc/<namespace>, after cpengine's own containers.
+    #[arg(long = "runc-root", value_name = "DIR")]
+    pub runc_roots: Vec<PathBuf>,
+    /// For a plain-directory rootfs: the base (directory or tarball) to diff it against.
+    #[arg(long, value_name = "DIR|TAR")]
+    pub rootfs_base: Option<PathBuf>,
+    /// Keep the container running after the checkpoint.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub leave_running: bool,
+    /// Compression of the archive.
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    pub compress: Compression,
+    /// Do not capture the rootfs changes.
+    #[arg(long)]
+    pub skip_rootfs: bool,
+    /// Where CRIU's images are staged (default: beside the archive).
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
+    /// Checkpoint established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Checkpoint file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Allow connected unix sockets whose peer is outside the container.
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
+    journal::recover(state);
+    let engine = Engine::new().await?;
+    let ctr = Container::find(&a.id, &a.runc_roots, state)?;
+    let mut o = ContainerCheckpointOptions::new(a.output);
+    o.knobs.leave_running = a.leave_running;
+    o.knobs.tcp_established = a.tcp_established;
+    o.knobs.file_locks = a.file_locks;
+    o.knobs.ext_unix_sk = a.ext_unix_sk;
+    o.rootfs_base = a.rootfs_base.map(|p| {
+        if p.is_dir() {
+            Base::Dir(p)
+        } else {
+            Base::Tar(p)
+        }
+    });
+    o.compression = a.compress;
+    o.skip_rootfs = a.skip_rootfs;
+    o.staging_dir = a.staging_dir;
+    o.state = Some(state.clone());
+    let bar = if a.json {
+        None
+    } else {
+        crate::progress::Bar::on_tty("writing")
+    };
+    o.progress = bar
+        .clone()
+        .map(|b| b as cpengine::container::checkpoint::SharedProgress);
+    let report = checkpoint(&engine, &ctr, &o).await;
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    let report = report?;
+    if a.json {
+        crate::print_json(&report)?;
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

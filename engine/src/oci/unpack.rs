@@ -1,0 +1,74 @@
+//! Image layers unpacked to directories, for overlay lower layers (a restored container's base,
+//! a shim container's rootfs). Each layer is unpacked once, with the safe extractor
+//! ([`crate::rootfs::apply`]: everything resolved beneath the layer directory, OCI whiteouts
+//! honoured), into `<cache>/<digest>` via a temp directory renamed into place, so a crash never
+//! leaves a half-unpacked layer that looks complete.
+
+use std::path::{Path, PathBuf};
+
+use super::{ImageRecord, ImageStore, OciError, OciResult};
+
+/// The image's layers unpacked under `cache`, top-most first (overlay `lowerdir` order).
+pub async fn layer_dirs(
+    store: &ImageStore,
+    record: &ImageRecord,
+    cache: &Path,
+) -> OciResult<Vec<PathBuf>> {
+    let layers = store.layers(record).await?;
+    let mut dirs = Vec::with_capacity(layers.len());
+    for layer in &layers {
+        let key = layer.digest.replace(':', "-");
+        let dir = cache.join(&key);
+        if !dir.is_dir() {
+            let store = store.clone();
+            let layer = layer.clone();
+            let (cache, dir2) = (cache.to_path_buf(), dir.clone());
+            tokio::task::spawn_blocking(move || unpack_one(&store, &layer, &cache, &dir2))
+                .await
+                .map_err(|e| OciError::Unpack {
+                    digest: key.clone(),
+                    reason: format!("task failed: {e}"),
+                })??;
+        }
+        dirs.push(dir);
+    }
+    dirs.reverse();
+    Ok(dirs)
+}
+
+fn unpack_one(
+    store: &ImageStore,
+    layer: &super::LayerInfo,
+    cache: &Path,
+    dir: &Path,
+) -> OciResult<()> {
+    let unpack_err = |reason: String| OciError::Unpack {
+        digest: layer.digest.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(cache)
+        .map_err(|e| unpack_err(format!("creating {}: {e}", cache.display())))?;
+    let tmp = cache.join(format!(
+        ".tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&tmp)
+        .map_err(|e| unpack_err(format!("creating {}: {e}", tmp.display())))?;
+    let result = store
+        .open_layer(layer)
+        .and_then(|r| crate::rootfs::apply(&tmp, r, &[]).map_err(|e| unpack_err(e.to_string())))
+        .and_then(|_| match std::fs::rename(&tmp, dir) {
+            Ok(()) => Ok(()),
+            // Someone else unpacked it meanwhile.
+            Err(_) if dir.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(())
+            }
+            Err(e) => Err(unpack_err(format!("renaming into {}: {e}", dir.display()))),
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
