@@ -37,6 +37,14 @@ use crate::error::{Result, ShimError};
 /// Time kept back from the deadline for the answer to reach the client.
 const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 
+/// The instant a checkpoint must answer by: the earlier of the gRPC deadline and the
+/// request's `timeout` field (seconds; 0 = none), less a margin for the answer to travel, so
+/// the caller hears the runtime's `DEADLINE_EXCEEDED` rather than its own timer.
+pub fn answer_deadline(grpc: Option<Instant>, timeout_secs: i64) -> Option<Instant> {
+    crate::cri::effective_deadline(grpc, timeout_secs)
+        .map(|d| d.checked_sub(ANSWER_MARGIN).unwrap_or(d))
+}
+
 const UNDECIDED: u8 = 0;
 const COMMITTED: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -159,8 +167,6 @@ impl Checkpointer {
                 step: "checkpointing",
                 source,
             })?;
-        // The answer must leave a little before the caller's deadline.
-        let deadline = deadline.map(|d| d.checked_sub(ANSWER_MARGIN).unwrap_or(d));
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(ShimError::DeadlineExceeded(format!(
                 "the deadline of the checkpoint of {} passed before it started",

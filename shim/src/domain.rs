@@ -279,7 +279,9 @@ pub struct CheckpointRequest {
     pub container_id: String,
     /// Where the archive goes (absolute; validated by the checkpoint service).
     pub location: String,
-    /// The earlier of the gRPC deadline and the request's `timeout` field, if any.
+    /// When the answer is due: the earlier of the gRPC deadline and the request's `timeout`
+    /// field, less the time the answer needs to travel (see
+    /// [`crate::checkpoint::answer_deadline`]).
     pub deadline: Option<Instant>,
 }
 

@@ -69,6 +69,19 @@ pub async fn run(
     let _guard = server::SocketGuard(cfg.listen.clone());
     let checkpointer = checkpoint::Checkpointer::new(cfg.state.clone());
     checkpointer.recover();
+    // Locate CRIU now rather than in the first CheckpointContainer (a missing CRIU is logged,
+    // and reported again by the calls that need it).
+    {
+        let c = checkpointer.clone();
+        tokio::spawn(async move {
+            match c.engine().await {
+                Ok(e) => tracing::info!(criu = %e.criu_version(), "criu ready"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "criu is not usable; CheckpointContainer and restores will fail")
+                }
+            }
+        });
+    }
     match &cfg.upstream {
         Some(up) => {
             tracing::info!(socket = %cfg.listen.display(), upstream = %up.display(), runc_root = %cfg.upstream_runc_root.display(), "serving CRI (proxy mode)");

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
 use crate::checkpoint::{Checkpointer, kubelet_options, validate_location};
-use crate::cri::{effective_deadline, grpc_deadline};
+use crate::cri::grpc_deadline;
 use crate::error::{Result, ShimError};
 use crate::locks::KeyedLocks;
 
@@ -101,7 +101,7 @@ impl ProxyRuntime {
     async fn checkpoint(&self, request: Request<pb::CheckpointContainerRequest>) -> Result<()> {
         let grpc = grpc_deadline(request.metadata());
         let r = request.into_inner();
-        let deadline = effective_deadline(grpc, r.timeout);
+        let deadline = crate::checkpoint::answer_deadline(grpc, r.timeout);
         // The upstream knows the container's Kubernetes identity and whether it runs.
         let mut status_req = Request::new(pb::ContainerStatusRequest {
             container_id: r.container_id.clone(),

@@ -442,7 +442,7 @@ impl<R: RuntimeBackend> RuntimeService for CriRuntime<R> {
         let grpc = grpc_deadline(request.metadata());
         let r = request.into_inner();
         let req = CheckpointRequest {
-            deadline: effective_deadline(grpc, r.timeout),
+            deadline: crate::checkpoint::answer_deadline(grpc, r.timeout),
             container_id: r.container_id,
             location: r.location,
         };

@@ -127,8 +127,11 @@ pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) ->
                 continue;
             }
             let pod_file = match dest.as_str() {
-                "/etc/resolv.conf" => pod.resolv_conf.as_ref(),
-                "/etc/hostname" => pod.hostname_file.as_ref(),
+                "/etc/resolv.conf" => pod.resolv_conf.clone(),
+                "/etc/hostname" => pod.hostname_file.clone(),
+                // A runtime that bind-mounts a pod-wide /dev/shm (containerd does): the new
+                // pod's shm directory takes its place.
+                "/dev/shm" => pod_shm_dir(pod)?,
                 _ => None,
             };
             if let Some(f) = pod_file {
@@ -155,29 +158,71 @@ pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) ->
     Ok(())
 }
 
-/// Which shared namespaces a spec joins by path: (network, ipc, uts).
-fn joined(spec: &Value) -> (bool, bool, bool) {
-    let ns = spec["linux"]["namespaces"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let has = |t: &str| {
-        ns.iter()
-            .any(|n| n["type"] == t && n["path"].as_str().is_some_and(|p| !p.is_empty()))
+/// The pod's shared /dev/shm directory (beside its resolv.conf), created on first use.
+fn pod_shm_dir(pod: &PodRecord) -> Result<Option<PathBuf>> {
+    let Some(dir) = pod.resolv_conf.as_ref().and_then(|r| r.parent()) else {
+        return Ok(None);
     };
-    (has("network"), has("ipc"), has("uts"))
+    let shm = dir.join("shm");
+    std::fs::create_dir_all(&shm).map_err(ShimError::fs("creating", &shm))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o1777))
+        .map_err(ShimError::fs("setting the mode of", &shm))?;
+    Ok(Some(shm))
 }
 
-/// Points the spec's shared namespaces at the new pod's holder; the pod must provide the
-/// same kinds the checkpointed container had.
-pub fn repoint_namespaces(spec: &mut Value, pod: &PodRecord) -> Result<()> {
-    let (net, ipc, uts) = joined(spec);
+/// The namespaces (network, IPC, UTS) the checkpointed container had apart from the host's,
+/// from CRIU's images: CRIU writes `netns-<id>.img` (also for an external, joined network
+/// namespace), `ipcns-var-<id>.img` and `utsns-<id>.img` only for namespaces other than its
+/// own. A runtime may name a host namespace by path (containerd joins its pause container's,
+/// which is the host's for a host-network pod), so the spec alone cannot tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpedNamespaces {
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+}
+
+impl DumpedNamespaces {
+    pub fn read(images_dir: &Path) -> Result<Self> {
+        let mut d = Self::default();
+        let entries =
+            std::fs::read_dir(images_dir).map_err(ShimError::fs("reading", images_dir))?;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let numbered = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix(".img"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            d.net |= numbered("netns-");
+            d.ipc |= numbered("ipcns-var-");
+            d.uts |= numbered("utsns-");
+        }
+        Ok(d)
+    }
+}
+
+/// Points the spec's shared namespaces at the new pod's holder. The network must match: a
+/// container checkpointed in its own network namespace needs a pod with one, a host-network
+/// container a host-network pod. IPC and UTS namespaces the pod shares are joined; others are
+/// recreated by CRIU (dumped ones) or the host's (the rest).
+pub fn repoint_namespaces(
+    spec: &mut Value,
+    pod: &PodRecord,
+    dumped: DumpedNamespaces,
+) -> Result<()> {
     let h = pod.holder;
     let (pnet, pipc, puts) = h.map(|h| (h.net, h.ipc, h.uts)).unwrap_or_default();
-    if net != pnet {
+    if dumped.net != pnet {
         return Err(ShimError::FailedPrecondition(format!(
-            "the checkpoint was taken in {} network namespace but pod {} uses {}",
-            if net { "a pod" } else { "the host" },
+            "the checkpoint was taken in {} but pod {} uses {}",
+            if dumped.net {
+                "its own network namespace"
+            } else {
+                "the host network"
+            },
             pod.id,
             if pnet {
                 "a pod network namespace"
@@ -186,25 +231,31 @@ pub fn repoint_namespaces(spec: &mut Value, pod: &PodRecord) -> Result<()> {
             }
         )));
     }
-    if ipc != pipc || uts != puts {
-        return Err(ShimError::FailedPrecondition(format!(
-            "the checkpoint's shared IPC/UTS namespaces ({ipc}/{uts}) differ from pod {}'s ({pipc}/{puts})",
-            pod.id
-        )));
-    }
-    if let (Some(h), Some(list)) = (h, spec["linux"]["namespaces"].as_array_mut()) {
-        for n in list.iter_mut() {
-            let kind = match n["type"].as_str() {
-                Some("network") => "net",
-                Some("ipc") => "ipc",
-                Some("uts") => "uts",
-                _ => continue,
-            };
-            if n["path"].as_str().is_some_and(|p| !p.is_empty()) {
+    let Some(list) = spec["linux"]["namespaces"].as_array_mut() else {
+        return Ok(());
+    };
+    list.retain_mut(|n| {
+        let (kind, shared, was_own) = match n["type"].as_str() {
+            Some("network") => ("net", pnet, dumped.net),
+            Some("ipc") => ("ipc", pipc, dumped.ipc),
+            Some("uts") => ("uts", puts, dumped.uts),
+            _ => return true,
+        };
+        match (shared, h) {
+            (true, Some(h)) => {
                 n["path"] = Value::String(h.holder().ns_path(kind).display().to_string());
+                true
             }
+            _ if was_own => {
+                if let Some(o) = n.as_object_mut() {
+                    o.remove("path");
+                }
+                true
+            }
+            // It was the host's namespace, named by path: the host's it stays.
+            _ => false,
         }
-    }
+    });
     Ok(())
 }
 
@@ -313,7 +364,7 @@ impl<I: ImageBackend> Standalone<I> {
             ))
         })?;
         repoint_mounts(&mut spec, req, pod)?;
-        repoint_namespaces(&mut spec, pod)?;
+        repoint_namespaces(&mut spec, pod, DumpedNamespaces::read(&ckpt.images_dir)?)?;
         reannotate(&mut spec, req, pod);
 
         let log = super::container::log_path(pod, req, lib_dir)?;
@@ -391,13 +442,13 @@ impl<I: ImageBackend> Standalone<I> {
         opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
         opts.log_path = Some(rec.log_path.clone());
         opts.relay_exe = Some(self.cfg.exe.clone());
-        let (net, ipc, uts) = joined(&plan.spec);
+        let dumped = DumpedNamespaces::read(&ckpt.images_dir)?;
         if let Some(h) = pod.holder {
             let holder = h.holder();
-            if net {
+            if dumped.net && h.net {
                 opts.netns = Some(holder.ns_path("net"));
             }
-            for (on, kind) in [(ipc, "ipc"), (uts, "uts")] {
+            for (on, kind) in [(dumped.ipc && h.ipc, "ipc"), (dumped.uts && h.uts, "uts")] {
                 if on {
                     opts.join_ns.push(cpengine::options::JoinNamespace {
                         ns: kind.into(),
@@ -487,22 +538,65 @@ mod tests {
             ipc: true,
             uts: true,
         };
-        let mut spec = json!({"linux": {"namespaces": [
+        let spec = json!({"linux": {"namespaces": [
             {"type": "pid"}, {"type": "network", "path": "/proc/5/ns/net"},
             {"type": "ipc", "path": "/proc/5/ns/ipc"}, {"type": "uts", "path": "/proc/5/ns/uts"},
         ]}});
-        repoint_namespaces(&mut spec, &pod(Some(h))).unwrap();
-        assert_eq!(spec["linux"]["namespaces"][1]["path"], "/proc/77/ns/net");
-        assert_eq!(spec["linux"]["namespaces"][3]["path"], "/proc/77/ns/uts");
-        // A host-network pod cannot take a container checkpointed in a pod network.
+        let all = DumpedNamespaces {
+            net: true,
+            ipc: true,
+            uts: true,
+        };
+        let mut s1 = spec.clone();
+        repoint_namespaces(&mut s1, &pod(Some(h)), all).unwrap();
+        assert_eq!(s1["linux"]["namespaces"][1]["path"], "/proc/77/ns/net");
+        assert_eq!(s1["linux"]["namespaces"][3]["path"], "/proc/77/ns/uts");
+        // A host-network pod cannot take a container checkpointed in its own network.
         let host = HolderRecord {
             net: false,
             uts: false,
             ..h
         };
         assert!(matches!(
-            repoint_namespaces(&mut spec, &pod(Some(host))),
+            repoint_namespaces(&mut spec.clone(), &pod(Some(host)), all),
             Err(ShimError::FailedPrecondition(_))
         ));
+        // containerd names the host's network and UTS namespaces by path (its pause's) for a
+        // host-network pod: those entries go, the shared IPC is joined.
+        let mut s2 = spec.clone();
+        let dumped = DumpedNamespaces {
+            net: false,
+            ipc: true,
+            uts: false,
+        };
+        repoint_namespaces(&mut s2, &pod(Some(host)), dumped).unwrap();
+        assert_eq!(
+            s2["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/77/ns/ipc"}])
+        );
+    }
+
+    #[test]
+    fn dumped_namespaces_come_from_image_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "inventory.img",
+            "netns-ct-10.img",
+            "ipcns-var-11.img",
+            "utsns-12.img",
+        ] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let d = DumpedNamespaces::read(dir.path()).unwrap();
+        assert_eq!(
+            d,
+            DumpedNamespaces {
+                net: false,
+                ipc: true,
+                uts: true
+            }
+        );
+        std::fs::write(dir.path().join("netns-10.img"), b"").unwrap();
+        assert!(DumpedNamespaces::read(dir.path()).unwrap().net);
     }
 }
