@@ -932,6 +932,63 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         "{spec}"
     );
 
+    // The same comparison for a container holding 256 MiB of non-zero memory.
+    let big_script = "x=$(busybox head -c 268435456 /dev/zero | busybox tr '\\0' a); echo ready > /tmp/ready; while true; do sleep 1; done";
+    let big = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("big", BUSYBOX_IMAGE, big_script),
+    )
+    .await;
+    let rt3 = rt.clone();
+    let b2 = big.clone();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let (mut r, c) = (rt3.clone(), b2.clone());
+            async move {
+                exec(&mut r, &c, &["cat", "/tmp/ready"])
+                    .await
+                    .is_ok_and(|o| o.exit_code == 0)
+            }
+        })
+        .await,
+        "the big container did not fill its memory"
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for (client, times, who) in [
+            (&mut rt, &mut ours, "engine"),
+            (&mut direct, &mut theirs, "containerd"),
+        ] {
+            let loc = dest.path().join(format!("big-{who}-{round}.tar"));
+            let t = std::time::Instant::now();
+            client
+                .checkpoint_container(pb::CheckpointContainerRequest {
+                    container_id: big.clone(),
+                    location: loc.display().to_string(),
+                    timeout: 120,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{who} checkpoint of the big container: {e:?}"));
+            times.push(t.elapsed());
+            if round > 0 {
+                let _ = std::fs::remove_file(&loc);
+            }
+        }
+    }
+    eprintln!(
+        "CheckpointContainer of a container with 256 MiB of memory, 3 rounds: engine via cpengine-shim {ours:?} (median {:?}, archive {} bytes); containerd 2.1.9 {theirs:?} (median {:?}, archive {} bytes)",
+        median(ours.clone()),
+        size(&dest.path().join("big-engine-0.tar")),
+        median(theirs.clone()),
+        size(&dest.path().join("big-containerd-0.tar")),
+    );
+    assert_eq!(
+        status_of(&mut rt, &big).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+
     // The container goes away in containerd; the archive comes back in a standalone shim whose
     // image store has the same base image.
     rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
@@ -1012,6 +1069,70 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
     assert_eq!(note.stdout, b"kept\n");
     srt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
         pod_sandbox_id: pod2,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checkpoints_of_one_container_queue_and_of_two_containers_all_succeed() {
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("pair", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let a = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("a", "busybox", COUNTER),
+    )
+    .await;
+    let b = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("b", "busybox", COUNTER),
+    )
+    .await;
+    let dest = scratch("cpe-ckpt-");
+    // Two checkpoints of `a` at once (they must take turns: CRIU cannot dump a tree that is
+    // being dumped), and one of `b` alongside.
+    let calls = [(&a, "a-1"), (&a, "a-2"), (&b, "b-1")].map(|(id, name)| {
+        let mut c = rt.clone();
+        let req = pb::CheckpointContainerRequest {
+            container_id: id.clone(),
+            location: dest
+                .path()
+                .join(format!("{name}.tar"))
+                .display()
+                .to_string(),
+            timeout: 120,
+        };
+        tokio::spawn(async move { c.checkpoint_container(req).await })
+    });
+    for (call, name) in calls.into_iter().zip(["a-1", "a-2", "b-1"]) {
+        call.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("checkpoint {name}: {e:?}"));
+        let (members, config, _) = archive_facts(&dest.path().join(format!("{name}.tar")));
+        assert!(
+            members.iter().any(|m| m == "checkpoint/inventory.img"),
+            "{name}: {members:?}"
+        );
+        let want = if name.starts_with('a') { &a } else { &b };
+        assert_eq!(config["id"], want.as_str());
+    }
+    for id in [&a, &b] {
+        assert_eq!(
+            status_of(&mut rt, id).await.state,
+            pb::ContainerState::ContainerRunning as i32
+        );
+        assert!(!frozen(&shim.state(), id));
+    }
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
     })
     .await
     .unwrap();
