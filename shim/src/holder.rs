@@ -23,7 +23,7 @@ use nix::sched::CloneFlags;
 
 use crate::error::{Result, ShimError};
 
-/// argv[1] that turns the shim binary into a pod holder.
+/// `argv[1]` that turns the shim binary into a pod holder.
 pub const HOLDER_ARG: &str = "__cpengine-pod-holder";
 
 /// Which namespaces a holder creates.

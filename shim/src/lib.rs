@@ -15,7 +15,7 @@
 //!   container.
 //!
 //! Layers: the tonic services ([`cri`]) convert the generated CRI messages into the shim's own
-//! types ([`domain`]) and call the backend traits; errors are [`ShimError`](error::ShimError)
+//! types ([`domain`]) and call the backend traits; errors are [`ShimError`]
 //! variants mapped to gRPC codes in one place.
 
 pub mod checkpoint;
