@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 pub use cpengine;
 
 pub mod podman;
+pub mod registry;
 pub mod runc;
 
 /// Panics unless running as root (CRIU needs it).
