@@ -22,6 +22,7 @@ pub use cpengine;
 pub mod containerd;
 pub mod cri;
 pub mod podman;
+pub mod registry;
 pub mod runc;
 
 /// Panics unless running as root (CRIU needs it).

@@ -351,6 +351,7 @@ pub async fn restore(
         }
     };
     let pid = if criu.pid > 0 { criu.pid } else { restored_pid };
+    phases.extend(criu.phases.iter().cloned());
 
     // 6. record
     let stdio = (0..3)
