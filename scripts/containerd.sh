@@ -27,35 +27,9 @@ for p in curl xz dpkg-deb sha256sum gcc busybox tar; do
   command -v "$p" >/dev/null || die "$p is required (scripts/setup.sh installs it)"
 done
 
-# The Debian archive URI from the apt configuration (the same rule as scripts/setup.sh: the
-# first deb source whose suites are a regular distribution, not -security).
-debian_mirror() {
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -r "$f" ] || continue
-    uri=$(awk '
-      BEGIN { RS=""; FS="\n" }
-      {
-        types=""; uris=""; suites=""
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^Types:/)  { types=$i }
-          if ($i ~ /^URIs:/)   { uris=$i }
-          if ($i ~ /^Suites:/) { suites=$i }
-        }
-        if (types ~ /(^|[ \t])deb([ \t]|$)/ && suites !~ /security/ && uris != "") {
-          sub(/^URIs:[ \t]*/, "", uris); split(uris, u, /[ \t]+/); print u[1]; exit
-        }
-      }' "$f")
-    case "$uri" in *debian*) echo "${uri%/}"; return 0 ;; esac
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -r "$f" ] || continue
-    uri=$(awk '$1 == "deb" && $0 !~ /security/ {
-        for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; exit } }' "$f")
-    case "$uri" in *debian*) echo "${uri%/}"; return 0 ;; esac
-  done
-  return 1
-}
+# The Debian archive URI from the apt configuration (debian_mirror).
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 mkdir -p "$DIR"
 chmod 0700 "$DIR"
