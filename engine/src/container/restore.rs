@@ -73,6 +73,8 @@ pub struct ContainerRestoreOptions {
     /// Overlay lower layers (top first) to use as the base when `base` is not given (an
     /// image's unpacked layers).
     pub base_layers: Vec<PathBuf>,
+    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
+    pub fault: Option<crate::fault::FaultPoint>,
 }
 
 impl ContainerRestoreOptions {
@@ -90,6 +92,7 @@ impl ContainerRestoreOptions {
             log_level: crate::options::DEFAULT_LOG_LEVEL,
             relay_exe: None,
             base_layers: Vec::new(),
+            fault: None,
         }
     }
 }
@@ -113,6 +116,8 @@ struct Cleanup {
     mounted: Option<PathBuf>,
     cgroups: BTreeMap<String, PathBuf>,
     dirs: Vec<PathBuf>,
+    /// A namespace the restore joined: CRIU may have left its network lock in it.
+    netns: Option<PathBuf>,
     armed: bool,
 }
 
@@ -121,10 +126,24 @@ impl Drop for Cleanup {
         if !self.armed {
             return;
         }
+        // Whatever CRIU left of the tree (half-restored, stopped, or already running past
+        // pre-resume) lives in the container's cgroups: nothing of a failed restore survives.
+        let killed = crate::cgroups::kill_all(&self.cgroups);
+        if killed > 0 {
+            tracing::warn!(killed, "killed the tasks of a failed restore");
+        }
+        if let Some(ns) = &self.netns
+            && let Err(e) = crate::netlock::unlock(ns)
+        {
+            tracing::error!(netns = %ns.display(), error = %e, "removing criu's network lock failed");
+        }
         if let Some(m) = &self.mounted {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
-        crate::cgroups::remove_all(&self.cgroups);
+        let left = crate::cgroups::remove_all(&self.cgroups);
+        if !left.is_empty() {
+            tracing::warn!(?left, "cgroups of a failed restore could not be removed");
+        }
         for d in &self.dirs {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -140,11 +159,11 @@ pub async fn restore(
     let started = Instant::now();
     let id = opts.id.as_str();
     validate_id(id)?;
+    // Two restores under one id must not race between the check and the record.
+    let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
     let record_path = opts.state.container_record(id);
     if record_path.exists() {
-        return Err(Error::Invalid(format!(
-            "a container named {id} already exists (cpengine delete {id} first)"
-        )));
+        return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
     }
     if opts.base.is_none() && opts.base_layers.is_empty() {
         return Err(Error::Invalid(
@@ -216,19 +235,15 @@ pub async fn restore(
     let t = Instant::now();
     let bundle = run_dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(Error::io("creating the bundle"))?;
-    let mut spec_json = ckpt.spec.clone();
-    spec_json["root"]["path"] = serde_json::Value::String(rootfs.display().to_string());
+    // The spec must be a valid OCI runtime spec before anything is derived from it (a hostile
+    // spec.dump of the wrong shape is an error, never a panic).
+    let (spec, spec_json) = spec_with_root(&ckpt.spec, &rootfs)?;
     super::state::write_atomic(
         &bundle.join("config.json"),
         &serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
         0o600,
     )
     .map_err(Error::io("writing the bundle's config.json"))?;
-    let spec: oci_spec::runtime::Spec = serde_json::from_value(spec_json.clone()).map_err(|e| {
-        Error::Invalid(format!(
-            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
-        ))
-    })?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     prepare_mount_points(&rootfs, &mounts)?;
     let has_pidns = spec
@@ -316,6 +331,8 @@ pub async fn restore(
     ro.check_pids = !has_pidns;
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
+    ro.fault = opts.fault.clone();
+    cleanup.netns = opts.netns.clone();
     if let Some(netns) = &opts.netns {
         let f = std::fs::File::open(netns)
             .map_err(Error::io(format!("opening {}", netns.display())))?;
@@ -389,6 +406,41 @@ pub async fn restore(
         phases,
         total: started.elapsed(),
     })
+}
+
+/// The checkpoint's spec with its root pointing at the new rootfs: typed, and verbatim (every
+/// field kept, for the bundle and the next checkpoint's `spec.dump`). The typed parse comes
+/// first, so a spec of the wrong shape is an error before the JSON is edited.
+pub fn spec_with_root(
+    spec: &serde_json::Value,
+    rootfs: &Path,
+) -> Result<(oci_spec::runtime::Spec, serde_json::Value)> {
+    let not_spec = |e: serde_json::Error| {
+        Error::Invalid(format!(
+            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
+        ))
+    };
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(not_spec)?;
+    let mut json = spec.clone();
+    let path = serde_json::Value::String(rootfs.display().to_string());
+    match json.as_object_mut().map(|o| o.entry("root")) {
+        Some(serde_json::map::Entry::Occupied(mut e)) => match e.get_mut() {
+            serde_json::Value::Object(root) => {
+                root.insert("path".into(), path);
+            }
+            other => *other = serde_json::json!({ "path": path }),
+        },
+        Some(serde_json::map::Entry::Vacant(e)) => {
+            e.insert(serde_json::json!({ "path": path }));
+        }
+        None => {
+            return Err(Error::Invalid(
+                "the checkpoint's spec.dump is not a JSON object".into(),
+            ));
+        }
+    }
+    let typed = serde_json::from_value(json.clone()).map_err(not_spec)?;
+    Ok((typed, json))
 }
 
 /// runc's key for a cgroup hierarchy in `cgroup_paths` ("" for unified, the first controller
@@ -631,6 +683,13 @@ pub async fn restore_archive(
     insecure: bool,
 ) -> Result<ContainerRestoreReport> {
     validate_id(&opts.id)?;
+    // Refused before anything is extracted (restore checks again under the id's lock).
+    if opts.state.container_record(&opts.id).exists() {
+        return Err(super::ContainerError::AlreadyExists {
+            id: opts.id.clone(),
+        }
+        .into());
+    }
     let work =
         opts.state
             .lib

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::channel::{Channel, ChannelError};
 use super::error::{CriuError, LogExcerpt};
 use super::notify::{Notification, NotifyHandler};
+use crate::fault::FaultPoint;
 use crate::sys;
 
 /// fd number of the RPC socket in the worker.
@@ -81,6 +82,7 @@ pub struct Session {
     stderr: Option<JoinHandle<String>>,
     binary: PathBuf,
     log: Option<PathBuf>,
+    fault: Option<FaultPoint>,
 }
 
 impl Session {
@@ -163,6 +165,7 @@ impl Session {
             stderr,
             binary: binary.to_path_buf(),
             log: None,
+            fault: None,
         })
     }
 
@@ -174,7 +177,13 @@ impl Session {
             stderr: None,
             binary: PathBuf::from("<socket>"),
             log: None,
+            fault: None,
         })
+    }
+
+    /// Arms a fault for the next request (tests only; see [`crate::fault`]).
+    pub fn set_fault(&mut self, fault: Option<FaultPoint>) {
+        self.fault = fault;
     }
 
     /// The CRIU log file this request writes, quoted in errors.
@@ -198,8 +207,27 @@ impl Session {
         let req_type = req.r#type();
         let started = Instant::now();
         let mut hooks = Vec::new();
+        if let Some(pid) = self.worker_pid() {
+            handler.on_worker(pid);
+        }
+        // A timed fault: the worker is still our unreaped child until `kill`/`finish` waits
+        // for it, so its pid cannot have been reused when the timer fires.
+        let timed_fault = match (&self.fault, self.worker_pid()) {
+            (Some(FaultPoint::KillCriuAfter(after)), Some(pid)) => {
+                let after = *after;
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    tracing::warn!(pid, ?after, "fault injection: killing criu");
+                    kill_pid(pid);
+                }))
+            }
+            _ => None,
+        };
         let outcome =
             tokio::time::timeout(timeout, self.exchange(&req, handler, &mut hooks, started)).await;
+        if let Some(t) = timed_fault {
+            t.abort();
+        }
         let result = match outcome {
             Ok(r) => r,
             Err(_) => {
@@ -242,6 +270,12 @@ impl Session {
             if resp.r#type == CriuReqType::Notify as i32 {
                 let notify = resp.notify.unwrap_or_default();
                 let script = notify.script.unwrap_or_default();
+                if self.fault.as_ref().is_some_and(|f| f.fires_at(&script))
+                    && let Some(pid) = self.worker_pid()
+                {
+                    tracing::warn!(pid, %script, "fault injection: killing criu at a hook");
+                    kill_pid(pid);
+                }
                 let n = Notification::from_wire(&script, notify.pid, packet.fds);
                 let ack = handler.on_notify(n);
                 tracing::debug!(%script, success = ack.success, "criu hook");
@@ -351,6 +385,15 @@ impl Session {
     /// The binary this session runs.
     pub fn binary(&self) -> &Path {
         &self.binary
+    }
+}
+
+fn kill_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
