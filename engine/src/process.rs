@@ -56,6 +56,7 @@ pub async fn dump(
         Err(source) => {
             session.kill().await;
             resume_tree(&before, opts.freeze_cgroup.as_deref());
+            unmount_leftovers(&work_path);
             if let Some(ns) = &netns
                 && proc::exists(pid)
                 && let Err(e) = crate::netlock::unlock(ns)
@@ -175,6 +176,7 @@ pub async fn restore(
         Err(source) => {
             session.kill().await;
             kill_restored(watch.pid, &images_dir);
+            unmount_leftovers(&work_path);
             return Err(Error::Restore { images_dir, source });
         }
     };
@@ -262,6 +264,37 @@ fn kill_restored(reported: Option<i32>, images_dir: &Path) {
             tasks = tree.len(),
             "killed the tree of a failed restore"
         );
+    }
+}
+
+/// CRIU mounts a "cgroup yard" (a tmpfs with every cgroup hierarchy mounted in it) in its work
+/// directory, `.criu.cgyard.XXXXXX`, in the caller's mount namespace, and unmounts it when it
+/// finishes. A CRIU that was killed leaves those mounts behind. Detaches every mount under
+/// `work` (deepest first) and removes the emptied yard directories.
+pub(crate) fn unmount_leftovers(work: &Path) {
+    let Ok(mounts) = crate::container::mountinfo::of_pid(std::process::id() as i32) else {
+        return;
+    };
+    let work = fs::canonicalize(work).unwrap_or_else(|_| work.to_path_buf());
+    let mut points: Vec<std::path::PathBuf> = mounts
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|m| m.starts_with(&work) && *m != work)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in &points {
+        if let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %p.display(), error = %e, "unmounting what criu left failed");
+        }
+    }
+    if !points.is_empty() {
+        tracing::warn!(count = points.len(), work = %work.display(), "unmounted what a killed criu left mounted");
+    }
+    for e in fs::read_dir(&work).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".criu.cgyard.") {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 

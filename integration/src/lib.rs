@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 
 pub use cpengine;
 
+pub mod faults;
 pub mod podman;
 pub mod runc;
 

@@ -223,8 +223,21 @@ impl Session {
             }
             _ => None,
         };
-        let outcome =
-            tokio::time::timeout(timeout, self.exchange(&req, handler, &mut hooks, started)).await;
+        let worker = self.worker_pid();
+        let exchange = Self::exchange(
+            &self.channel,
+            self.fault.as_ref(),
+            worker,
+            &req,
+            handler,
+            &mut hooks,
+            started,
+        );
+        let outcome = tokio::time::timeout(
+            timeout,
+            until_worker_exits(exchange, self.child.as_mut(), req_type),
+        )
+        .await;
         if let Some(t) = timed_fault {
             t.abort();
         }
@@ -249,20 +262,21 @@ impl Session {
     }
 
     async fn exchange(
-        &self,
+        channel: &Channel,
+        fault: Option<&FaultPoint>,
+        worker: Option<u32>,
         req: &CriuReq,
         handler: &mut dyn NotifyHandler,
         hooks: &mut Vec<HookTiming>,
         started: Instant,
     ) -> Result<CriuResp, CriuError> {
         let req_type = req.r#type();
-        self.channel
+        channel
             .send(req, &[])
             .await
             .map_err(|e| channel_err(e, req_type))?;
         loop {
-            let packet = self
-                .channel
+            let packet = channel
                 .recv::<CriuResp>()
                 .await
                 .map_err(|e| channel_err(e, req_type))?;
@@ -270,8 +284,8 @@ impl Session {
             if resp.r#type == CriuReqType::Notify as i32 {
                 let notify = resp.notify.unwrap_or_default();
                 let script = notify.script.unwrap_or_default();
-                if self.fault.as_ref().is_some_and(|f| f.fires_at(&script))
-                    && let Some(pid) = self.worker_pid()
+                if fault.is_some_and(|f| f.fires_at(&script))
+                    && let Some(pid) = worker
                 {
                     tracing::warn!(pid, %script, "fault injection: killing criu at a hook");
                     kill_pid(pid);
@@ -294,7 +308,7 @@ impl Session {
                     opts,
                     ..Default::default()
                 };
-                self.channel
+                channel
                     .send(&reply, &[])
                     .await
                     .map_err(|e| channel_err(e, req_type))?;
@@ -385,6 +399,42 @@ impl Session {
     /// The binary this session runs.
     pub fn binary(&self) -> &Path {
         &self.binary
+    }
+}
+
+/// How long a reply CRIU sent just before it exited may still be read after its exit was seen.
+const REPLY_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Runs the exchange, but stops waiting when the worker process exits. CRIU's socket alone
+/// does not say so: tasks CRIU forked while restoring inherit the socket, so a CRIU killed
+/// mid-restore leaves its peer end open in half-restored tasks, and a reader would wait for
+/// the whole timeout while those tasks hang. A reply CRIU sent before it exited is still in the
+/// socket and is read.
+async fn until_worker_exits<F>(
+    exchange: F,
+    child: Option<&mut Child>,
+    req_type: CriuReqType,
+) -> Result<CriuResp, CriuError>
+where
+    F: std::future::Future<Output = Result<CriuResp, CriuError>>,
+{
+    let Some(child) = child else {
+        return exchange.await;
+    };
+    tokio::pin!(exchange);
+    tokio::select! {
+        r = &mut exchange => r,
+        status = child.wait() => {
+            match tokio::time::timeout(REPLY_AFTER_EXIT, &mut exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(CriuError::Closed {
+                    req_type,
+                    status: status.ok(),
+                    stderr: String::new(),
+                    log: None,
+                }),
+            }
+        }
     }
 }
 
