@@ -125,6 +125,10 @@ case ":$PATH:" in
   *) log "note: /usr/local/sbin is not in PATH; cpengine finds CRIU there anyway" ;;
 esac
 
+# containerd 2.1.9 (Debian forky's package, unpacked into a cache, not installed) for the shim's
+# proxy-mode tests and the comparison runs.
+"$(dirname "$0")/containerd.sh" >/dev/null || die "scripts/containerd.sh failed"
+
 # Rust toolchain pinned by rust-toolchain.toml (rustup installs it on first use if allowed).
 if [ "${CPENGINE_SETUP_NO_RUST:-0}" != 1 ]; then
   command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"

@@ -19,8 +19,11 @@ use nix::unistd::Pid;
 
 pub use cpengine;
 
+pub mod containerd;
+pub mod cri;
 pub mod faults;
 pub mod podman;
+pub mod registry;
 pub mod runc;
 
 /// Panics unless running as root (CRIU needs it).

@@ -63,6 +63,9 @@ pub struct ContainerRestoreOptions {
     pub log_path: Option<PathBuf>,
     /// Join this network namespace instead of creating an empty one (a pod's).
     pub netns: Option<PathBuf>,
+    /// Join these existing namespaces (a pod's IPC and UTS) instead of recreating the dumped
+    /// ones, as runc does for namespaces its spec gives by path.
+    pub join_ns: Vec<crate::options::JoinNamespace>,
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
     pub file_locks: bool,
@@ -85,6 +88,7 @@ impl ContainerRestoreOptions {
             state,
             log_path: None,
             netns: None,
+            join_ns: Vec::new(),
             tcp_established: false,
             ext_unix_sk: false,
             file_locks: false,
@@ -277,10 +281,10 @@ pub async fn restore(
     let descriptors = read_descriptors(&ckpt.images_dir);
     let mut ro = RestoreOptions::new(&ckpt.images_dir);
     ro.work_dir = Some(run_dir.join("work"));
-    let (out_r, out_w) =
-        nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
-    let (err_r, err_w) =
-        nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
     let mut keys_seen: Vec<String> = Vec::new();
     for (i, key) in descriptors.iter().enumerate() {
         if !key.starts_with("pipe:") || keys_seen.contains(key) {
@@ -290,8 +294,8 @@ pub async fn restore(
         let fd: OwnedFd = match i {
             // stdin: a pipe whose writer is gone reads as end of file.
             0 => {
-                let (r, w) =
-                    nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
                 drop(w);
                 r
             }
@@ -332,7 +336,13 @@ pub async fn restore(
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
     ro.fault = opts.fault.clone();
-    cleanup.netns = opts.netns.clone();
+    cleanup.netns = opts.netns.clone().or_else(|| {
+        opts.join_ns
+            .iter()
+            .find(|j| j.ns == "net")
+            .map(|j| j.path.clone())
+    });
+    ro.join_ns = opts.join_ns.clone();
     if let Some(netns) = &opts.netns {
         let f = std::fs::File::open(netns)
             .map_err(Error::io(format!("opening {}", netns.display())))?;
@@ -363,6 +373,7 @@ pub async fn restore(
         }
     };
     let pid = if criu.pid > 0 { criu.pid } else { restored_pid };
+    phases.extend(criu.phases.iter().cloned());
 
     // 6. record
     let stdio = (0..3)
