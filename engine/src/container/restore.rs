@@ -201,7 +201,7 @@ pub async fn restore(
             crate::blocking(move || {
                 let f = std::fs::File::open(&t)
                     .map_err(Error::io(format!("opening {}", t.display())))?;
-                crate::rootfs::apply(&d2, f, &[])?;
+                crate::rootfs::apply_with(&d2, f, &[], &space_limits(&d2))?;
                 Ok(())
             })
             .await?;
@@ -527,13 +527,18 @@ fn restore_ext_mounts(
 }
 
 /// Creates the mount points the spec needs in the rootfs, except under tmpfs mounts (CRIU
-/// restores their content, mount points included).
+/// restores their content, mount points included). Every path is resolved inside the rootfs
+/// as its root (`openat2(RESOLVE_IN_ROOT)`): the rootfs comes from the archive's diff, and a
+/// symlink planted there (`/evil -> /etc`) must not make a mount point appear on the host.
 fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> Result<()> {
+    use crate::beneath::{Resolve, Tree};
     let tmpfs: Vec<PathBuf> = mounts
         .iter()
         .filter(|m| m.typ().as_deref() == Some("tmpfs"))
         .map(|m| m.destination().clone())
         .collect();
+    let tree = Tree::open(rootfs, Resolve::InRoot)
+        .map_err(Error::io(format!("opening rootfs {}", rootfs.display())))?;
     for m in mounts {
         let dest = m.destination();
         if tmpfs.iter().any(|t| dest.starts_with(t) && dest != t) {
@@ -549,33 +554,46 @@ fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> R
                 dest.display()
             )));
         }
-        let target = rootfs.join(rel);
-        if target.symlink_metadata().is_ok() {
+        if rel.as_os_str().is_empty() {
             continue;
         }
+        let fail = Error::io(format!("creating mount point {}", dest.display()));
         let is_file_bind = m
             .source()
             .as_ref()
             .is_some_and(|s| std::fs::metadata(s).is_ok_and(|md| !md.is_dir()));
-        let r = if is_file_bind {
-            target
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&target)
-                        .map(drop)
-                })
+        let (parent, leaf) = tree.parent(rel, Some(0o755)).map_err(fail)?;
+        let fail = Error::io(format!("creating mount point {}", dest.display()));
+        if crate::beneath::lstat_at(std::os::fd::AsFd::as_fd(&parent), leaf)
+            .map_err(fail)?
+            .is_some()
+        {
+            continue;
+        }
+        let fail = Error::io(format!("creating mount point {}", dest.display()));
+        if is_file_bind {
+            nix::fcntl::openat(
+                &parent,
+                leaf,
+                nix::fcntl::OFlag::O_CREAT
+                    | nix::fcntl::OFlag::O_EXCL
+                    | nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+            .map_err(|e| fail(e.into()))?;
         } else {
-            std::fs::create_dir_all(&target)
-        };
-        r.map_err(Error::io(format!(
-            "creating mount point {}",
-            target.display()
-        )))?;
+            match nix::sys::stat::mkdirat(
+                &parent,
+                leaf,
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(fail(e.into())),
+            }
+        }
     }
     Ok(())
 }
@@ -609,18 +627,33 @@ fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<
         Some(d) => {
             let f =
                 std::fs::File::open(d).map_err(Error::io(format!("opening {}", d.display())))?;
-            crate::rootfs::apply(rootfs, f, deleted)?;
+            crate::rootfs::apply_with(rootfs, f, deleted, &space_limits(rootfs))?;
         }
         // An empty tar (two zero blocks) carries only the deletions.
         None => {
-            crate::rootfs::apply(
+            crate::rootfs::apply_with(
                 rootfs,
                 std::io::Read::take(std::io::repeat(0), 1024),
                 deleted,
+                &space_limits(rootfs),
             )?;
         }
     }
     Ok(())
+}
+
+/// Bytes available to us on the file system holding `dir` (unbounded if unknown).
+pub(crate) fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+        .unwrap_or(u64::MAX)
+}
+
+/// Apply caps for a diff written into `dir`: its file system's free space.
+fn space_limits(dir: &Path) -> crate::rootfs::ApplyLimits {
+    let mut l = crate::rootfs::ApplyLimits::default();
+    l.max_bytes = l.max_bytes.min(free_bytes(dir));
+    l
 }
 
 /// Where a checkpoint comes from: an archive file, or an image (local or in a registry).
@@ -630,7 +663,12 @@ pub async fn open_source(
     target: &Path,
     insecure: bool,
 ) -> Result<(CheckpointDir, crate::archive::Extracted)> {
-    let limits = crate::archive::Limits::default();
+    // What is extracted must fit where it goes: a decompression bomb stops at the free space,
+    // with a typed error, before the disk is full.
+    let mut limits = crate::archive::Limits::default();
+    limits.max_total_bytes = limits
+        .max_total_bytes
+        .min(free_bytes(target.parent().unwrap_or(target)));
     let path = Path::new(source);
     let archive = if path.is_file() {
         path.to_path_buf()
