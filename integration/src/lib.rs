@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 pub use cpengine;
 
 pub mod containerd;
+pub mod corpus;
 pub mod cri;
 pub mod faults;
 pub mod podman;
