@@ -645,7 +645,7 @@ fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<
 /// Bytes available to us on the file system holding `dir` (unbounded if unknown).
 pub(crate) fn free_bytes(dir: &Path) -> u64 {
     nix::sys::statvfs::statvfs(dir)
-        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(u64::MAX)
 }
 
