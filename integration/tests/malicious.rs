@@ -124,26 +124,26 @@ fn run(case: &Case, s: &Sentinel) -> Outcome {
             if let Err(e) = cpengine::container::restore::spec_with_root(&x.spec, &s.rootfs()) {
                 return Outcome::Engine(e);
             }
-            if x.images_dir.join("pstree.img").exists() {
-                if let Err(e) = cpengine::images::read_pstree(&x.images_dir) {
-                    // The inspection path must fail the same way.
-                    let req = cpengine::inspect::ViewRequest {
-                        ps_tree: true,
-                        ..Default::default()
-                    };
-                    let ie = cpengine::inspect::inspect_dir(
-                        &x.images_dir,
-                        &req,
-                        &cpengine::inspect::Limits::default(),
-                    )
-                    .expect_err("inspect must refuse what read_pstree refuses");
-                    assert!(
-                        matches!(ie, cpengine::inspect::InspectError::Image { .. }),
-                        "{}: {ie:?}",
-                        case.file
-                    );
-                    return Outcome::Image(e);
-                }
+            if x.images_dir.join("pstree.img").exists()
+                && let Err(e) = cpengine::images::read_pstree(&x.images_dir)
+            {
+                // The inspection path must fail the same way.
+                let req = cpengine::inspect::ViewRequest {
+                    ps_tree: true,
+                    ..Default::default()
+                };
+                let ie = cpengine::inspect::inspect_dir(
+                    &x.images_dir,
+                    &req,
+                    &cpengine::inspect::Limits::default(),
+                )
+                .expect_err("inspect must refuse what read_pstree refuses");
+                assert!(
+                    matches!(ie, cpengine::inspect::InspectError::Image { .. }),
+                    "{}: {ie:?}",
+                    case.file
+                );
+                return Outcome::Image(e);
             }
             Outcome::Accepted
         }
