@@ -25,6 +25,10 @@ secs=${2:-${FUZZ_SECONDS:-$([ $ci = 1 ] && echo 30 || echo 600)}}
 
 log() { printf '[fuzz] %s\n' "$*" >&2; }
 
+# The instrumented build is kept outside the checkout, so a fresh clone (CI) on the same
+# machine reuses it instead of rebuilding every dependency with sanitizers.
+export CARGO_TARGET_DIR=${CPENGINE_FUZZ_TARGET_DIR:-/var/tmp/cpengine-fuzz-target}
+
 # Toolchain and cargo-fuzz, installed once.
 if ! rustup toolchain list | grep -q '^nightly'; then
   log "installing the nightly toolchain"
