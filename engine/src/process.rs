@@ -54,7 +54,8 @@ pub async fn dump(
     let exchange = match result {
         Ok(ex) => ex,
         Err(source) => {
-            session.kill().await;
+            // Gently (see Session::abort): CRIU may still be inside the tasks.
+            session.abort().await;
             resume_tree(&before, opts.freeze_cgroup.as_deref());
             unmount_leftovers(&work_path);
             if let Some(ns) = &netns
@@ -177,7 +178,7 @@ pub async fn restore(
     let exchange = match session.request(req, &mut watch, timeout).await {
         Ok(ex) => ex,
         Err(source) => {
-            session.kill().await;
+            session.abort().await;
             kill_restored(watch.pid, &images_dir);
             unmount_leftovers(&work_path);
             return Err(Error::Restore { images_dir, source });

@@ -244,7 +244,7 @@ impl Session {
         let result = match outcome {
             Ok(r) => r,
             Err(_) => {
-                self.kill().await;
+                self.abort().await;
                 Err(CriuError::Timeout {
                     req_type,
                     after: timeout,
@@ -380,6 +380,23 @@ impl Session {
         }
     }
 
+    /// Stops the request the gentle way first: the socket is shut down, so CRIU aborts at its
+    /// next hook or reply, curing and resuming the tasks it holds; only a CRIU that has not
+    /// exited after [`ABORT_GRACE`] is killed. A SIGKILL while CRIU's parasite code is inside a
+    /// task (the breakpoint it plants in the task's code is then executed without a tracer,
+    /// and the task dies of SIGTRAP) can kill the workload, so the engine never sends one
+    /// first.
+    pub async fn abort(&mut self) {
+        self.channel.shutdown();
+        if self.wait_exit(ABORT_GRACE).await.is_none() {
+            tracing::warn!(
+                pid = self.worker_pid(),
+                "criu did not stop within {ABORT_GRACE:?} of being told to; killing it"
+            );
+            self.kill().await;
+        }
+    }
+
     /// Kills the worker (if any) and reaps it.
     pub async fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -401,6 +418,11 @@ impl Session {
         &self.binary
     }
 }
+
+/// How long CRIU gets to abort a request by itself (see [`Session::abort`]) before it is
+/// killed. Aborting means curing every task of its parasite and resuming it, and CRIU notices
+/// the closed socket only at its next hook, after the memory dump in progress.
+pub const ABORT_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a reply CRIU sent just before it exited may still be read after its exit was seen.
 const REPLY_AFTER_EXIT: Duration = Duration::from_secs(1);
