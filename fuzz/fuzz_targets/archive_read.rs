@@ -2,7 +2,6 @@
 //! rules, and the metadata pass (`read_info`) with its JSON decoders.
 #![no_main]
 
-use std::io::Read;
 use std::sync::OnceLock;
 
 use cpengine::archive::{self, Limits, ReadOptions};
