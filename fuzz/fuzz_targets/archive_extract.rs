@@ -36,15 +36,15 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir(&rootfs_dir).unwrap();
     let limits = Limits {
         max_members: 2_000,
-        max_total_bytes: 16 << 20,
-        max_member_bytes: 8 << 20,
+        max_total_bytes: 4 << 20,
+        max_member_bytes: 2 << 20,
         max_json_bytes: 1 << 20,
         max_path_len: 1024,
     };
     let _ = archive::extract(&input, &sentinel.join("target"), &limits);
     let diff = std::fs::File::open(&input).unwrap();
     let lim = ApplyLimits {
-        max_bytes: 16 << 20,
+        max_bytes: 4 << 20,
         max_entries: 2_000,
     };
     let _ = rootfs::apply_with(&rootfs_dir, diff, &["/a/b".to_string()], &lim);

@@ -15,8 +15,8 @@ fn scratch() -> &'static tempfile::TempDir {
 fn limits() -> Limits {
     Limits {
         max_members: 10_000,
-        max_total_bytes: 64 << 20,
-        max_member_bytes: 32 << 20,
+        max_total_bytes: 4 << 20,
+        max_member_bytes: 2 << 20,
         max_json_bytes: 1 << 20,
         max_path_len: 4096,
     }

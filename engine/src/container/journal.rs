@@ -179,6 +179,16 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
     };
     for e in entries.flatten() {
         let path = e.path();
+        // A half-written entry (the writer died between creating its temp file and renaming
+        // it): `.<name>.tmp-<pid>-<rand>`, removed once that pid is gone.
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix('.').and_then(|n| n.split(".tmp-").nth(1)) {
+            let writer = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            if writer.is_some_and(|p| !crate::proc::exists(p)) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         if path.extension().is_none_or(|x| x != "json") {
             continue;
         }
@@ -282,9 +292,16 @@ mod tests {
             v.pid = 4_194_305;
             std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
         }
+        // A half-written entry of a dead writer, and one of a live writer (us).
+        let dead_tmp = dir(&state).join(".c1-9-x.json.tmp-4194305-7");
+        let live_tmp = dir(&state).join(format!(".c1-9-x.json.tmp-{}-7", std::process::id()));
+        std::fs::write(&dead_tmp, b"{").unwrap();
+        std::fs::write(&live_tmp, b"{").unwrap();
         let r = recover(&state);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].killed_criu, None);
+        assert!(!dead_tmp.exists() && live_tmp.exists());
+        std::fs::remove_file(&live_tmp).unwrap();
         assert!(!staging.exists());
         assert!(!partial.exists());
         assert!(
