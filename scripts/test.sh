@@ -20,3 +20,8 @@ cargo test --locked --workspace --exclude cpengine-integration
 # tests restoring at once could collide on them (or on the freezer, the mounts, the ports).
 echo "== integration tests (real CRIU, runc, containers)" >&2
 cargo test --locked -p cpengine-integration -- --test-threads=1
+
+# Fuzzing of every parser of untrusted input, 30 s per target (scripts/fuzz.sh; installs
+# cargo-fuzz and the nightly toolchain on first use; the long runs are scripts/fault-long.sh).
+echo "== fuzzing (cargo-fuzz, bounded)" >&2
+scripts/fuzz.sh --ci

@@ -160,3 +160,50 @@ pub fn remove_all(dirs: &BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
     }
     left
 }
+
+/// The tasks (thread-group ids) in a cgroup directory.
+pub fn procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every task in the cgroups (thawing a frozen one first, so the kill is delivered) and
+/// waits until they are empty, reaping those that are our children. Returns how many tasks
+/// were signalled. Best effort, bounded to about two seconds.
+pub fn kill_all(dirs: &BTreeMap<String, PathBuf>) -> usize {
+    let mut signalled = std::collections::BTreeSet::new();
+    for dir in dirs.values() {
+        if is_frozen(dir) {
+            thaw(dir);
+        }
+    }
+    for _ in 0..100 {
+        let mut left = 0;
+        for dir in dirs.values() {
+            for pid in procs(dir) {
+                left += 1;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                signalled.insert(pid);
+            }
+        }
+        for &pid in &signalled {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signalled.len()
+}

@@ -33,6 +33,8 @@ pub enum Error {
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
+    Lock(#[from] crate::container::lock::LockError),
+    #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),

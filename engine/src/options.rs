@@ -117,6 +117,8 @@ pub struct CheckpointOptions {
     pub log_level: u32,
     /// Bound on the whole CRIU request.
     pub timeout: Duration,
+    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
+    pub fault: Option<crate::fault::FaultPoint>,
 }
 
 impl CheckpointOptions {
@@ -148,6 +150,7 @@ impl CheckpointOptions {
             lazy_pages: false,
             log_level: DEFAULT_LOG_LEVEL,
             timeout: DEFAULT_TIMEOUT,
+            fault: None,
         }
     }
 
@@ -215,6 +218,8 @@ pub struct RestoreOptions {
     pub stdio: [Option<OwnedFd>; 3],
     pub log_level: u32,
     pub timeout: Duration,
+    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
+    pub fault: Option<crate::fault::FaultPoint>,
 }
 
 impl RestoreOptions {
@@ -245,6 +250,7 @@ impl RestoreOptions {
             stdio: [None, None, None],
             log_level: DEFAULT_LOG_LEVEL,
             timeout: DEFAULT_TIMEOUT,
+            fault: None,
         }
     }
 

@@ -44,15 +44,26 @@ pub async fn dump(
         images.as_raw_fd(),
         work.as_ref().map(AsRawFd::as_raw_fd),
     );
+    // A tree with its own network namespace gets CRIU's network lock during the dump.
+    let netns = crate::netlock::foreign_netns_of(pid);
     let mut session = criu.session(SpawnSpec::default())?;
     session.set_log(work_path.join(DUMP_LOG));
+    session.set_fault(opts.fault.clone());
     let prepared = started.elapsed();
     let result = session.request(req, handler, opts.timeout).await;
     let exchange = match result {
         Ok(ex) => ex,
         Err(source) => {
-            session.kill().await;
+            // Gently (see Session::abort): CRIU may still be inside the tasks.
+            session.abort().await;
             resume_tree(&before, opts.freeze_cgroup.as_deref());
+            unmount_leftovers(&work_path);
+            if let Some(ns) = &netns
+                && proc::exists(pid)
+                && let Err(e) = crate::netlock::unlock(ns)
+            {
+                tracing::error!(pid, error = %e, "removing criu's network lock failed");
+            }
             remove_partial_images(&opts.images_dir, &existing);
             return Err(Error::Dump { pid, source });
         }
@@ -142,6 +153,7 @@ pub async fn restore(
         stdio,
         timeout,
         join_cgroups,
+        fault,
         ..
     } = opts;
     inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
@@ -150,6 +162,7 @@ pub async fn restore(
         stdio,
     })?;
     session.set_log(work_path.join(RESTORE_LOG));
+    session.set_fault(fault);
     let mut req = req;
     if !join_cgroups.is_empty()
         && let Err(e) = add_worker_cgroups(&session, &join_cgroups, &mut req)
@@ -158,10 +171,16 @@ pub async fn restore(
         return Err(e);
     }
     phases.push(Phase::new("prepare", prepare_start.elapsed()));
-    let exchange = match session.request(req, handler, timeout).await {
+    let mut watch = RestoredRoot {
+        inner: handler,
+        pid: None,
+    };
+    let exchange = match session.request(req, &mut watch, timeout).await {
         Ok(ex) => ex,
         Err(source) => {
-            session.kill().await;
+            session.abort().await;
+            kill_restored(watch.pid, &images_dir);
+            unmount_leftovers(&work_path);
             return Err(Error::Restore { images_dir, source });
         }
     };
@@ -190,6 +209,111 @@ pub async fn restore(
         hooks: exchange.hooks,
         criu: criu_stats,
     })
+}
+
+/// Passes hooks on to the caller's handler and remembers the restored root's host pid.
+struct RestoredRoot<'a> {
+    inner: &'a mut dyn NotifyHandler,
+    pid: Option<i32>,
+}
+
+impl NotifyHandler for RestoredRoot<'_> {
+    fn on_worker(&mut self, pid: u32) {
+        self.inner.on_worker(pid);
+    }
+
+    fn on_notify(&mut self, n: crate::criu::Notification) -> crate::criu::Ack {
+        use crate::criu::Notification as N;
+        if let N::SetupNamespaces { pid } | N::PostRestore { pid } = n
+            && pid > 0
+        {
+            self.pid = Some(pid);
+        }
+        self.inner.on_notify(n)
+    }
+}
+
+/// After a failed restore nothing of the restored tree may survive: a CRIU that died (or was
+/// killed on timeout) can leave tasks half-restored, stopped, or — past `pre-resume` —
+/// running, and none of them is what the caller asked for. Kills the tree of the root CRIU
+/// reported and of every root task in the images that is our child (`rst_sibling` makes the
+/// restored root our child; with its original pid outside a pid namespace), and reaps it.
+fn kill_restored(reported: Option<i32>, images_dir: &Path) {
+    let me = std::process::id() as i32;
+    let mut roots: Vec<i32> = reported.into_iter().collect();
+    if let Ok(tree) = crate::images::read_pstree(images_dir) {
+        roots.extend(
+            tree.iter()
+                .filter(|t| t.ppid == 0)
+                .map(|t| t.pid as i32)
+                .filter(|&p| proc::ppid(p) == Some(me)),
+        );
+    }
+    roots.sort_unstable();
+    roots.dedup();
+    for root in roots {
+        if proc::ppid(root) != Some(me) {
+            continue;
+        }
+        let tree = proc::tree(root);
+        for p in &tree {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        reap(root, Duration::from_secs(5));
+        tracing::warn!(
+            root,
+            tasks = tree.len(),
+            "killed the tree of a failed restore"
+        );
+    }
+}
+
+/// CRIU mounts a "cgroup yard" (a tmpfs with every cgroup hierarchy mounted in it) in its work
+/// directory, `.criu.cgyard.XXXXXX`, in the caller's mount namespace, and unmounts it when it
+/// finishes. A CRIU that was killed leaves those mounts behind. Detaches every mount under
+/// `work` (deepest first) and removes the emptied yard directories.
+pub(crate) fn unmount_leftovers(work: &Path) {
+    let Ok(mounts) = crate::container::mountinfo::of_pid(std::process::id() as i32) else {
+        return;
+    };
+    let work = fs::canonicalize(work).unwrap_or_else(|_| work.to_path_buf());
+    let mut points: Vec<std::path::PathBuf> = mounts
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|m| m.starts_with(&work) && *m != work)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in &points {
+        if let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %p.display(), error = %e, "unmounting what criu left failed");
+        }
+    }
+    if !points.is_empty() {
+        tracing::warn!(count = points.len(), work = %work.display(), "unmounted what a killed criu left mounted");
+    }
+    for e in fs::read_dir(&work).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".criu.cgyard.") {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Waits (at most `within`) for our child `pid` to exit and reaps it.
+fn reap(pid: i32, within: Duration) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = Instant::now() + within;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Moves the CRIU worker into the container's cgroups and turns its resulting cgroups into

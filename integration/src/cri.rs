@@ -79,6 +79,8 @@ impl Shim {
             .arg(&self.socket)
             .arg("--state-root")
             .arg(self.dir.join("state"))
+            // Tests write their archives in scratch directories under /var/tmp.
+            .args(["--checkpoint-dir", "/var/tmp"])
             .args(&self.extra_args)
             .env("PATH", criu_path())
             .env("RUST_LOG", "info,cpengine_shim=debug,cpengine=debug")

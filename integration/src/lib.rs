@@ -20,7 +20,9 @@ use nix::unistd::Pid;
 pub use cpengine;
 
 pub mod containerd;
+pub mod corpus;
 pub mod cri;
+pub mod faults;
 pub mod podman;
 pub mod registry;
 pub mod runc;

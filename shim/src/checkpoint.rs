@@ -101,6 +101,34 @@ pub fn validate_location(location: &str) -> Result<PathBuf> {
 
 /// The options of a kubelet checkpoint: the archive at `output` (uncompressed, as the kubelet
 /// and every runtime expect), leave-running.
+/// The kubelet's checkpoint directory, the default (and usually only) allowed location.
+pub const KUBELET_CHECKPOINT_DIR: &str = "/var/lib/kubelet/checkpoints";
+
+/// Refuses a location whose directory is not one of `allowed` or below one. The directory is
+/// resolved (`realpath`), so a symlink cannot lead a location out of the allowed tree; allowed
+/// directories that do not exist allow nothing.
+pub fn check_allowed(location: &Path, allowed: &[PathBuf]) -> Result<()> {
+    let parent = location.parent().unwrap_or(Path::new("/"));
+    let real = std::fs::canonicalize(parent).map_err(ShimError::fs("resolving", parent))?;
+    let ok = allowed
+        .iter()
+        .filter_map(|a| std::fs::canonicalize(a).ok())
+        .any(|a| real.starts_with(&a));
+    if ok {
+        Ok(())
+    } else {
+        Err(ShimError::InvalidArgument(format!(
+            "checkpoint location {} is not in an allowed checkpoint directory ({}); start the shim with --checkpoint-dir to allow another",
+            location.display(),
+            allowed
+                .iter()
+                .map(|a| a.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
 pub fn kubelet_options(output: PathBuf) -> ContainerCheckpointOptions {
     let mut o = ContainerCheckpointOptions::new(output);
     o.knobs.leave_running = true;
@@ -112,6 +140,8 @@ pub fn kubelet_options(output: PathBuf) -> ContainerCheckpointOptions {
 pub struct Checkpointer {
     engine: tokio::sync::OnceCell<cpengine::Engine>,
     state: StateRoot,
+    /// Directories a checkpoint location may be in (`--checkpoint-dir`).
+    allowed: Vec<PathBuf>,
 }
 
 /// The hidden name the archive is written under until it is committed.
@@ -127,17 +157,33 @@ pub fn pending_path(location: &Path) -> PathBuf {
 }
 
 impl Checkpointer {
-    pub fn new(state: StateRoot) -> Arc<Self> {
+    pub fn new(state: StateRoot, allowed: Vec<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
             engine: tokio::sync::OnceCell::new(),
             state,
+            allowed,
         })
+    }
+
+    /// Checks a CRI checkpoint location: a well-formed absolute file path
+    /// ([`validate_location`]) whose directory is one of the allowed checkpoint directories or
+    /// below one (after resolving symlinks in the directory part), and that does not exist yet
+    /// (the archive is created there exclusively, never over an existing file).
+    pub fn location(&self, location: &str) -> Result<PathBuf> {
+        let p = validate_location(location)?;
+        check_allowed(&p, &self.allowed)?;
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return Err(ShimError::AlreadyExists(format!(
+                "checkpoint location {location:?} already exists; cpengine never overwrites a file"
+            )));
+        }
+        Ok(p)
     }
 
     /// Repairs checkpoints a previous shim left half-done (thaws, removes partial files).
     pub fn recover(&self) {
         for r in cpengine::container::journal::recover(&self.state) {
-            tracing::warn!(container = %r.container, thawed = ?r.thawed, removed = ?r.removed, "repaired a checkpoint the previous shim left unfinished");
+            tracing::warn!(container = %r.container, killed_criu = ?r.killed_criu, thawed = ?r.thawed, unlocked = ?r.unlocked, removed = ?r.removed, "repaired a checkpoint the previous shim left unfinished");
         }
     }
 
@@ -273,9 +319,24 @@ where
 /// Renames the finished archive onto the location (replacing a symlink there, never following
 /// it) and makes the rename durable.
 fn commit(pending: &Path, location: &Path) -> Result<()> {
-    if let Err(e) = std::fs::rename(pending, location) {
+    // Exclusive, like O_CREAT|O_EXCL|O_NOFOLLOW: whatever appeared at the location since it was
+    // checked (a file, a symlink) is neither replaced nor followed.
+    let r = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        pending,
+        nix::fcntl::AT_FDCWD,
+        location,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    if let Err(e) = r {
         let _ = std::fs::remove_file(pending);
-        return Err(ShimError::fs("moving the archive to", location)(e));
+        if e == nix::errno::Errno::EEXIST {
+            return Err(ShimError::AlreadyExists(format!(
+                "checkpoint location {} appeared while the checkpoint ran; it was left alone",
+                location.display()
+            )));
+        }
+        return Err(ShimError::fs("moving the archive to", location)(e.into()));
     }
     if let Some(dir) = location.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
@@ -424,8 +485,70 @@ mod tests {
             validate_location(d.to_str().unwrap()),
             Err(ShimError::FailedPrecondition(_))
         ));
-        // An existing regular file is replaced atomically by the engine.
+        // The path itself is well formed even if a file is there ([`Checkpointer::location`]
+        // refuses existing files).
         std::fs::write(&ok, b"old").unwrap();
         assert!(validate_location(ok.to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn locations_must_be_new_files_in_an_allowed_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let allowed = t.path().join("checkpoints");
+        let other = t.path().join("elsewhere");
+        std::fs::create_dir_all(allowed.join("pod-a")).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        // A symlink inside the allowed directory that leads out of it.
+        std::os::unix::fs::symlink(&other, allowed.join("escape")).unwrap();
+        let c = Checkpointer::new(StateRoot::at(t.path().join("s")), vec![allowed.clone()]);
+        let loc = |p: PathBuf| c.location(p.to_str().unwrap());
+        assert!(loc(allowed.join("c.tar")).is_ok());
+        assert!(
+            loc(allowed.join("pod-a/c.tar")).is_ok(),
+            "subdirectories allowed"
+        );
+        for bad in [other.join("c.tar"), allowed.join("escape/c.tar")] {
+            let e = loc(bad.clone()).unwrap_err();
+            assert!(matches!(e, ShimError::InvalidArgument(_)), "{bad:?}: {e:?}");
+        }
+        std::fs::write(allowed.join("old.tar"), b"keep").unwrap();
+        assert!(matches!(
+            loc(allowed.join("old.tar")),
+            Err(ShimError::AlreadyExists(_))
+        ));
+        assert_eq!(std::fs::read(allowed.join("old.tar")).unwrap(), b"keep");
+        // Nothing is allowed when the list is empty or names a missing directory.
+        let none = Checkpointer::new(
+            StateRoot::at(t.path().join("s")),
+            vec![t.path().join("nope")],
+        );
+        assert!(
+            none.location(allowed.join("c.tar").to_str().unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn commit_never_replaces_what_appeared_at_the_location() {
+        let t = tempfile::tempdir().unwrap();
+        let loc = t.path().join("c.tar");
+        let pending = pending_path(&loc);
+        std::fs::write(&pending, b"archive").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &loc).unwrap();
+        assert!(matches!(
+            commit(&pending, &loc),
+            Err(ShimError::AlreadyExists(_))
+        ));
+        assert!(
+            std::fs::symlink_metadata(&loc)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!pending.exists(), "the pending archive is removed");
+        std::fs::remove_file(&loc).unwrap();
+        std::fs::write(&pending, b"archive").unwrap();
+        commit(&pending, &loc).unwrap();
+        assert_eq!(std::fs::read(&loc).unwrap(), b"archive");
     }
 }

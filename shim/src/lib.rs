@@ -57,6 +57,8 @@ pub struct ShimConfig {
     pub runc: PathBuf,
     /// The shim binary, re-executed as log relay and pod holder.
     pub exe: PathBuf,
+    /// Directories CRI checkpoint locations must be in.
+    pub checkpoint_dirs: Vec<PathBuf>,
 }
 
 /// Serves the CRI until `shutdown` resolves. The socket is removed on the way out; pods and
@@ -67,7 +69,8 @@ pub async fn run(
 ) -> Result<()> {
     let listener = server::bind(&cfg.listen).await?;
     let _guard = server::SocketGuard(cfg.listen.clone());
-    let checkpointer = checkpoint::Checkpointer::new(cfg.state.clone());
+    let checkpointer =
+        checkpoint::Checkpointer::new(cfg.state.clone(), cfg.checkpoint_dirs.clone());
     checkpointer.recover();
     // Locate CRIU now rather than in the first CheckpointContainer (a missing CRIU is logged,
     // and reported again by the calls that need it).

@@ -30,6 +30,10 @@ struct Cli {
     /// The runc binary (standalone mode).
     #[arg(long, default_value = "runc")]
     runc: PathBuf,
+    /// A directory CheckpointContainer may write archives in (repeatable; locations below it
+    /// are allowed too). Archives hold every memory page of a workload: nowhere else.
+    #[arg(long = "checkpoint-dir", value_name = "DIR", default_value = cpengine_shim::checkpoint::KUBELET_CHECKPOINT_DIR)]
+    checkpoint_dirs: Vec<PathBuf>,
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         upstream_runtime_name: cli.upstream_runtime_name,
         runc: cli.runc,
         exe: std::env::current_exe()?,
+        checkpoint_dirs: cli.checkpoint_dirs,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

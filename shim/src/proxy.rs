@@ -25,7 +25,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
-use crate::checkpoint::{Checkpointer, kubelet_options, validate_location};
+use crate::checkpoint::{Checkpointer, kubelet_options};
 use crate::cri::grpc_deadline;
 use crate::error::{Result, ShimError};
 use crate::locks::KeyedLocks;
@@ -125,7 +125,7 @@ impl ProxyRuntime {
                 status.id
             )));
         }
-        let output = validate_location(&r.location)?;
+        let output = self.checkpointer.location(&r.location)?;
         let lock = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), self.locks.lock(&status.id))
                 .await

@@ -65,7 +65,7 @@ pub use spec::{
     CheckpointAnnotations, EngineKind, Identity, SpecError, annotate_spec, annotation, annotations,
     detect_engine, identity,
 };
-pub use write::{ArchiveInput, WriteOptions, WriteReport, write_archive};
+pub use write::{ArchiveInput, WriteOptions, WriteReport, temp_prefix, write_archive};
 
 /// Well-known member names.
 pub mod names {

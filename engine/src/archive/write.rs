@@ -43,6 +43,17 @@ const ZSTD_LEVEL: i32 = 3;
 /// data never passes through user space).
 const GZIP_LEVEL: u32 = 1;
 
+/// The name prefix of the temp file an archive to `dest` is written to, beside it: a dot file
+/// that a crashed writer's recovery ([`crate::container::journal`]) recognises.
+pub fn temp_prefix(dest: &Path) -> String {
+    format!(
+        ".{}.cpengine-tmp-",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "archive".into())
+    )
+}
+
 /// Everything that goes into an archive.
 #[derive(Debug, Clone)]
 pub struct ArchiveInput {
@@ -488,12 +499,8 @@ pub fn write_archive(
         .sum::<u64>()
         + END_LEN;
 
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "archive".into());
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
+        .prefix(&temp_prefix(dest))
         .suffix(".tmp")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(parent)

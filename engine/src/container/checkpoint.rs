@@ -36,6 +36,8 @@ pub struct DumpKnobs {
     pub shell_job: bool,
     pub timeout: std::time::Duration,
     pub log_level: u32,
+    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
+    pub fault: Option<crate::fault::FaultPoint>,
 }
 
 impl Default for DumpKnobs {
@@ -48,6 +50,7 @@ impl Default for DumpKnobs {
             shell_job: false,
             timeout: crate::options::DEFAULT_TIMEOUT,
             log_level: crate::options::DEFAULT_LOG_LEVEL,
+            fault: None,
         }
     }
 }
@@ -69,6 +72,7 @@ pub fn dump_options(
     o.shell_job = knobs.shell_job;
     o.timeout = knobs.timeout;
     o.log_level = knobs.log_level;
+    o.fault = knobs.fault.clone();
     o.freeze_cgroup = ctr.freezer();
     o.cgroups = Some(CgroupMode::Soft);
     o.orphan_pts_master = true;
@@ -382,6 +386,11 @@ pub async fn checkpoint(
 
     let started = Instant::now();
     ctr.ensure_running()?;
+    // One checkpoint of a container at a time, across processes: a second one waits.
+    let lock_root = opts.state.clone().unwrap_or_default();
+    let _lock = super::lock::lock(&lock_root, &ctr.id, opts.knobs.timeout).await?;
+    // The one we waited for may have stopped it (a checkpoint without leave-running).
+    ctr.ensure_running()?;
     let output = if opts.output.is_absolute() {
         opts.output.clone()
     } else {
@@ -434,19 +443,8 @@ pub async fn checkpoint(
         rand::random::<u32>()
     ));
     let images_dir = staging_dir.join("checkpoint");
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&images_dir)
-            .map_err(Error::io(format!(
-                "creating staging directory {}",
-                images_dir.display()
-            )))?;
-    }
-    let staging = Staging(staging_dir.clone());
-    let _journal = match &opts.state {
+    // The journal entry first: an engine killed from here on is repaired at the next start.
+    let mut journal = match &opts.state {
         Some(state) => Some(
             super::journal::begin(
                 state,
@@ -458,12 +456,41 @@ pub async fn checkpoint(
                     staging: Some(staging_dir.clone()),
                     output: Some(output.clone()),
                     started: GoTime::now().to_string(),
+                    init_pid: ctr.init_pid,
+                    init_start: crate::proc::start_time(ctr.init_pid).unwrap_or(0),
+                    criu_pid: 0,
+                    criu_start: 0,
                 },
             )
             .map_err(Error::io("writing the checkpoint journal"))?,
         ),
         None => None,
     };
+    // The staging root may be shared (the destination's directory); the staging directory
+    // itself is private: it holds every memory page of the workload.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&staging_root)
+            .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&staging_dir))
+            .map_err(Error::io(format!(
+                "creating staging directory {}",
+                staging_dir.display()
+            )))?;
+    }
+    let staging = Staging(staging_dir.clone());
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&images_dir)
+            .map_err(Error::io(format!(
+                "creating staging directory {}",
+                images_dir.display()
+            )))?;
+    }
     let dump_opts = dump_options(ctr, &images_dir, &staging_dir, &opts.knobs)?;
     write_descriptors(ctr, &images_dir).map_err(Error::io("writing descriptors.json"))?;
     let prepare = t.elapsed();
@@ -493,7 +520,16 @@ pub async fn checkpoint(
             // A failed plan fails the hook: CRIU then aborts the dump and resumes the container.
             ok
         });
-        engine.dump_with(&dump_opts, &mut hook).await
+        match journal.as_mut() {
+            Some(entry) => {
+                let mut journaled = super::journal::Journaled {
+                    entry,
+                    inner: &mut hook,
+                };
+                engine.dump_with(&dump_opts, &mut journaled).await
+            }
+            None => engine.dump_with(&dump_opts, &mut hook).await,
+        }
     };
     // A failed plan made the hook fail and CRIU abort: report the plan's error, it is the cause.
     let report = match (report, plan) {
@@ -583,6 +619,7 @@ pub async fn checkpoint(
     .await?;
     let archive_time = t.elapsed();
     drop(staging);
+    drop(journal);
 
     if !opts.knobs.leave_running {
         destroy_after_checkpoint(ctr, opts).await;

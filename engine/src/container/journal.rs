@@ -3,10 +3,14 @@
 //! it — thaws the container's freezer cgroup if it was left frozen, removes the staging
 //! directory and the partial archive — instead of leaving a frozen workload and garbage.
 //!
-//! Each checkpoint writes one small JSON entry under `<run>/journal/` before it freezes
-//! anything and removes it when done (success or handled failure). [`recover`] looks at every
-//! entry whose owner process is gone (pid dead, or reused: start time differs) and undoes it.
-//! CLI commands that touch containers and the shim call it at start-up.
+//! Each checkpoint writes one small JSON entry under `<run>/journal/` before it creates its
+//! staging directory or freezes anything, records its CRIU worker as soon as that starts, and
+//! removes the entry when done (success or handled failure). [`recover`] looks at every entry
+//! whose owner process is gone (pid dead, or reused: start time differs) and undoes it, in
+//! this order: stop the orphaned CRIU worker (it still holds the frozen, seized tasks), thaw
+//! the freezer, remove CRIU's network lock from the container's namespace, remove the staging
+//! directory and partial archives. Every CLI command that touches containers and the shim
+//! call it at start-up.
 
 use std::path::{Path, PathBuf};
 
@@ -28,13 +32,27 @@ pub struct InFlight {
     /// The destination: temp files beside it (`.<name>.cpengine-tmp-*`) are partial archives.
     pub output: Option<PathBuf>,
     pub started: String,
+    /// The container's init and its start time: its network namespace may carry CRIU's lock.
+    #[serde(default)]
+    pub init_pid: i32,
+    #[serde(default)]
+    pub init_start: u64,
+    /// The CRIU worker of the dump and its start time, once it runs.
+    #[serde(default)]
+    pub criu_pid: u32,
+    #[serde(default)]
+    pub criu_start: u64,
 }
 
 /// What recovery did for one abandoned checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Recovered {
     pub container: String,
+    /// The orphaned CRIU worker that was stopped.
+    pub killed_criu: Option<u32>,
     pub thawed: Option<PathBuf>,
+    /// CRIU's network lock removed from the container's namespace.
+    pub unlocked: Option<crate::netlock::Unlocked>,
     pub removed: Vec<PathBuf>,
 }
 
@@ -42,6 +60,47 @@ pub struct Recovered {
 #[derive(Debug)]
 pub struct Entry {
     path: PathBuf,
+    entry: InFlight,
+}
+
+impl Entry {
+    /// Records the CRIU worker of the checkpoint (rewrites the entry atomically).
+    pub fn record_worker(&mut self, pid: u32) -> std::io::Result<()> {
+        self.entry.criu_pid = pid;
+        self.entry.criu_start = crate::proc::start_time(pid as i32).unwrap_or(0);
+        write_atomic(
+            &self.path,
+            &serde_json::to_vec_pretty(&self.entry).map_err(std::io::Error::other)?,
+            0o600,
+        )
+    }
+}
+
+/// A hook handler that records the CRIU worker in the journal entry and passes every hook on.
+pub struct Journaled<'a> {
+    pub entry: &'a mut Entry,
+    pub inner: &'a mut dyn crate::criu::NotifyHandler,
+}
+
+impl std::fmt::Debug for Journaled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journaled")
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl crate::criu::NotifyHandler for Journaled<'_> {
+    fn on_worker(&mut self, pid: u32) {
+        if let Err(e) = self.entry.record_worker(pid) {
+            tracing::warn!(error = %e, "recording the criu worker in the checkpoint journal failed");
+        }
+        self.inner.on_worker(pid);
+    }
+
+    fn on_notify(&mut self, n: crate::criu::Notification) -> crate::criu::Ack {
+        self.inner.on_notify(n)
+    }
 }
 
 impl Drop for Entry {
@@ -69,22 +128,46 @@ pub fn begin(state: &StateRoot, mut entry: InFlight) -> std::io::Result<Entry> {
         &serde_json::to_vec_pretty(&entry).map_err(std::io::Error::other)?,
         0o600,
     )?;
-    Ok(Entry { path })
+    Ok(Entry { path, entry })
 }
 
 /// The temp-file prefix an archive being written to `output` has (see the archive writer).
 pub fn temp_prefix(output: &Path) -> String {
-    format!(
-        ".{}.cpengine-tmp-",
-        output
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("archive")
-    )
+    crate::archive::temp_prefix(output)
+}
+
+/// Whether `pid` is still the process that started at `start` (0: unknown, any).
+fn same_process(pid: i32, start: u64) -> bool {
+    pid > 0 && crate::proc::start_time(pid).is_some_and(|t| start == 0 || t == start)
 }
 
 fn owner_alive(e: &InFlight) -> bool {
-    crate::proc::start_time(e.pid as i32).is_some_and(|t| e.pid_start == 0 || t == e.pid_start)
+    same_process(e.pid as i32, e.pid_start)
+}
+
+/// Stops an orphaned CRIU worker and waits until it is gone (its tasks are detached from it
+/// by the kernel when it dies).
+fn stop_worker(pid: u32, start: u64) -> bool {
+    let pid = pid as i32;
+    if start == 0 || !same_process(pid, start) {
+        return false;
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    for _ in 0..500 {
+        // Our child only if the dead engine was our ancestor's child; reap if we can.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        if crate::proc::task_state(pid).is_none_or(|s| s.state == 'Z' || s.state == 'X') {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
 }
 
 /// Repairs every checkpoint whose engine process is gone. Safe to call at any time: entries of
@@ -96,6 +179,16 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
     };
     for e in entries.flatten() {
         let path = e.path();
+        // A half-written entry (the writer died between creating its temp file and renaming
+        // it): `.<name>.tmp-<pid>-<rand>`, removed once that pid is gone.
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix('.').and_then(|n| n.split(".tmp-").nth(1)) {
+            let writer = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            if writer.is_some_and(|p| !crate::proc::exists(p)) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         if path.extension().is_none_or(|x| x != "json") {
             continue;
         }
@@ -111,14 +204,30 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
         }
         let mut rec = Recovered {
             container: entry.container.clone(),
+            killed_criu: None,
             thawed: None,
+            unlocked: None,
             removed: Vec::new(),
         };
+        if stop_worker(entry.criu_pid, entry.criu_start) {
+            rec.killed_criu = Some(entry.criu_pid);
+        }
         if let Some(f) = &entry.freezer
             && crate::cgroups::is_frozen(f)
         {
             crate::cgroups::thaw(f);
             rec.thawed = Some(f.clone());
+        }
+        if same_process(entry.init_pid, entry.init_start)
+            && let Some(ns) = crate::netlock::foreign_netns_of(entry.init_pid)
+        {
+            match crate::netlock::unlock(&ns) {
+                Ok(u) if !u.is_empty() => rec.unlocked = Some(u),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(container = %rec.container, error = %e, "removing criu's network lock failed")
+                }
+            }
         }
         if let Some(s) = &entry.staging
             && s.exists()
@@ -166,6 +275,10 @@ mod tests {
             staging: Some(staging.clone()),
             output: Some(out.clone()),
             started: "now".into(),
+            init_pid: 0,
+            init_start: 0,
+            criu_pid: 0,
+            criu_start: 0,
         };
         // Our own entry: we are alive, so recovery leaves it.
         let guard = begin(&state, entry.clone()).unwrap();
@@ -179,8 +292,16 @@ mod tests {
             v.pid = 4_194_305;
             std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
         }
+        // A half-written entry of a dead writer, and one of a live writer (us).
+        let dead_tmp = dir(&state).join(".c1-9-x.json.tmp-4194305-7");
+        let live_tmp = dir(&state).join(format!(".c1-9-x.json.tmp-{}-7", std::process::id()));
+        std::fs::write(&dead_tmp, b"{").unwrap();
+        std::fs::write(&live_tmp, b"{").unwrap();
         let r = recover(&state);
         assert_eq!(r.len(), 1);
+        assert_eq!(r[0].killed_criu, None);
+        assert!(!dead_tmp.exists() && live_tmp.exists());
+        std::fs::remove_file(&live_tmp).unwrap();
         assert!(!staging.exists());
         assert!(!partial.exists());
         assert!(

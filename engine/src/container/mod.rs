@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod journal;
+pub mod lock;
 pub mod manage;
 pub mod mountinfo;
 pub mod relay;
@@ -56,6 +57,8 @@ pub enum ContainerError {
     },
     #[error("container {id}: {what}")]
     Invalid { id: String, what: String },
+    #[error("a container named {id} already exists (cpengine delete {id} first)")]
+    AlreadyExists { id: String },
 }
 
 /// Whether the container's init process runs.

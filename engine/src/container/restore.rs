@@ -76,6 +76,8 @@ pub struct ContainerRestoreOptions {
     /// Overlay lower layers (top first) to use as the base when `base` is not given (an
     /// image's unpacked layers).
     pub base_layers: Vec<PathBuf>,
+    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
+    pub fault: Option<crate::fault::FaultPoint>,
 }
 
 impl ContainerRestoreOptions {
@@ -94,6 +96,7 @@ impl ContainerRestoreOptions {
             log_level: crate::options::DEFAULT_LOG_LEVEL,
             relay_exe: None,
             base_layers: Vec::new(),
+            fault: None,
         }
     }
 }
@@ -117,6 +120,8 @@ struct Cleanup {
     mounted: Option<PathBuf>,
     cgroups: BTreeMap<String, PathBuf>,
     dirs: Vec<PathBuf>,
+    /// A namespace the restore joined: CRIU may have left its network lock in it.
+    netns: Option<PathBuf>,
     armed: bool,
 }
 
@@ -125,10 +130,24 @@ impl Drop for Cleanup {
         if !self.armed {
             return;
         }
+        // Whatever CRIU left of the tree (half-restored, stopped, or already running past
+        // pre-resume) lives in the container's cgroups: nothing of a failed restore survives.
+        let killed = crate::cgroups::kill_all(&self.cgroups);
+        if killed > 0 {
+            tracing::warn!(killed, "killed the tasks of a failed restore");
+        }
+        if let Some(ns) = &self.netns
+            && let Err(e) = crate::netlock::unlock(ns)
+        {
+            tracing::error!(netns = %ns.display(), error = %e, "removing criu's network lock failed");
+        }
         if let Some(m) = &self.mounted {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
-        crate::cgroups::remove_all(&self.cgroups);
+        let left = crate::cgroups::remove_all(&self.cgroups);
+        if !left.is_empty() {
+            tracing::warn!(?left, "cgroups of a failed restore could not be removed");
+        }
         for d in &self.dirs {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -144,11 +163,11 @@ pub async fn restore(
     let started = Instant::now();
     let id = opts.id.as_str();
     validate_id(id)?;
+    // Two restores under one id must not race between the check and the record.
+    let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
     let record_path = opts.state.container_record(id);
     if record_path.exists() {
-        return Err(Error::Invalid(format!(
-            "a container named {id} already exists (cpengine delete {id} first)"
-        )));
+        return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
     }
     if opts.base.is_none() && opts.base_layers.is_empty() {
         return Err(Error::Invalid(
@@ -182,7 +201,7 @@ pub async fn restore(
             crate::blocking(move || {
                 let f = std::fs::File::open(&t)
                     .map_err(Error::io(format!("opening {}", t.display())))?;
-                crate::rootfs::apply(&d2, f, &[])?;
+                crate::rootfs::apply_with(&d2, f, &[], &space_limits(&d2))?;
                 Ok(())
             })
             .await?;
@@ -220,19 +239,15 @@ pub async fn restore(
     let t = Instant::now();
     let bundle = run_dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(Error::io("creating the bundle"))?;
-    let mut spec_json = ckpt.spec.clone();
-    spec_json["root"]["path"] = serde_json::Value::String(rootfs.display().to_string());
+    // The spec must be a valid OCI runtime spec before anything is derived from it (a hostile
+    // spec.dump of the wrong shape is an error, never a panic).
+    let (spec, spec_json) = spec_with_root(&ckpt.spec, &rootfs)?;
     super::state::write_atomic(
         &bundle.join("config.json"),
         &serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),
         0o600,
     )
     .map_err(Error::io("writing the bundle's config.json"))?;
-    let spec: oci_spec::runtime::Spec = serde_json::from_value(spec_json.clone()).map_err(|e| {
-        Error::Invalid(format!(
-            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
-        ))
-    })?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     prepare_mount_points(&rootfs, &mounts)?;
     let has_pidns = spec
@@ -320,6 +335,13 @@ pub async fn restore(
     ro.check_pids = !has_pidns;
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
+    ro.fault = opts.fault.clone();
+    cleanup.netns = opts.netns.clone().or_else(|| {
+        opts.join_ns
+            .iter()
+            .find(|j| j.ns == "net")
+            .map(|j| j.path.clone())
+    });
     ro.join_ns = opts.join_ns.clone();
     if let Some(netns) = &opts.netns {
         let f = std::fs::File::open(netns)
@@ -397,6 +419,41 @@ pub async fn restore(
     })
 }
 
+/// The checkpoint's spec with its root pointing at the new rootfs: typed, and verbatim (every
+/// field kept, for the bundle and the next checkpoint's `spec.dump`). The typed parse comes
+/// first, so a spec of the wrong shape is an error before the JSON is edited.
+pub fn spec_with_root(
+    spec: &serde_json::Value,
+    rootfs: &Path,
+) -> Result<(oci_spec::runtime::Spec, serde_json::Value)> {
+    let not_spec = |e: serde_json::Error| {
+        Error::Invalid(format!(
+            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
+        ))
+    };
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(not_spec)?;
+    let mut json = spec.clone();
+    let path = serde_json::Value::String(rootfs.display().to_string());
+    match json.as_object_mut().map(|o| o.entry("root")) {
+        Some(serde_json::map::Entry::Occupied(mut e)) => match e.get_mut() {
+            serde_json::Value::Object(root) => {
+                root.insert("path".into(), path);
+            }
+            other => *other = serde_json::json!({ "path": path }),
+        },
+        Some(serde_json::map::Entry::Vacant(e)) => {
+            e.insert(serde_json::json!({ "path": path }));
+        }
+        None => {
+            return Err(Error::Invalid(
+                "the checkpoint's spec.dump is not a JSON object".into(),
+            ));
+        }
+    }
+    let typed = serde_json::from_value(json.clone()).map_err(not_spec)?;
+    Ok((typed, json))
+}
+
 /// runc's key for a cgroup hierarchy in `cgroup_paths` ("" for unified, the first controller
 /// otherwise, e.g. `cpu` for `cpu,cpuacct`, `name=systemd` kept whole).
 fn runc_cgroup_key(controllers: &str) -> String {
@@ -470,13 +527,18 @@ fn restore_ext_mounts(
 }
 
 /// Creates the mount points the spec needs in the rootfs, except under tmpfs mounts (CRIU
-/// restores their content, mount points included).
+/// restores their content, mount points included). Every path is resolved inside the rootfs
+/// as its root (`openat2(RESOLVE_IN_ROOT)`): the rootfs comes from the archive's diff, and a
+/// symlink planted there (`/evil -> /etc`) must not make a mount point appear on the host.
 fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> Result<()> {
+    use crate::beneath::{Resolve, Tree};
     let tmpfs: Vec<PathBuf> = mounts
         .iter()
         .filter(|m| m.typ().as_deref() == Some("tmpfs"))
         .map(|m| m.destination().clone())
         .collect();
+    let tree = Tree::open(rootfs, Resolve::InRoot)
+        .map_err(Error::io(format!("opening rootfs {}", rootfs.display())))?;
     for m in mounts {
         let dest = m.destination();
         if tmpfs.iter().any(|t| dest.starts_with(t) && dest != t) {
@@ -492,33 +554,46 @@ fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> R
                 dest.display()
             )));
         }
-        let target = rootfs.join(rel);
-        if target.symlink_metadata().is_ok() {
+        if rel.as_os_str().is_empty() {
             continue;
         }
+        let fail = Error::io(format!("creating mount point {}", dest.display()));
         let is_file_bind = m
             .source()
             .as_ref()
             .is_some_and(|s| std::fs::metadata(s).is_ok_and(|md| !md.is_dir()));
-        let r = if is_file_bind {
-            target
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&target)
-                        .map(drop)
-                })
+        let (parent, leaf) = tree.parent(rel, Some(0o755)).map_err(fail)?;
+        let fail = Error::io(format!("creating mount point {}", dest.display()));
+        if crate::beneath::lstat_at(std::os::fd::AsFd::as_fd(&parent), leaf)
+            .map_err(fail)?
+            .is_some()
+        {
+            continue;
+        }
+        let fail = Error::io(format!("creating mount point {}", dest.display()));
+        if is_file_bind {
+            nix::fcntl::openat(
+                &parent,
+                leaf,
+                nix::fcntl::OFlag::O_CREAT
+                    | nix::fcntl::OFlag::O_EXCL
+                    | nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+            .map_err(|e| fail(e.into()))?;
         } else {
-            std::fs::create_dir_all(&target)
-        };
-        r.map_err(Error::io(format!(
-            "creating mount point {}",
-            target.display()
-        )))?;
+            match nix::sys::stat::mkdirat(
+                &parent,
+                leaf,
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(fail(e.into())),
+            }
+        }
     }
     Ok(())
 }
@@ -552,18 +627,33 @@ fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<
         Some(d) => {
             let f =
                 std::fs::File::open(d).map_err(Error::io(format!("opening {}", d.display())))?;
-            crate::rootfs::apply(rootfs, f, deleted)?;
+            crate::rootfs::apply_with(rootfs, f, deleted, &space_limits(rootfs))?;
         }
         // An empty tar (two zero blocks) carries only the deletions.
         None => {
-            crate::rootfs::apply(
+            crate::rootfs::apply_with(
                 rootfs,
                 std::io::Read::take(std::io::repeat(0), 1024),
                 deleted,
+                &space_limits(rootfs),
             )?;
         }
     }
     Ok(())
+}
+
+/// Bytes available to us on the file system holding `dir` (unbounded if unknown).
+pub(crate) fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .unwrap_or(u64::MAX)
+}
+
+/// Apply caps for a diff written into `dir`: its file system's free space.
+fn space_limits(dir: &Path) -> crate::rootfs::ApplyLimits {
+    let mut l = crate::rootfs::ApplyLimits::default();
+    l.max_bytes = l.max_bytes.min(free_bytes(dir));
+    l
 }
 
 /// Where a checkpoint comes from: an archive file, or an image (local or in a registry).
@@ -573,7 +663,12 @@ pub async fn open_source(
     target: &Path,
     insecure: bool,
 ) -> Result<(CheckpointDir, crate::archive::Extracted)> {
-    let limits = crate::archive::Limits::default();
+    // What is extracted must fit where it goes: a decompression bomb stops at the free space,
+    // with a typed error, before the disk is full.
+    let mut limits = crate::archive::Limits::default();
+    limits.max_total_bytes = limits
+        .max_total_bytes
+        .min(free_bytes(target.parent().unwrap_or(target)));
     let path = Path::new(source);
     let archive = if path.is_file() {
         path.to_path_buf()
@@ -637,6 +732,13 @@ pub async fn restore_archive(
     insecure: bool,
 ) -> Result<ContainerRestoreReport> {
     validate_id(&opts.id)?;
+    // Refused before anything is extracted (restore checks again under the id's lock).
+    if opts.state.container_record(&opts.id).exists() {
+        return Err(super::ContainerError::AlreadyExists {
+            id: opts.id.clone(),
+        }
+        .into());
+    }
     let work =
         opts.state
             .lib

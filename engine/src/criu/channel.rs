@@ -5,7 +5,7 @@
 //! room for it silently drops the fd.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use criu_proto::prost::{self, Message};
 use tokio::io::Interest;
@@ -80,6 +80,15 @@ impl Channel {
     /// Sends raw bytes as one packet (fake peers in tests send malformed packets with this).
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), ChannelError> {
         self.send_bytes(bytes, &[]).await
+    }
+
+    /// Shuts the socket down in both directions: CRIU sees its client gone (a failed hook, a
+    /// failed final write) and aborts the request itself, undoing what it did.
+    pub fn shutdown(&self) {
+        let _ = nix::sys::socket::shutdown(
+            self.fd.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
     }
 
     /// Receives and decodes one message.

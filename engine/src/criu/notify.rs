@@ -123,6 +123,12 @@ impl Ack {
 
 /// Answers CRIU's hooks during one request. The default acknowledges everything.
 pub trait NotifyHandler: Send {
+    /// Called once before the request is sent, with the CRIU worker's pid (e.g. to record it
+    /// in a journal, so that a later recovery can stop a worker whose caller died).
+    fn on_worker(&mut self, pid: u32) {
+        let _ = pid;
+    }
+
     /// Called for each hook in the order CRIU reaches them.
     fn on_notify(&mut self, notification: Notification) -> Ack {
         let _ = notification;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::channel::{Channel, ChannelError};
 use super::error::{CriuError, LogExcerpt};
 use super::notify::{Notification, NotifyHandler};
+use crate::fault::FaultPoint;
 use crate::sys;
 
 /// fd number of the RPC socket in the worker.
@@ -81,6 +82,7 @@ pub struct Session {
     stderr: Option<JoinHandle<String>>,
     binary: PathBuf,
     log: Option<PathBuf>,
+    fault: Option<FaultPoint>,
 }
 
 impl Session {
@@ -163,6 +165,7 @@ impl Session {
             stderr,
             binary: binary.to_path_buf(),
             log: None,
+            fault: None,
         })
     }
 
@@ -174,7 +177,13 @@ impl Session {
             stderr: None,
             binary: PathBuf::from("<socket>"),
             log: None,
+            fault: None,
         })
+    }
+
+    /// Arms a fault for the next request (tests only; see [`crate::fault`]).
+    pub fn set_fault(&mut self, fault: Option<FaultPoint>) {
+        self.fault = fault;
     }
 
     /// The CRIU log file this request writes, quoted in errors.
@@ -198,12 +207,44 @@ impl Session {
         let req_type = req.r#type();
         let started = Instant::now();
         let mut hooks = Vec::new();
-        let outcome =
-            tokio::time::timeout(timeout, self.exchange(&req, handler, &mut hooks, started)).await;
+        if let Some(pid) = self.worker_pid() {
+            handler.on_worker(pid);
+        }
+        // A timed fault: the worker is still our unreaped child until `kill`/`finish` waits
+        // for it, so its pid cannot have been reused when the timer fires.
+        let timed_fault = match (&self.fault, self.worker_pid()) {
+            (Some(FaultPoint::KillCriuAfter(after)), Some(pid)) => {
+                let after = *after;
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    tracing::warn!(pid, ?after, "fault injection: killing criu");
+                    kill_pid(pid);
+                }))
+            }
+            _ => None,
+        };
+        let worker = self.worker_pid();
+        let exchange = Self::exchange(
+            &self.channel,
+            self.fault.as_ref(),
+            worker,
+            &req,
+            handler,
+            &mut hooks,
+            started,
+        );
+        let outcome = tokio::time::timeout(
+            timeout,
+            until_worker_exits(exchange, self.child.as_mut(), req_type),
+        )
+        .await;
+        if let Some(t) = timed_fault {
+            t.abort();
+        }
         let result = match outcome {
             Ok(r) => r,
             Err(_) => {
-                self.kill().await;
+                self.abort().await;
                 Err(CriuError::Timeout {
                     req_type,
                     after: timeout,
@@ -221,20 +262,21 @@ impl Session {
     }
 
     async fn exchange(
-        &self,
+        channel: &Channel,
+        fault: Option<&FaultPoint>,
+        worker: Option<u32>,
         req: &CriuReq,
         handler: &mut dyn NotifyHandler,
         hooks: &mut Vec<HookTiming>,
         started: Instant,
     ) -> Result<CriuResp, CriuError> {
         let req_type = req.r#type();
-        self.channel
+        channel
             .send(req, &[])
             .await
             .map_err(|e| channel_err(e, req_type))?;
         loop {
-            let packet = self
-                .channel
+            let packet = channel
                 .recv::<CriuResp>()
                 .await
                 .map_err(|e| channel_err(e, req_type))?;
@@ -242,6 +284,12 @@ impl Session {
             if resp.r#type == CriuReqType::Notify as i32 {
                 let notify = resp.notify.unwrap_or_default();
                 let script = notify.script.unwrap_or_default();
+                if fault.is_some_and(|f| f.fires_at(&script))
+                    && let Some(pid) = worker
+                {
+                    tracing::warn!(pid, %script, "fault injection: killing criu at a hook");
+                    kill_pid(pid);
+                }
                 let n = Notification::from_wire(&script, notify.pid, packet.fds);
                 let ack = handler.on_notify(n);
                 tracing::debug!(%script, success = ack.success, "criu hook");
@@ -260,7 +308,7 @@ impl Session {
                     opts,
                     ..Default::default()
                 };
-                self.channel
+                channel
                     .send(&reply, &[])
                     .await
                     .map_err(|e| channel_err(e, req_type))?;
@@ -332,6 +380,23 @@ impl Session {
         }
     }
 
+    /// Stops the request the gentle way first: the socket is shut down, so CRIU aborts at its
+    /// next hook or reply, curing and resuming the tasks it holds; only a CRIU that has not
+    /// exited after [`ABORT_GRACE`] is killed. A SIGKILL while CRIU's parasite code is inside a
+    /// task (the breakpoint it plants in the task's code is then executed without a tracer,
+    /// and the task dies of SIGTRAP) can kill the workload, so the engine never sends one
+    /// first.
+    pub async fn abort(&mut self) {
+        self.channel.shutdown();
+        if self.wait_exit(ABORT_GRACE).await.is_none() {
+            tracing::warn!(
+                pid = self.worker_pid(),
+                "criu did not stop within {ABORT_GRACE:?} of being told to; killing it"
+            );
+            self.kill().await;
+        }
+    }
+
     /// Kills the worker (if any) and reaps it.
     pub async fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -351,6 +416,56 @@ impl Session {
     /// The binary this session runs.
     pub fn binary(&self) -> &Path {
         &self.binary
+    }
+}
+
+/// How long CRIU gets to abort a request by itself (see [`Session::abort`]) before it is
+/// killed. Aborting means curing every task of its parasite and resuming it, and CRIU notices
+/// the closed socket only at its next hook, after the memory dump in progress.
+pub const ABORT_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a reply CRIU sent just before it exited may still be read after its exit was seen.
+const REPLY_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Runs the exchange, but stops waiting when the worker process exits. CRIU's socket alone
+/// does not say so: tasks CRIU forked while restoring inherit the socket, so a CRIU killed
+/// mid-restore leaves its peer end open in half-restored tasks, and a reader would wait for
+/// the whole timeout while those tasks hang. A reply CRIU sent before it exited is still in the
+/// socket and is read.
+async fn until_worker_exits<F>(
+    exchange: F,
+    child: Option<&mut Child>,
+    req_type: CriuReqType,
+) -> Result<CriuResp, CriuError>
+where
+    F: std::future::Future<Output = Result<CriuResp, CriuError>>,
+{
+    let Some(child) = child else {
+        return exchange.await;
+    };
+    tokio::pin!(exchange);
+    tokio::select! {
+        r = &mut exchange => r,
+        status = child.wait() => {
+            match tokio::time::timeout(REPLY_AFTER_EXIT, &mut exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(CriuError::Closed {
+                    req_type,
+                    status: status.ok(),
+                    stderr: String::new(),
+                    log: None,
+                }),
+            }
+        }
+    }
+}
+
+fn kill_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

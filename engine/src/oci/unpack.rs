@@ -46,8 +46,18 @@ fn unpack_one(
         digest: layer.digest.clone(),
         reason,
     };
-    std::fs::create_dir_all(cache)
-        .map_err(|e| unpack_err(format!("creating {}: {e}", cache.display())))?;
+    // Unpacked layers keep their set-uid binaries and device-free /dev (see rootfs::apply):
+    // the cache must not be reachable by other users of the host, or any of them could run a
+    // set-uid-root program from any image. 0700, also when an older version made it 0755.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(cache)
+            .and_then(|()| std::fs::set_permissions(cache, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| unpack_err(format!("creating {}: {e}", cache.display())))?;
+    }
     let tmp = cache.join(format!(
         ".tmp-{}-{:08x}",
         std::process::id(),

@@ -51,14 +51,50 @@ pub struct ApplyReport {
     pub duration: Duration,
 }
 
+/// Character devices a diff may carry, as (major, minor): null, zero, full, random, urandom,
+/// tty — what runc creates in every container anyway — and 0:0, an overlay whiteout.
+pub const DEVICE_ALLOWLIST: &[(u32, u32)] =
+    &[(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (0, 0)];
+
+/// Caps on what one [`apply_with`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyLimits {
+    /// Bytes of file data written (sparse files count their data segments).
+    pub max_bytes: u64,
+    /// Entries of the diff.
+    pub max_entries: u64,
+}
+
+impl Default for ApplyLimits {
+    /// Generous for real root filesystems; callers that know the free space of the target pass
+    /// that instead (a compressed diff must not fill the disk).
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 40,
+            max_entries: 10_000_000,
+        }
+    }
+}
+
 /// Extracts `diff` (a tar, plain, gzip or zstd) into `rootfs`, then removes every `deleted`
 /// path (absolute in-container paths) beneath it. Paths resolve with the rootfs as their
-/// root; symlinks, hard links and devices are created as the tar says; ownership, modes,
-/// mtimes and xattrs are restored; holes of GNU sparse members are re-created.
+/// root; symlinks and hard links are created as the tar says, device nodes only if harmless
+/// (see the module docs); ownership, modes (set-id bits included), mtimes and xattrs are
+/// restored; holes of GNU sparse members are re-created. [`ApplyLimits::default`] caps.
 pub fn apply(
     rootfs: &Path,
     diff: impl Read,
     deleted: &[String],
+) -> Result<ApplyReport, RootfsError> {
+    apply_with(rootfs, diff, deleted, &ApplyLimits::default())
+}
+
+/// [`apply`] with explicit caps.
+pub fn apply_with(
+    rootfs: &Path,
+    diff: impl Read,
+    deleted: &[String],
+    limits: &ApplyLimits,
 ) -> Result<ApplyReport, RootfsError> {
     let start = Instant::now();
     let tree = Tree::open(rootfs, Resolve::InRoot).map_err(|source| RootfsError::OpenRootfs {
@@ -98,6 +134,26 @@ pub fn apply(
             continue;
         };
         rep.entries += 1;
+        if rep.entries > limits.max_entries {
+            return Err(RootfsError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        let data_len = if sparse {
+            e.pax_value("GNU.sparse.realsize")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(e.size)
+        } else if matches!(e.flag, b'0' | b'7') {
+            e.size
+        } else {
+            0
+        };
+        if rep.bytes.saturating_add(data_len) > limits.max_bytes {
+            return Err(RootfsError::TooLarge {
+                limit: limits.max_bytes,
+            });
+        }
         let name = rel.display().to_string();
         let fail = |source: io::Error| RootfsError::Apply {
             name: name.clone(),
@@ -213,6 +269,16 @@ pub fn apply(
                 rep.hardlinks += 1;
             }
             b'3' | b'4' | b'6' => {
+                if e.flag != b'6'
+                    && !(e.flag == b'3' && DEVICE_ALLOWLIST.contains(&(e.dev_major, e.dev_minor)))
+                {
+                    return Err(RootfsError::DeviceNode {
+                        name,
+                        kind: if e.flag == b'3' { "character" } else { "block" },
+                        major: e.dev_major,
+                        minor: e.dev_minor,
+                    });
+                }
                 if existing.is_some() {
                     beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
                 }
@@ -231,13 +297,7 @@ pub fn apply(
                 )
                 .map_err(|e| fail(e.into()))?;
                 chown_at(pfd, leaf, &e).map_err(&fail)?;
-                nix::sys::stat::fchmodat(
-                    pfd,
-                    leaf,
-                    Mode::from_bits_truncate(e.mode & 0o7777),
-                    FchmodatFlags::FollowSymlink,
-                )
-                .map_err(|e| fail(e.into()))?;
+                chmod_nofollow(pfd, leaf, e.mode & 0o7777).map_err(&fail)?;
                 let t = TimeSpec::new(e.mtime, 0);
                 nix::sys::stat::utimensat(pfd, leaf, &t, &t, UtimensatFlags::NoFollowSymlink)
                     .map_err(|e| fail(e.into()))?;
@@ -344,9 +404,40 @@ fn chown_at(dir: BorrowedFd<'_>, leaf: &OsStr, e: &RawEntry) -> io::Result<()> {
     .map_err(Into::into)
 }
 
+/// The mode of the node just created at `leaf`, without following a symlink that could have
+/// replaced it meanwhile: the node is opened `O_PATH | O_NOFOLLOW` (which opens a device or a
+/// FIFO without I/O) and changed through its `/proc/self/fd` link, which names that inode.
+fn chmod_nofollow(dir: BorrowedFd<'_>, leaf: &OsStr, mode: u32) -> io::Result<()> {
+    let fd = nix::fcntl::openat(
+        dir,
+        leaf,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = nix::sys::stat::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        link.as_str(),
+        Mode::from_bits_truncate(mode),
+        FchmodatFlags::FollowSymlink,
+    )?;
+    Ok(())
+}
+
+/// Extended attributes of an entry, without `trusted.overlay.*`: those steer overlayfs itself
+/// (redirects, opaque directories, metacopy origins) and a diff never carries them (the planner
+/// drops them); set on a layer used as a lower directory they would change what the overlay
+/// shows.
 fn xattrs_of(e: &RawEntry) -> impl Iterator<Item = (&str, &[u8])> {
     e.pax.iter().filter_map(|(k, v)| {
         let n = k.strip_prefix("SCHILY.xattr.")?;
+        if n.starts_with("trusted.overlay.") {
+            return None;
+        }
         Some((n, v.as_slice()))
     })
 }

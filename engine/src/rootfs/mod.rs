@@ -31,9 +31,30 @@
 //!
 //! [`apply`] extracts a diff into a rootfs with every path resolved in the rootfs as its root
 //! (`openat2(RESOLVE_IN_ROOT)`), so the rootfs's own symlinks behave as inside the container
-//! and nothing lands outside it; symlinks, hard links and device nodes are allowed there. OCI
-//! whiteouts (`.wh.<name>`, `.wh..wh..opq`) are honoured when present (containerd's diffs),
-//! then every `deleted.files` path is removed without following symlinks.
+//! and nothing lands outside it; symlinks and hard links are allowed there. OCI whiteouts
+//! (`.wh.<name>`, `.wh..wh..opq`) are honoured when present (containerd's diffs), then every
+//! `deleted.files` path is removed without following symlinks. The bytes written and the
+//! entries are capped ([`ApplyLimits`]): a compressed diff cannot fill the disk.
+//!
+//! # Set-id files and device nodes
+//!
+//! A diff is untrusted input that is written as root, so two kinds of entry are decided here:
+//!
+//! * **Set-uid/set-gid files are kept** (mode bits and owner as in the diff). Inside the
+//!   container's own root they are the container's business: its image may ship `su` or
+//!   `ping`, and a process inside may have installed `sudo`; dropping the bits would break the
+//!   restored workload. They are no way out of the container, because nothing applied here is
+//!   reachable from the host by anyone but root: a restored rootfs is mounted under
+//!   `<run>/containers/<id>` and its layers live under `<lib>/containers/<id>`, both 0700, and
+//!   unpacked image layers are kept in a 0700 cache. And whoever writes the archive already
+//!   controls every process of the restored container (their memory is in it), so a set-uid
+//!   file in the diff grants nothing inside the container it did not already have.
+//! * **Device nodes are refused** (a typed [`RootfsError::DeviceNode`]), except the harmless
+//!   pseudo-devices runc creates in every container anyway ([`DEVICE_ALLOWLIST`]) and 0:0, the
+//!   overlay whiteout. A block or character device node gives raw access to host hardware to
+//!   whoever can open it; a restored container's device cgroup is not the original runtime's,
+//!   so a node planted in its rootfs could open the host's disks. FIFOs are plain files for
+//!   this purpose and are kept.
 
 mod apply;
 mod plan;
@@ -45,7 +66,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use apply::{ApplyReport, apply};
+pub use apply::{ApplyLimits, ApplyReport, DEVICE_ALLOWLIST, apply, apply_with};
 pub use plan::{Base, default_excludes, plan_dir, plan_overlay};
 pub(crate) use tar::write_diff;
 pub use tar::write_tar;
@@ -160,6 +181,19 @@ pub enum RootfsError {
     UnsupportedEntry { name: String, flag: char },
     #[error("applying {name}")]
     Apply { name: String, source: io::Error },
+    #[error(
+        "diff entry {name} is a {kind} device {major}:{minor}; only the harmless pseudo-devices (null, zero, full, random, urandom, tty) may be restored"
+    )]
+    DeviceNode {
+        name: String,
+        kind: &'static str,
+        major: u32,
+        minor: u32,
+    },
+    #[error("the diff writes more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the diff has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
     #[error("deleting {path}")]
     Delete { path: String, source: io::Error },
 }

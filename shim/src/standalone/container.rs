@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cpengine::container::Container;
 use cpengine::container::checkpoint::{ImageInfo, PodInfo};
 
-use crate::checkpoint::{kubelet_options, validate_location};
+use crate::checkpoint::kubelet_options;
 use crate::domain::*;
 use crate::error::{Result, ShimError};
 
@@ -440,7 +440,7 @@ impl<I: ImageBackend> Standalone<I> {
                 "container {id} is not running"
             )));
         }
-        let output = validate_location(&req.location)?;
+        let output = self.checkpointer.location(&req.location)?;
         let lock = match req.deadline {
             Some(d) => tokio::time::timeout_at(d.into(), self.locks.lock(&id))
                 .await

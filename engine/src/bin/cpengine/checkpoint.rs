@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use cpengine::Engine;
 use cpengine::archive::Compression;
+use cpengine::container::Container;
 use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
 use cpengine::container::state::StateRoot;
-use cpengine::container::{Container, journal};
 use cpengine::rootfs::Base;
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +51,6 @@ pub struct Args {
 }
 
 pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
-    journal::recover(state);
     let engine = Engine::new().await?;
     let ctr = Container::find(&a.id, &a.runc_roots, state)?;
     let mut o = ContainerCheckpointOptions::new(a.output);

@@ -15,6 +15,17 @@ pub struct Args {
     command: Cmd,
 }
 
+impl Args {
+    /// `build`, `ls` and `inspect` only read archives and the store and write the store: they
+    /// run with least privilege (see [`cpengine::privilege`]).
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self.command,
+            Cmd::Build { .. } | Cmd::List { .. } | Cmd::Inspect { .. }
+        )
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Cmd {
     /// Import an OCI image layout directory or OCI archive tar into the store.

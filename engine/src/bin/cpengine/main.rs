@@ -52,6 +52,26 @@ enum Command {
     Image(image::Args),
 }
 
+impl Command {
+    /// Commands that only read archives, images and the image store (see
+    /// [`cpengine::privilege`]).
+    fn read_only(&self) -> bool {
+        match self {
+            Self::Inspect(_) => true,
+            Self::Image(a) => a.read_only(),
+            _ => false,
+        }
+    }
+
+    /// Commands that find, change or create containers.
+    fn touches_containers(&self) -> bool {
+        matches!(
+            self,
+            Self::Checkpoint(_) | Self::Restore(_) | Self::Ps(_) | Self::Kill(_) | Self::Delete(_)
+        )
+    }
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -70,6 +90,14 @@ fn main() -> ExitCode {
     cpengine::container::relay::run_if_relay();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // Commands that only read checkpoints give up root's powers before they read anything,
+    // and before the async runtime starts threads (capabilities are per thread).
+    if cli.command.read_only()
+        && let Err(e) = cpengine::privilege::drop_to_read_only()
+    {
+        eprintln!("error: dropping privileges: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,6 +109,11 @@ fn main() -> ExitCode {
         }
     };
     let state = cpengine::container::state::StateRoot::resolve(cli.state_root.as_deref());
+    // Every command that touches containers first repairs checkpoints a killed engine left
+    // behind (a frozen container, criu's network lock, staging, partial archives).
+    if cli.command.touches_containers() {
+        cpengine::container::journal::recover(&state);
+    }
     let result = rt.block_on(async {
         match cli.command {
             Command::Ps(a) => containers::ps(a, &state),

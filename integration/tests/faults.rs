@@ -1,0 +1,682 @@
+//! Fault injection against real CRIU: the CRIU worker SIGKILLed at every hook and at random
+//! moments of leave-running dumps and of restores (process trees and runc containers), and
+//! the engine process itself SIGKILLed mid-checkpoint. After every fault: the workload runs
+//! (not frozen, not stopped, not ptrace-attached, its network not locked, its counters
+//! advancing), nothing is left at the destination or in staging, a failed restore leaves no
+//! task, mount, cgroup or state behind and its input unchanged, and the next operation
+//! succeeds.
+//!
+//! CI runs each hook once and two random delays per scenario; `scripts/fault-long.sh` runs
+//! 100 random delays per scenario and every hook ten times (see `cpengine_integration::faults`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+use cpengine::container::restore::{ContainerRestoreOptions, RootfsBase, restore_archive};
+use cpengine::container::state::StateRoot;
+use cpengine::container::{Container, Status, manage};
+use cpengine::fault::{DUMP_HOOKS, FaultPoint, RESTORE_HOOKS};
+use cpengine::{CheckpointOptions, RestoreOptions};
+use cpengine_integration::faults::*;
+use cpengine_integration::runc::*;
+use cpengine_integration::*;
+
+/// One fault of a scenario: at a hook, or after a delay.
+fn plan(rng: &mut Rng, hooks: &[&str], max_delay: Duration) -> Vec<FaultPoint> {
+    let mut v = Vec::new();
+    for _ in 0..hook_rounds() {
+        v.extend(
+            hooks
+                .iter()
+                .map(|h| FaultPoint::KillCriuAtHook(h.to_string())),
+        );
+    }
+    for _ in 0..trials() {
+        v.push(FaultPoint::KillCriuAfter(rng.delay(max_delay)));
+    }
+    v
+}
+
+fn count(t: &mut Tally, f: &FaultPoint, finished: bool) {
+    match f {
+        FaultPoint::KillCriuAtHook(_) => t.at_hooks += 1,
+        FaultPoint::KillCriuAfter(_) => {
+            t.random += 1;
+            if finished {
+                t.finished_first += 1;
+            }
+        }
+    }
+}
+
+// ---- process trees ---------------------------------------------------------------------------
+
+fn assert_tree_unharmed(w: &Workload, tree: &[i32], what: &str) {
+    assert_running_untraced(tree, what);
+    assert_eq!(w.tree(), tree, "{what}: the tree changed");
+    let c = w.counter();
+    assert!(w.advances_past("counter", c), "{what}: counter stuck");
+    let c = w.file_counter("child-0");
+    assert!(w.advances_past("child-0", c), "{what}: child stuck");
+}
+
+fn images_in(dir: &Path) -> Vec<String> {
+    names_in(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".img"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn criu_killed_during_a_process_dump_leaves_the_tree_running() {
+    let engine = engine().await;
+    let start = || Workload::start(&["--children", "1", "--mem", "64"]);
+    let mut w = start();
+    let mut tree = w.tree();
+    let mut rng = Rng::from_env("process dump");
+    let base = scratch("cpe-fdump-");
+    let dump = |pid: i32, dir: &Path, fault: Option<FaultPoint>| {
+        let mut o = CheckpointOptions::new(pid, dir);
+        o.leave_running = true;
+        o.fault = fault;
+        let engine = engine.clone();
+        async move { engine.dump(&o).await }
+    };
+    let t = Instant::now();
+    dump(w.pid, &base.path().join("baseline"), None)
+        .await
+        .expect("baseline dump");
+    let typical = t.elapsed();
+    let mut tally = Tally::default();
+    for (i, fault) in plan(&mut rng, DUMP_HOOKS, typical * 6 / 5)
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("trial {i} ({fault})");
+        let dir = base.path().join(format!("t{i}"));
+        let r = dump(w.pid, &dir, Some(fault.clone())).await;
+        let finished = r.is_ok();
+        if fault == FaultPoint::KillCriuAtHook("network-lock".into()) {
+            // A tree in the host's network namespace never reaches this hook.
+            assert!(finished, "{what}: {r:?}");
+        } else if let FaultPoint::KillCriuAtHook(_) = fault {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.criu().is_some(), "{what}: {e:?}");
+        }
+        count(&mut tally, &fault, finished);
+        if matches!(fault, FaultPoint::KillCriuAfter(_))
+            && tree.iter().any(|&p| {
+                !cpengine::proc::exists(p)
+                    || cpengine::proc::task_state(p).is_some_and(|s| s.state == 'Z')
+            })
+        {
+            assert!(
+                died_of_parasite_trap(&tree),
+                "{what}: the workload died, and not of criu's breakpoint"
+            );
+            eprintln!("{what}: criu was killed with its parasite inside the workload");
+            tally.parasite_casualties += 1;
+            drop(w);
+            w = start();
+            tree = w.tree();
+            continue;
+        }
+        assert_tree_unharmed(&w, &tree, &what);
+        if !finished {
+            assert!(
+                images_in(&dir).is_empty(),
+                "{what}: images left: {:?}",
+                images_in(&dir)
+            );
+            // The log is kept for diagnosis (once CRIU got as far as opening it).
+            assert!(
+                dir.join("dump.log").exists() || matches!(fault, FaultPoint::KillCriuAfter(_)),
+                "{what}: the log is kept for diagnosis"
+            );
+        }
+        // The next checkpoint succeeds.
+        let next = base.path().join(format!("n{i}"));
+        dump(w.pid, &next, None)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: next dump: {e:?}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&next);
+    }
+    assert_eq!(w.verify_memory(), "ok 64");
+    tally.report("process dump");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn criu_killed_during_a_process_restore_leaves_nothing_and_the_next_restore_works() {
+    let engine = engine().await;
+    let mut w = Workload::start(&["--children", "1", "--mem", "16"]);
+    let tree = w.tree();
+    let images = scratch("cpe-frst-");
+    let mut o = CheckpointOptions::new(w.pid, images.path());
+    o.leave_running = true;
+    engine.dump(&o).await.expect("dump");
+    w.kill();
+    let sum = fingerprint(images.path());
+    let work = scratch("cpe-frst-work-");
+    let restore = |fault: Option<FaultPoint>| {
+        let mut r = RestoreOptions::new(images.path());
+        r.work_dir = Some(work.path().to_path_buf());
+        r.fault = fault;
+        let engine = engine.clone();
+        async move { engine.restore(r).await }
+    };
+    let t = Instant::now();
+    let r = restore(None).await.expect("baseline restore");
+    let typical = t.elapsed();
+    w.adopt(r.pid);
+    assert_eq!(w.tree(), tree);
+    w.kill();
+
+    let mut rng = Rng::from_env("process restore");
+    let mut tally = Tally::default();
+    for (i, fault) in plan(&mut rng, RESTORE_HOOKS, typical * 6 / 5)
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("trial {i} ({fault})");
+        let r = restore(Some(fault.clone())).await;
+        let finished = r.is_ok();
+        count(&mut tally, &fault, finished);
+        match r {
+            Ok(rep) => {
+                // "setup-namespaces" is not reached without namespaces; a late random kill
+                // lets the restore finish.
+                assert!(
+                    !matches!(&fault, FaultPoint::KillCriuAtHook(h) if h != "setup-namespaces"),
+                    "{what}: restore succeeded despite the fault"
+                );
+                w.adopt(rep.pid);
+            }
+            Err(e) => {
+                assert!(e.criu().is_some(), "{what}: {e:?}");
+                // Nothing of the failed restore survives.
+                let gone = wait_until(Duration::from_secs(5), || {
+                    reap_zombies();
+                    tree.iter().all(|&p| !cpengine::proc::exists(p))
+                });
+                let left: Vec<_> = tree
+                    .iter()
+                    .filter(|&&p| cpengine::proc::exists(p))
+                    .map(|&p| (p, cpengine::proc::task_state(p)))
+                    .collect();
+                assert!(gone, "{what}: tasks of the failed restore left: {left:?}");
+                if matches!(
+                    &fault,
+                    FaultPoint::KillCriuAtHook(h) if h == "post-restore" || h == "pre-resume"
+                ) {
+                    tally.repairs += 1;
+                }
+                assert_eq!(fingerprint(images.path()), sum, "{what}: images modified");
+                let rep = restore(None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
+                w.adopt(rep.pid);
+            }
+        }
+        assert_eq!(w.tree(), tree, "{what}");
+        assert_tree_unharmed(&w, &tree, &what);
+        w.kill();
+    }
+    assert_eq!(fingerprint(images.path()), sum, "images modified");
+    tally.report("process restore");
+}
+
+// ---- runc containers -------------------------------------------------------------------------
+
+fn state() -> StateRoot {
+    StateRoot::at(scratch("cpe-fstate-").keep())
+}
+
+/// The tasks of a container (its freezer cgroup's).
+fn tasks_of(ctr: &Container) -> Vec<i32> {
+    let f = ctr.freezer().expect("container has a freezer cgroup");
+    cpengine::cgroups::procs(&f)
+}
+
+/// The container is running as before a failed checkpoint.
+fn assert_container_unharmed(ctr: &Container, bundle: &Bundle, what: &str) {
+    assert_eq!(
+        ctr.status(),
+        Status::Running,
+        "{what}: freezer {:?}",
+        freezer_states(&ctr.cgroup_paths)
+    );
+    assert_running_untraced(&tasks_of(ctr), what);
+    let ns = PathBuf::from(format!("/proc/{}/ns/net", ctr.init_pid));
+    assert!(
+        !cpengine::netlock::is_locked(&ns).unwrap(),
+        "{what}: criu's network lock left in the container's namespace"
+    );
+    let c = counter_in(&bundle.rootfs);
+    assert!(
+        wait_until(Duration::from_secs(5), || counter_in(&bundle.rootfs)
+            > c + 1),
+        "{what}: container counter stuck"
+    );
+}
+
+/// A running counter container and what the engine knows of it.
+async fn counter_container(state: &StateRoot) -> (Bundle, RuncContainer, Container) {
+    let bundle = Bundle::busybox(COUNTER_SCRIPT);
+    let id = unique_id("cpe-fc");
+    let c = RuncContainer::run(&bundle, &id);
+    assert!(wait_until(Duration::from_secs(10), || counter_in(
+        &bundle.rootfs
+    ) >= 3));
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), state).unwrap();
+    assert!(
+        cpengine::netlock::foreign_netns_of(ctr.init_pid).is_some(),
+        "the container must have its own network namespace (criu locks it)"
+    );
+    (bundle, c, ctr)
+}
+
+/// The container died of criu's planted breakpoint (checked; any other death fails).
+fn parasite_casualty(ctr: &Container, what: &str) -> bool {
+    if ctr.status() != Status::Stopped {
+        return false;
+    }
+    assert!(
+        died_of_parasite_trap(&[ctr.init_pid]),
+        "{what}: the container died, and not of criu's breakpoint"
+    );
+    eprintln!("{what}: criu was killed with its parasite inside the container");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn criu_killed_during_a_container_checkpoint_leaves_it_running_and_nothing_behind() {
+    let engine = engine().await;
+    let state = state();
+    let (mut bundle, mut c, mut ctr) = counter_container(&state).await;
+    let out = scratch("cpe-fcout-");
+    let output = out.path().join("c.tar");
+    let ckpt = |ctr: &Container, fault: Option<FaultPoint>| {
+        let mut o = ContainerCheckpointOptions::new(&output);
+        o.state = Some(state.clone());
+        o.knobs.fault = fault;
+        let (engine, ctr) = (engine.clone(), ctr.clone());
+        async move { checkpoint(&engine, &ctr, &o).await }
+    };
+    let t = Instant::now();
+    ckpt(&ctr, None).await.expect("baseline checkpoint");
+    let typical = t.elapsed();
+    std::fs::remove_file(&output).unwrap();
+
+    let mut rng = Rng::from_env("container checkpoint");
+    let mut tally = Tally::default();
+    for (i, fault) in plan(&mut rng, DUMP_HOOKS, typical * 6 / 5)
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("trial {i} ({fault})");
+        let r = ckpt(&ctr, Some(fault.clone())).await;
+        let finished = r.is_ok();
+        count(&mut tally, &fault, finished);
+        if let FaultPoint::KillCriuAtHook(h) = &fault {
+            assert!(!finished, "{what}: checkpoint succeeded despite the fault");
+            if h == "query-ext-files" || h == "post-dump" {
+                // The network was locked and the cgroup frozen when criu died.
+                tally.repairs += 1;
+            }
+        }
+        if matches!(fault, FaultPoint::KillCriuAfter(_)) && parasite_casualty(&ctr, &what) {
+            tally.parasite_casualties += 1;
+            let _ = std::fs::remove_file(&output);
+            drop(c);
+            drop(bundle);
+            (bundle, c, ctr) = counter_container(&state).await;
+            continue;
+        }
+        assert_container_unharmed(&ctr, &bundle, &what);
+        if finished {
+            cpengine::archive::read_info(&output).expect("a finished archive is valid");
+            std::fs::remove_file(&output).unwrap();
+        }
+        assert!(
+            names_in(out.path()).is_empty(),
+            "{what}: left at the destination: {:?}",
+            names_in(out.path())
+        );
+        assert!(
+            names_in(&state.run.join("journal")).is_empty(),
+            "{what}: journal entry left"
+        );
+        // The next checkpoint succeeds and is valid.
+        ckpt(&ctr, None)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: next checkpoint: {e:?}"));
+        let info = cpengine::archive::read_info(&output).unwrap();
+        assert_eq!(info.config.id, ctr.id);
+        std::fs::remove_file(&output).unwrap();
+    }
+    tally.report("container checkpoint");
+}
+
+fn restore_opts(id: &str, state: &StateRoot, base: &Path) -> ContainerRestoreOptions {
+    let mut o = ContainerRestoreOptions::new(id, state.clone());
+    o.base = Some(RootfsBase::Dir(base.to_path_buf()));
+    o.relay_exe = Some(cpengine_bin());
+    o
+}
+
+/// Nothing of a failed container restore is left.
+fn assert_restore_left_nothing(state: &StateRoot, id: &str, what: &str) {
+    assert!(
+        !state.container_record(id).exists(),
+        "{what}: a record was left"
+    );
+    assert!(
+        !state.container_run_dir(id).exists(),
+        "{what}: run dir left"
+    );
+    assert!(
+        !state.container_lib_dir(id).exists(),
+        "{what}: lib dir left"
+    );
+    assert!(
+        names_in(&state.lib.join("restores")).is_empty(),
+        "{what}: extracted checkpoint left: {:?}",
+        names_in(&state.lib.join("restores"))
+    );
+    let root = state.run.parent().unwrap();
+    assert!(
+        mounts_under(root).is_empty(),
+        "{what}: mounts left: {:?}",
+        mounts_under(root)
+    );
+    for cg in restore_cgroups(id) {
+        assert!(!cg.exists(), "{what}: cgroup {} left", cg.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_works() {
+    let engine = engine().await;
+    let bundle = Bundle::busybox(COUNTER_SCRIPT);
+    let id = unique_id("cpe-fr");
+    let mut c = RuncContainer::run(&bundle, &id);
+    assert!(wait_until(Duration::from_secs(10), || counter_in(
+        &bundle.rootfs
+    ) >= 3));
+    let state = state();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
+    let out = scratch("cpe-frout-");
+    let archive = out.path().join("c.tar");
+    let mut o = ContainerCheckpointOptions::new(&archive);
+    o.state = Some(state.clone());
+    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
+    c.destroy();
+    let sum = fingerprint(&archive);
+    let new_id = unique_id("cpe-frn");
+    let restore = |fault: Option<FaultPoint>| {
+        let mut o = restore_opts(&new_id, &state, &bundle.base);
+        o.fault = fault;
+        let engine = engine.clone();
+        let source = archive.display().to_string();
+        async move { restore_archive(&engine, &source, &o, false).await }
+    };
+    let t = Instant::now();
+    let r = restore(None).await.expect("baseline restore");
+    let typical = t.elapsed();
+    manage::delete(&state, &r.id, true).await.unwrap();
+
+    let mut rng = Rng::from_env("container restore");
+    let mut tally = Tally::default();
+    for (i, fault) in plan(&mut rng, RESTORE_HOOKS, typical * 6 / 5)
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("trial {i} ({fault})");
+        let r = restore(Some(fault.clone())).await;
+        let finished = r.is_ok();
+        count(&mut tally, &fault, finished);
+        if let FaultPoint::KillCriuAtHook(_) = &fault {
+            assert!(!finished, "{what}: restore succeeded despite the fault");
+        }
+        if let Err(e) = &r {
+            eprintln!("{what}: {e}");
+            assert_restore_left_nothing(&state, &new_id, &what);
+            if matches!(&fault, FaultPoint::KillCriuAtHook(h) if h != "pre-restore") {
+                // Tasks existed in the container's cgroups when criu died.
+                tally.repairs += 1;
+            }
+        } else {
+            manage::delete(&state, &new_id, true).await.unwrap();
+        }
+        assert_eq!(fingerprint(&archive), sum, "{what}: archive modified");
+        // The next restore, under the same id, succeeds and runs.
+        let rep = restore(None)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
+        let first = counter_in(&rep.rootfs);
+        assert!(
+            wait_until(Duration::from_secs(5), || counter_in(&rep.rootfs)
+                > first + 1),
+            "{what}: restored container does not run"
+        );
+        manage::delete(&state, &new_id, true).await.unwrap();
+        reap_zombies();
+    }
+    kill_relays_under(state.run.parent().unwrap());
+    tally.report("container restore");
+}
+
+// ---- the engine process killed mid-checkpoint ------------------------------------------------
+
+/// A container with 48 MiB of new files, so that the archive phase lasts long enough to be hit.
+fn big_bundle() -> Bundle {
+    Bundle::busybox(&format!(
+        "dd if=/dev/urandom of=/root/big bs=1M count=48 2>/dev/null; {COUNTER_SCRIPT}"
+    ))
+}
+
+fn cli_checkpoint(state: &StateRoot, c: &RuncContainer, output: &Path) -> Child {
+    Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(state.run.parent().unwrap())
+        .args(["checkpoint", &c.id, "--runc-root"])
+        .arg(&c.root)
+        .arg("-o")
+        .arg(output)
+        .args(["--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(output.with_extension("stderr"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .expect("spawn cpengine checkpoint")
+}
+
+fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// When the engine is killed.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// As soon as the container's freezer reads FROZEN.
+    Frozen,
+    /// As soon as the partial archive appears beside the destination.
+    Writing,
+    /// After a random delay.
+    After(Duration),
+}
+
+/// Who is killed: the engine alone (its criu notices the closed socket), or the engine and its
+/// criu workers together.
+#[derive(Debug, Clone, Copy)]
+enum Victims {
+    Engine,
+    EngineAndCriu,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_killed_mid_checkpoint_is_repaired_by_the_next_command() {
+    init();
+    let state = state();
+    let start = |state: &StateRoot| {
+        let bundle = big_bundle();
+        let id = unique_id("cpe-fe");
+        let c = RuncContainer::run(&bundle, &id);
+        assert!(wait_until(Duration::from_secs(20), || counter_in(
+            &bundle.rootfs
+        ) >= 3));
+        let ctr = Container::find(&id, std::slice::from_ref(&c.root), state).unwrap();
+        let freezer = ctr.freezer().unwrap();
+        (bundle, c, ctr, freezer)
+    };
+    let (mut bundle, mut c, mut ctr, mut freezer) = start(&state);
+    let out = scratch("cpe-feout-");
+    let output = out.path().join("c.tar");
+
+    let t = Instant::now();
+    let st = cli_checkpoint(&state, &c, &output).wait().unwrap();
+    assert!(st.success(), "baseline cli checkpoint failed");
+    let typical = t.elapsed();
+    std::fs::remove_file(&output).unwrap();
+
+    let mut rng = Rng::from_env("engine killed");
+    let mut moments: Vec<(Moment, Victims)> = Vec::new();
+    for _ in 0..hook_rounds() {
+        for v in [Victims::Engine, Victims::EngineAndCriu] {
+            moments.push((Moment::Frozen, v));
+            moments.push((Moment::Writing, v));
+        }
+    }
+    for i in 0..trials() {
+        let v = if i % 2 == 0 {
+            Victims::EngineAndCriu
+        } else {
+            Victims::Engine
+        };
+        moments.push((Moment::After(rng.delay(typical * 6 / 5)), v));
+    }
+    let mut tally = Tally::default();
+    for (i, (moment, victims)) in moments.into_iter().enumerate() {
+        let what = format!("trial {i} ({moment:?}, {victims:?})");
+        let mut cli = cli_checkpoint(&state, &c, &output);
+        let pid = cli.id() as i32;
+        let exited = |cli: &mut Child| cli.try_wait().ok().flatten().is_some();
+        let hit = match moment {
+            Moment::Frozen => wait_until(Duration::from_secs(20), || {
+                cpengine::cgroups::is_frozen(&freezer) || exited(&mut cli)
+            }),
+            Moment::Writing => wait_until(Duration::from_secs(20), || {
+                names_in(out.path())
+                    .iter()
+                    .any(|n| n.starts_with(".c.tar.cpengine-tmp-"))
+                    || exited(&mut cli)
+            }),
+            Moment::After(d) => {
+                std::thread::sleep(d);
+                true
+            }
+        };
+        assert!(
+            hit,
+            "{what}: neither the moment came nor did cpengine end; {}",
+            std::fs::read_to_string(output.with_extension("stderr")).unwrap_or_default()
+        );
+        // Under load the checkpoint can be over before the moment was seen: then it simply
+        // finished first.
+        let workers = children_named(pid, "criu");
+        sigkill(pid);
+        if let Victims::EngineAndCriu = victims {
+            for w in &workers {
+                sigkill(*w);
+            }
+        }
+        let status = cli.wait().unwrap();
+        let finished = status.success();
+        if let Moment::After(_) = moment {
+            tally.random += 1;
+        } else {
+            tally.at_hooks += 1;
+        }
+        if finished {
+            tally.finished_first += 1;
+        }
+        // Orphaned workers (now our children: the suite is a subreaper) run on or die.
+        if let Victims::EngineAndCriu = victims {
+            assert!(
+                wait_until(Duration::from_secs(10), || {
+                    reap_zombies();
+                    workers.iter().all(|&w| !cpengine::proc::exists(w))
+                }),
+                "{what}: killed criu workers still exist"
+            );
+        }
+        let journal_before = names_in(&state.run.join("journal"));
+        let damage = !journal_before.is_empty()
+            && (cpengine::cgroups::is_frozen(&freezer)
+                || names_in(out.path()).iter().any(|n| n.starts_with('.')));
+        if damage {
+            tally.repairs += 1;
+        }
+
+        // The next container command repairs whatever was left.
+        let (st, _, err) = run(Command::new(cpengine_bin())
+            .arg("--state-root")
+            .arg(state.run.parent().unwrap())
+            .arg("ps"));
+        assert!(st.success(), "{what}: cpengine ps: {err}");
+        // A criu orphaned by the killed engine (Victims::Engine) stops on its own when it
+        // finds its client gone; recovery stopped it if it was still holding the tasks.
+        reap_zombies();
+        assert!(
+            names_in(&state.run.join("journal")).is_empty(),
+            "{what}: journal entry left after recovery"
+        );
+        // Thawed by the recovery, a task criu was killed inside of dies of its breakpoint now.
+        std::thread::sleep(Duration::from_millis(50));
+        if parasite_casualty(&ctr, &what) {
+            // criu was SIGKILLed (by us) with its parasite inside the container.
+            tally.parasite_casualties += 1;
+            let _ = std::fs::remove_file(&output);
+            drop(c);
+            drop(bundle);
+            (bundle, c, ctr, freezer) = start(&state);
+            continue;
+        }
+        assert_container_unharmed(&ctr, &bundle, &what);
+        let left: Vec<String> = names_in(out.path())
+            .into_iter()
+            .filter(|n| n != "c.tar" && n != "c.stderr")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{what}: staging or partial archive left: {left:?}"
+        );
+        // Whatever is at the destination is a complete archive (the engine may have been
+        // killed after its rename, before it exited).
+        if finished || output.exists() {
+            cpengine::archive::read_info(&output)
+                .expect("an archive at the destination is complete");
+        }
+        let _ = std::fs::remove_file(&output);
+        // The next checkpoint succeeds.
+        let st = cli_checkpoint(&state, &c, &output).wait().unwrap();
+        assert!(st.success(), "{what}: next checkpoint failed");
+        cpengine::archive::read_info(&output).expect("next archive is valid");
+        std::fs::remove_file(&output).unwrap();
+    }
+    assert!(
+        tally.repairs >= 2,
+        "the deterministic moments must have left something to repair: {tally:?}"
+    );
+    tally.report("engine killed mid-checkpoint");
+}
