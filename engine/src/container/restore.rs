@@ -677,6 +677,7 @@ pub async fn open_source(
         let store = crate::oci::ImageStore::open(&state.lib).await?;
         let record = match store.resolve(source).await {
             Ok(r) => r,
+            #[cfg(feature = "registry")]
             Err(_) => {
                 let ro = crate::oci::RegistryOptions {
                     insecure,
@@ -684,6 +685,11 @@ pub async fn open_source(
                 };
                 crate::oci::pull(source, &store, &ro).await?;
                 store.resolve(source).await?
+            }
+            #[cfg(not(feature = "registry"))]
+            Err(e) => {
+                let _ = insecure;
+                return Err(e.into());
             }
         };
         if crate::oci::is_checkpoint_image(&record).is_none() {

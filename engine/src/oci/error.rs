@@ -103,6 +103,7 @@ pub enum OciError {
     HttpClient {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[cfg(feature = "registry")]
     #[error("{method} {url}")]
     Http {
         method: &'static str,

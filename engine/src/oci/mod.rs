@@ -25,6 +25,7 @@ mod error;
 pub mod layout;
 pub(crate) mod pgzip;
 pub mod reference;
+#[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;
 pub mod unpack;
@@ -35,6 +36,7 @@ pub use checkpoint::{
 pub use error::{OciError, OciResult};
 pub use layout::{Format, export};
 pub use reference::{Reference, ReferenceError};
+#[cfg(feature = "registry")]
 pub use registry::{PullOutcome, PushOutcome, RegistryOptions, pull, push};
 pub use store::{
     Compression, FsUsage, ImageRecord, ImageStore, LayerInfo, RemoveOutcome, RunConfig,
