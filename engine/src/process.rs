@@ -18,6 +18,7 @@ use crate::options::{CheckpointOptions, RestoreOptions};
 use crate::proc::{self, TaskState};
 use crate::report::{self, DumpReport, DumpStats, Phase, RestoreReport, RestoreStats};
 use crate::sys;
+use criu_proto::rpc::CriuReqType;
 
 /// Dumps the process tree described by `opts`.
 pub async fn dump(
@@ -25,6 +26,53 @@ pub async fn dump(
     version: Option<&CriuVersion>,
     opts: &CheckpointOptions,
     handler: &mut dyn NotifyHandler,
+) -> Result<DumpReport> {
+    if opts.track_mem || opts.parent_images.is_some() {
+        require_mem_track(criu, "an incremental dump (track_mem, parent images)").await?;
+    }
+    dump_as(criu, version, opts, handler, CriuReqType::Dump).await
+}
+
+/// Pre-dumps the tree (its memory only, tree left running, memory changes tracked from now
+/// on) into `opts.images_dir`; a later [`dump`] with `parent_images` pointing there writes
+/// only the pages changed since. Needs soft-dirty memory tracking (FEATURE_CHECK
+/// `mem_track`); without it this fails with [`Error::Unsupported`] before touching the tree.
+pub async fn pre_dump(
+    criu: &Criu,
+    version: Option<&CriuVersion>,
+    opts: &CheckpointOptions,
+    handler: &mut dyn NotifyHandler,
+) -> Result<DumpReport> {
+    require_mem_track(criu, "a pre-dump").await?;
+    let mut o = opts.clone();
+    o.track_mem = true;
+    o.leave_running = true;
+    dump_as(criu, version, &o, handler, CriuReqType::SinglePreDump).await
+}
+
+async fn require_mem_track(criu: &Criu, what: &'static str) -> Result<()> {
+    let f = criu
+        .features(crate::criu::Features {
+            mem_track: true,
+            ..Default::default()
+        })
+        .await?;
+    if !f.mem_track {
+        return Err(Error::Unsupported {
+            what,
+            feature: "mem_track",
+            hint: "the kernel lacks soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY)",
+        });
+    }
+    Ok(())
+}
+
+async fn dump_as(
+    criu: &Criu,
+    version: Option<&CriuVersion>,
+    opts: &CheckpointOptions,
+    handler: &mut dyn NotifyHandler,
+    kind: CriuReqType,
 ) -> Result<DumpReport> {
     let started = Instant::now();
     let pid = opts.pid;
@@ -39,11 +87,12 @@ pub async fn dump(
     let before = snapshot(pid);
     let existing = dir_names(&opts.images_dir);
 
-    let req = convert::dump_request(
+    let mut req = convert::dump_request(
         opts,
         images.as_raw_fd(),
         work.as_ref().map(AsRawFd::as_raw_fd),
     );
+    req.r#type = kind as i32;
     let mut session = criu.session(SpawnSpec::default())?;
     session.set_log(work_path.join(DUMP_LOG));
     let prepared = started.elapsed();
@@ -57,13 +106,15 @@ pub async fn dump(
             return Err(Error::Dump { pid, source });
         }
     };
+    // Resume first, then wait for CRIU to exit: a freezer cgroup CRIU found frozen is frozen
+    // again when CRIU lets go of the tasks, and every moment until the thaw is downtime.
+    let resumed_at = opts.leave_running.then(|| {
+        resume_tree(&before, opts.freeze_cgroup.as_deref());
+        Instant::now()
+    });
     session.finish().await;
     drop(images);
     drop(work);
-
-    if opts.leave_running {
-        resume_tree(&before, opts.freeze_cgroup.as_deref());
-    }
     let stats_path = work_path.join("stats-dump");
     let criu_stats = match report::read_stats(&stats_path) {
         Ok(s) => s.dump.map(DumpStats::from),
@@ -92,6 +143,7 @@ pub async fn dump(
         images_bytes,
         images_files,
         page_size: sys::page_size(),
+        resumed_at,
     })
 }
 
@@ -139,19 +191,70 @@ pub async fn restore(
         stdio,
         timeout,
         join_cgroups,
+        log_level,
         ..
     } = opts;
     inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
-    let mut session = criu.session(SpawnSpec {
+    // Lazy: the daemon that serves the pages must listen before CRIU restores.
+    let lazy = if req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true) {
+        let t = Instant::now();
+        let (bin, images, work) = (
+            criu.binary().to_path_buf(),
+            images_dir.clone(),
+            work_path.clone(),
+        );
+        let started = crate::blocking(move || {
+            Ok(crate::criu::lazy::LazyPages::start(
+                &bin, &images, &work, log_level,
+            )?)
+        })
+        .await;
+        let d = match started {
+            Ok(d) => d,
+            Err(e) => {
+                // Say so plainly when the kernel cannot do it at all.
+                let f = criu
+                    .features(crate::criu::Features {
+                        lazy_pages: true,
+                        ..Default::default()
+                    })
+                    .await;
+                if f.is_ok_and(|f| !f.lazy_pages) {
+                    return Err(Error::Unsupported {
+                        what: "a lazy restore",
+                        feature: "lazy_pages",
+                        hint: "the kernel lacks userfaultfd with non-cooperative events",
+                    });
+                }
+                return Err(e);
+            }
+        };
+        phases.push(Phase::new("start lazy-pages daemon", t.elapsed()));
+        Some(d)
+    } else {
+        None
+    };
+    let mut session = match criu.session(SpawnSpec {
         inherit: inherit_fds,
         stdio,
-    })?;
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(d) = &lazy {
+                d.kill();
+            }
+            return Err(e.into());
+        }
+    };
     session.set_log(work_path.join(RESTORE_LOG));
     let mut req = req;
     if !join_cgroups.is_empty()
         && let Err(e) = add_worker_cgroups(&session, &join_cgroups, &mut req)
     {
         session.kill().await;
+        if let Some(d) = &lazy {
+            d.kill();
+        }
         return Err(e);
     }
     phases.push(Phase::new("prepare", prepare_start.elapsed()));
@@ -159,6 +262,9 @@ pub async fn restore(
         Ok(ex) => ex,
         Err(source) => {
             session.kill().await;
+            if let Some(d) = &lazy {
+                d.kill();
+            }
             return Err(Error::Restore { images_dir, source });
         }
     };
@@ -186,6 +292,7 @@ pub async fn restore(
         total: started.elapsed(),
         hooks: exchange.hooks,
         criu: criu_stats,
+        lazy_pages_pid: lazy.as_ref().map(crate::criu::lazy::LazyPages::pid),
     })
 }
 

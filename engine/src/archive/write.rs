@@ -108,20 +108,24 @@ pub struct WriteReport {
     pub compression: Compression,
 }
 
-enum Body<'a> {
+pub(super) enum Body<'a> {
     Dir,
     File { path: PathBuf, size: u64 },
     Bytes(Vec<u8>),
     Diff(&'a RootfsDiff, u64),
 }
 
-struct Planned<'a> {
+pub(super) struct Planned<'a> {
     name: String,
     mtime: i64,
     body: Body<'a>,
 }
 
 impl Planned<'_> {
+    pub(super) fn name_str(&self) -> &str {
+        &self.name
+    }
+
     fn meta_name(&self) -> Vec<u8> {
         let mut n = self.name.clone().into_bytes();
         if matches!(self.body, Body::Dir) {
@@ -130,7 +134,7 @@ impl Planned<'_> {
         n
     }
 
-    fn size(&self) -> u64 {
+    pub(super) fn size(&self) -> u64 {
         match &self.body {
             Body::Dir => 0,
             Body::File { size, .. } => *size,
@@ -139,7 +143,7 @@ impl Planned<'_> {
         }
     }
 
-    fn header(&self) -> Vec<u8> {
+    pub(super) fn header(&self) -> Vec<u8> {
         let name = self.meta_name();
         let (flag, mode) = match self.body {
             Body::Dir => (TypeFlag::Dir, 0o700),
@@ -154,7 +158,7 @@ fn mtime_of(m: &std::fs::Metadata) -> i64 {
     m.mtime()
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -262,6 +266,15 @@ fn check_extra(name: &str, seen: &mut Vec<String>) -> Result<(), ArchiveError> {
 }
 
 fn plan<'a>(input: &'a ArchiveInput) -> Result<Vec<Planned<'a>>, ArchiveError> {
+    plan_with(input, &[])
+}
+
+/// Plans every member, leaving out `written` (names already in the archive: the `checkpoint`
+/// directory entry and the images an [`super::ArchiveBuilder`] streamed).
+pub(super) fn plan_with<'a>(
+    input: &'a ArchiveInput,
+    written: &[String],
+) -> Result<Vec<Planned<'a>>, ArchiveError> {
     let now = now_secs();
     let md =
         std::fs::metadata(&input.images_dir).map_err(|source| ArchiveError::ReadImagesDir {
@@ -274,6 +287,7 @@ fn plan<'a>(input: &'a ArchiveInput) -> Result<Vec<Planned<'a>>, ArchiveError> {
         body: Body::Dir,
     }];
     plan_images(&input.images_dir, names::CHECKPOINT_DIR, &mut out)?;
+    out.retain(|m| !written.contains(&m.name));
     let json = |member: &'static str, v: &dyn erased::Json| {
         v.to_pretty()
             .map_err(|source| ArchiveError::EncodeJson { member, source })
@@ -339,7 +353,7 @@ enum Enc {
 }
 
 /// The archive stream: encoder, byte count and progress.
-struct Out<'p> {
+pub(super) struct Out<'p> {
     enc: Enc,
     done: u64,
     total: u64,
@@ -351,7 +365,31 @@ struct Out<'p> {
     cfr: bool,
 }
 
-impl Out<'_> {
+impl<'p> Out<'p> {
+    /// An uncompressed stream appending to `file` at its current offset; `done` starts at
+    /// `start` (the bytes already in the archive), `total` is the expected end.
+    pub(super) fn plain(
+        file: File,
+        start: u64,
+        total: u64,
+        progress: Option<&'p dyn Progress>,
+    ) -> Self {
+        Self {
+            enc: Enc::Plain(BufWriter::with_capacity(OUT_BUF, file)),
+            done: start,
+            total,
+            next_report: start,
+            progress,
+            buf: vec![0; COPY_BUF],
+            cfr: true,
+        }
+    }
+
+    /// Bytes of tar written so far.
+    pub(super) fn done(&self) -> u64 {
+        self.done
+    }
+
     fn writer(&mut self) -> &mut dyn Write {
         match &mut self.enc {
             Enc::Plain(w) => w,
@@ -370,7 +408,7 @@ impl Out<'_> {
         }
     }
 
-    fn finish(self) -> io::Result<File> {
+    pub(super) fn finish(self) -> io::Result<File> {
         let bw = match self.enc {
             Enc::Plain(w) => w,
             Enc::Gzip(w) => w.finish()?,
@@ -440,6 +478,66 @@ impl TarSink for Out<'_> {
         self.buf = buf;
         r
     }
+}
+
+/// What writing the members produced besides the bytes.
+#[derive(Debug, Default)]
+pub(super) struct MemberStats {
+    pub images_bytes: u64,
+    pub rootfs_diff_bytes: u64,
+    pub changed: Vec<PathBuf>,
+}
+
+/// Writes each planned member (header, body, padding) into `out`.
+pub(super) fn write_members(
+    out: &mut Out<'_>,
+    members: &[Planned<'_>],
+    werr: &dyn Fn(io::Error) -> ArchiveError,
+) -> Result<MemberStats, ArchiveError> {
+    let mut images_bytes = 0;
+    let mut rootfs_diff_bytes = 0;
+    let mut changed = Vec::new();
+    for m in members {
+        out.put(&m.header()).map_err(werr)?;
+        match &m.body {
+            Body::Dir => {}
+            Body::File { path, size } => {
+                let f = File::open(path).map_err(|source| ArchiveError::ReadSource {
+                    path: path.clone(),
+                    source,
+                })?;
+                let got = out.put_file(&f, 0, *size).map_err(werr)?;
+                if got != *size || f.metadata().map(|md| md.len()).ok() != Some(*size) {
+                    tracing::warn!(path = %path.display(), planned = size, "file changed while the archive was written");
+                    changed.push(path.clone());
+                }
+                if m.name.starts_with("checkpoint/") {
+                    images_bytes += size;
+                }
+            }
+            Body::Bytes(b) => out.put(b).map_err(werr)?,
+            Body::Diff(diff, planned) => {
+                let before = out.done;
+                let st = crate::rootfs::write_diff(diff, &mut *out).map_err(werr)?;
+                let written = out.done - before;
+                if written != *planned || st.bytes != *planned {
+                    return Err(ArchiveError::SizeMismatch {
+                        member: names::ROOTFS_DIFF,
+                        planned: *planned,
+                        written,
+                    });
+                }
+                rootfs_diff_bytes = *planned;
+                changed.extend(st.changed);
+            }
+        }
+        out.put_zeros(pad_len(m.size()) as u64).map_err(werr)?;
+    }
+    Ok(MemberStats {
+        images_bytes,
+        rootfs_diff_bytes,
+        changed,
+    })
 }
 
 fn io_err(dest: &Path) -> impl Fn(io::Error) -> ArchiveError + '_ {
@@ -532,45 +630,11 @@ pub fn write_archive(
         cfr: true,
     };
 
-    let mut images_bytes = 0;
-    let mut rootfs_diff_bytes = 0;
-    let mut changed = Vec::new();
-    for m in &members {
-        out.put(&m.header()).map_err(&werr)?;
-        match &m.body {
-            Body::Dir => {}
-            Body::File { path, size } => {
-                let f = File::open(path).map_err(|source| ArchiveError::ReadSource {
-                    path: path.clone(),
-                    source,
-                })?;
-                let got = out.put_file(&f, 0, *size).map_err(&werr)?;
-                if got != *size || f.metadata().map(|md| md.len()).ok() != Some(*size) {
-                    tracing::warn!(path = %path.display(), planned = size, "file changed while the archive was written");
-                    changed.push(path.clone());
-                }
-                if m.name.starts_with("checkpoint/") {
-                    images_bytes += size;
-                }
-            }
-            Body::Bytes(b) => out.put(b).map_err(&werr)?,
-            Body::Diff(diff, planned) => {
-                let before = out.done;
-                let st = crate::rootfs::write_diff(diff, &mut out).map_err(&werr)?;
-                let written = out.done - before;
-                if written != *planned || st.bytes != *planned {
-                    return Err(ArchiveError::SizeMismatch {
-                        member: names::ROOTFS_DIFF,
-                        planned: *planned,
-                        written,
-                    });
-                }
-                rootfs_diff_bytes = *planned;
-                changed.extend(st.changed);
-            }
-        }
-        out.put_zeros(pad_len(m.size()) as u64).map_err(&werr)?;
-    }
+    let MemberStats {
+        images_bytes,
+        rootfs_diff_bytes,
+        changed,
+    } = write_members(&mut out, &members, &werr)?;
     out.put_zeros(END_LEN).map_err(&werr)?;
     if out.done != tar_bytes {
         return Err(ArchiveError::SizeMismatch {

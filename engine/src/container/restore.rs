@@ -73,6 +73,10 @@ pub struct ContainerRestoreOptions {
     /// Overlay lower layers (top first) to use as the base when `base` is not given (an
     /// image's unpacked layers).
     pub base_layers: Vec<PathBuf>,
+    /// Lazy restore: the container runs as soon as its tasks exist, and a lazy-pages daemon
+    /// copies its memory in on demand and in the background (see [`crate::criu::lazy`]). The
+    /// checkpoint's images stay in the container's state until it is deleted.
+    pub lazy_pages: bool,
 }
 
 impl ContainerRestoreOptions {
@@ -90,6 +94,7 @@ impl ContainerRestoreOptions {
             log_level: crate::options::DEFAULT_LOG_LEVEL,
             relay_exe: None,
             base_layers: Vec::new(),
+            lazy_pages: false,
         }
     }
 }
@@ -314,6 +319,7 @@ pub async fn restore(
     ro.timeout = opts.timeout;
     ro.log_level = opts.log_level;
     ro.check_pids = !has_pidns;
+    ro.lazy_pages = opts.lazy_pages;
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
     if let Some(netns) = &opts.netns {
@@ -631,20 +637,37 @@ pub async fn restore_archive(
     insecure: bool,
 ) -> Result<ContainerRestoreReport> {
     validate_id(&opts.id)?;
-    let work =
+    // A lazy restore reads pages from the images after it returns: they are extracted into
+    // the container's own state (removed with the container, or by a failed restore).
+    let work = if opts.lazy_pages {
+        if opts.state.container_record(&opts.id).exists() {
+            return Err(Error::Invalid(format!(
+                "a container named {} already exists (cpengine delete {} first)",
+                opts.id, opts.id
+            )));
+        }
+        opts.state.container_lib_dir(&opts.id).join("checkpoint")
+    } else {
         opts.state
             .lib
             .join("restores")
-            .join(format!("{}-{:08x}", opts.id, rand::random::<u32>()));
+            .join(format!("{}-{:08x}", opts.id, rand::random::<u32>()))
+    };
     std::fs::create_dir_all(work.parent().unwrap_or(&work))
         .map_err(Error::io("creating the restore work dir"))?;
-    struct Gone(PathBuf);
+    struct Gone(Option<PathBuf>);
     impl Drop for Gone {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_dir_all(p);
+            }
         }
     }
-    let _gone = Gone(work.clone());
+    let mut gone = Gone(Some(if opts.lazy_pages {
+        opts.state.container_lib_dir(&opts.id)
+    } else {
+        work.clone()
+    }));
     let t = Instant::now();
     let (ckpt, extracted) = open_source(source, &opts.state, &work, insecure).await?;
     let extract_time = t.elapsed();
@@ -671,6 +694,10 @@ pub async fn restore_archive(
             crate::oci::unpack::layer_dirs(&store, &record, &opts.state.lib.join("layers")).await?;
     }
     let mut report = restore(engine, &ckpt, &opts).await?;
+    if opts.lazy_pages {
+        // The daemon still reads the images; they go with the container.
+        gone.0 = None;
+    }
     report
         .phases
         .insert(0, Phase::new("extract checkpoint", extract_time));

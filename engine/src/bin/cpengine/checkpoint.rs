@@ -45,6 +45,14 @@ pub struct Args {
     /// Allow connected unix sockets whose peer is outside the container.
     #[arg(long)]
     pub ext_unix_sk: bool,
+    /// Stream CRIU's page images straight into the archive while CRIU dumps (one copy of
+    /// the pages; uncompressed archives only). `false` stages the images first.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub stream_pages: bool,
+    /// Freeze the container's cgroup with quick polling before CRIU seizes it. `false` lets
+    /// CRIU freeze it (it polls the freezer every 100 ms).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub fast_freeze: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +77,8 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.compression = a.compress;
     o.skip_rootfs = a.skip_rootfs;
     o.staging_dir = a.staging_dir;
+    o.stream_pages = a.stream_pages;
+    o.fast_freeze = a.fast_freeze;
     o.state = Some(state.clone());
     let bar = if a.json {
         None
