@@ -8,6 +8,7 @@ use cpengine::archive::Compression;
 use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
 use cpengine::container::state::StateRoot;
 use cpengine::container::{Container, journal};
+use cpengine::options::NetworkLock;
 use cpengine::rootfs::Base;
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +54,10 @@ pub struct Args {
     /// CRIU freeze it (it polls the freezer every 100 ms).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub fast_freeze: bool,
+    /// How CRIU locks the container's network during the dump: iptables, nftables or skip.
+    /// Default: skip, unless --tcp-established (then CRIU's default, iptables).
+    #[arg(long, value_name = "METHOD", value_parser = ["iptables", "nftables", "skip"])]
+    pub network_lock: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -67,6 +72,11 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.knobs.tcp_established = a.tcp_established;
     o.knobs.file_locks = a.file_locks;
     o.knobs.ext_unix_sk = a.ext_unix_sk;
+    o.knobs.network_lock = a.network_lock.as_deref().map(|m| match m {
+        "iptables" => NetworkLock::Iptables,
+        "nftables" => NetworkLock::Nftables,
+        _ => NetworkLock::Skip,
+    });
     o.rootfs_base = a.rootfs_base.map(|p| {
         if p.is_dir() {
             Base::Dir(p)
