@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The cpengine demo: start a real workload, checkpoint it (leaving it running), kill it,
-# restore it from the checkpoint and show it carrying on from where it was.
-# Installs what it needs first (scripts/setup.sh). Must run as root: CRIU needs it.
+# The cpengine demo: a real busybox container (runc, overlay rootfs) counts in memory and
+# changes files; cpengine checkpoints it to a Kubernetes-style checkpoint archive while it keeps
+# running, inspects the archive, and — after the original is deleted — restores it from the
+# archive: the counter carries on from its checkpointed value and the file changes are there.
+# Installs what it needs first (scripts/setup.sh). Must run as root: CRIU and runc need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,57 +13,99 @@ cargo build --locked --release -p cpengine >&2
 CPENGINE="$PWD/target/release/cpengine"
 
 work=$(mktemp -d /var/tmp/cpengine-demo.XXXXXX)
-restored=""
+export CPENGINE_STATE_ROOT="$work/state"
+RUNC=(runc --root "$work/runc")
 cleanup() {
-  if [ -n "$restored" ]; then kill -9 "$restored" 2>/dev/null || true; fi
-  if [ -n "${wl:-}" ]; then kill -9 "$wl" 2>/dev/null || true; fi
+  "$CPENGINE" delete --force demo-restored >/dev/null 2>&1 || true
+  "${RUNC[@]}" kill demo KILL >/dev/null 2>&1 || true
+  "${RUNC[@]}" delete --force demo >/dev/null 2>&1 || true
+  umount -l "$work/bundle/rootfs" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-count() { cat "$work/counter" 2>/dev/null || echo "-"; }
+counter() { cat "$1/tmp/counter" 2>/dev/null || echo "-"; }
 
 say "cpengine check"
 "$CPENGINE" check
 
-say "starting a workload: a shell loop that counts into $work/counter"
-# shellcheck disable=SC2016 # expanded by the inner shell
-setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > "$0/counter"; sleep 0.1; done' "$work" \
-  </dev/null >/dev/null 2>&1 &
-wl=$!
-sleep 1
-echo "workload pid $wl, counter at $(count)"
-
-say "cpengine dump $wl --leave-running"
-"$CPENGINE" dump "$wl" --leave-running --images-dir "$work/images"
-checkpointed=$(count)
-echo "counter right after the checkpoint: $checkpointed"
+say "a busybox container on an overlay rootfs (base image + writable layer)"
+base="$work/base"
+mkdir -p "$base"/{bin,proc,sys,dev,tmp,etc,root} "$work"/{upper,ovl-work,bundle/rootfs}
+cp /bin/busybox "$base/bin/busybox"
+for applet in sh sleep echo cat rm ls; do ln -s busybox "$base/bin/$applet"; done
+echo "hello from the base image" > "$base/etc/motd"
+echo "this file will be deleted" > "$base/etc/to-delete"
+mount -t overlay overlay \
+  -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/ovl-work" "$work/bundle/rootfs"
+(cd "$work/bundle" && runc spec)
+# The counter lives in the shell's memory; /tmp/counter only mirrors it.
+# shellcheck disable=SC2016 # expanded by the container's shell
+script='i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; echo "tick $i"; sleep 0.2; done'
+jq --arg s "$script" --arg root "$work/bundle/rootfs" '
+  .process.terminal = false | .process.args = ["sh", "-c", $s] | .root.path = $root
+  | .root.readonly = false
+  | .process.rlimits = [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]' \
+  "$work/bundle/config.json" > "$work/bundle/config.json.new"
+mv "$work/bundle/config.json.new" "$work/bundle/config.json"
+# Its output goes through a pipe (CRIU cannot checkpoint a container writing to a host file).
+(cd "$work/bundle" && "${RUNC[@]}" run -d demo > >(cat > "$work/demo.out") 2>&1 </dev/null)
 sleep 1.5
-echo "the workload kept running:          $(count)"
+"${RUNC[@]}" list
+echo "counter: $(counter "$work/bundle/rootfs")"
 
-say "killing the workload"
-kill -9 "$wl"; wait "$wl" 2>/dev/null || true
-before=$(count)
+say "the container changes its filesystem"
+"${RUNC[@]}" exec demo sh -c \
+  'echo "changed inside the container" > /etc/motd; rm /etc/to-delete; echo "notes written before the checkpoint" > /root/notes.txt'
+echo "/etc/motd: $(cat "$work/bundle/rootfs/etc/motd"); /etc/to-delete removed; /root/notes.txt written"
+
+say "cpengine checkpoint demo --output $work/demo.tar (the container keeps running)"
+"$CPENGINE" checkpoint demo --runc-root "$work/runc" --output "$work/demo.tar"
+checkpointed=$(counter "$work/bundle/rootfs")
+sleep 1
+echo "counter right after the checkpoint: $checkpointed; a second later: $(counter "$work/bundle/rootfs")"
+
+say "cpengine inspect $work/demo.tar"
+"$CPENGINE" inspect "$work/demo.tar"
+say "cpengine inspect --ps-tree --files (read from the CRIU images in the archive)"
+"$CPENGINE" inspect "$work/demo.tar" --ps-tree --files
+
+say "deleting the original container"
+"${RUNC[@]}" kill demo KILL
 sleep 0.5
-echo "counter stopped at $before (still $(count) half a second later)"
+"${RUNC[@]}" delete --force demo
+killed_at=$(counter "$work/bundle/rootfs")
+umount -l "$work/bundle/rootfs"
+echo "gone (its counter had reached $killed_at)"
 
-say "cpengine restore --images-dir $work/images"
-"$CPENGINE" restore --images-dir "$work/images" | tee "$work/restore.out"
-restored=$(awk '/^restored /{print $NF}' "$work/restore.out")
+say "cpengine restore $work/demo.tar --id demo-restored --rootfs-base $base"
+"$CPENGINE" restore "$work/demo.tar" --id demo-restored --rootfs-base "$base"
+"$CPENGINE" ps
+rootfs="$work/state/run/containers/demo-restored/rootfs"
 
-say "the restored workload continues from its checkpoint (counter was $checkpointed)"
+say "the restored container continues from its checkpoint (counter was $checkpointed)"
 first=""
 for _ in 1 2 3 4 5; do
-  sleep 0.2
-  c=$(count); first=${first:-$c}
-  echo "pid $restored counter: $c"
+  sleep 0.3
+  c=$(counter "$rootfs"); first=${first:-$c}
+  echo "counter: $c"
 done
-after=$(count)
-if [ "$first" -ge "$checkpointed" ] && [ "$first" -lt "$before" ] && [ "$after" -gt "$first" ] \
-   && grep -q "^State:\s*[RS]" "/proc/$restored/status"; then
-  echo "OK: the counter resumed from its checkpointed value $checkpointed (not from 1, not from $before)"
+echo "/etc/motd:        $(cat "$rootfs/etc/motd")"
+echo "/root/notes.txt:  $(cat "$rootfs/root/notes.txt")"
+if [ -e "$rootfs/etc/to-delete" ]; then echo "/etc/to-delete:   present (WRONG)"; else echo "/etc/to-delete:   still deleted"; fi
+echo "its output (CRI log format):"
+tail -n 3 "$work/state/lib/containers/demo-restored/container.log"
+
+if [ "$first" -ge "$checkpointed" ] && [ "$first" -lt "$killed_at" ] \
+   && [ "$(counter "$rootfs")" -gt "$first" ] \
+   && grep -q "changed inside the container" "$rootfs/etc/motd" \
+   && [ ! -e "$rootfs/etc/to-delete" ] && [ -f "$rootfs/root/notes.txt" ]; then
+  echo "OK: memory state (counter resumed at $first, checkpoint $checkpointed) and file changes came back"
 else
-  echo "FAILED: counter did not continue" >&2
+  echo "FAILED: the restored container did not continue as expected" >&2
   exit 1
 fi
+
+say "cpengine delete --force demo-restored"
+"$CPENGINE" delete --force demo-restored

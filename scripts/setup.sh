@@ -56,35 +56,8 @@ else
   log "Debian packages already installed"
 fi
 
-# The Debian archive URI from this machine's apt configuration: the first deb source (deb822
-# .sources or one-line .list) whose suites are a regular distribution (not -security).
-debian_mirror() {
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -r "$f" ] || continue
-    uri=$(awk '
-      BEGIN { RS=""; FS="\n" }
-      {
-        types=""; uris=""; suites=""
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^Types:/)  { types=$i }
-          if ($i ~ /^URIs:/)   { uris=$i }
-          if ($i ~ /^Suites:/) { suites=$i }
-        }
-        if (types ~ /(^|[ \t])deb([ \t]|$)/ && suites !~ /security/ && uris != "") {
-          sub(/^URIs:[ \t]*/, "", uris); split(uris, u, /[ \t]+/); print u[1]; exit
-        }
-      }' "$f")
-    case "$uri" in *debian*) echo "${uri%/}"; return 0 ;; esac
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -r "$f" ] || continue
-    uri=$(awk '$1 == "deb" && $0 !~ /security/ {
-        for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; exit } }' "$f")
-    case "$uri" in *debian*) echo "${uri%/}"; return 0 ;; esac
-  done
-  return 1
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 criu_ok() {
   [ -x "$CRIU_BIN" ] && "$CRIU_BIN" --version 2>/dev/null | grep -q "Version: ${CRIU_VERSION}$" \
@@ -124,6 +97,10 @@ case ":$PATH:" in
   *:/usr/local/sbin:*) ;;
   *) log "note: /usr/local/sbin is not in PATH; cpengine finds CRIU there anyway" ;;
 esac
+
+# containerd 2.1.9 (Debian forky's package, unpacked into a cache, not installed) for the shim's
+# proxy-mode tests and the comparison runs.
+"$(dirname "$0")/containerd.sh" >/dev/null || die "scripts/containerd.sh failed"
 
 # Rust toolchain pinned by rust-toolchain.toml (rustup installs it on first use if allowed).
 if [ "${CPENGINE_SETUP_NO_RUST:-0}" != 1 ]; then

@@ -154,6 +154,9 @@ pub async fn restore(
     handler: &mut dyn NotifyHandler,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    // rst_sibling makes the restored root our child; as a subreaper we also inherit its orphans,
+    // so whoever restores can reap the whole tree and free its pids.
+    ensure_subreaper();
     let images_dir = opts.images_dir.clone();
     if !images_dir.join("inventory.img").is_file() {
         return Err(Error::NoImages { path: images_dir });
@@ -360,6 +363,16 @@ async fn wait_for_free_ids(images_dir: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Makes this process a child subreaper once (process-wide, idempotent).
+fn ensure_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = sys::set_child_subreaper() {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans of restored trees go to init");
+        }
+    });
 }
 
 /// Splits CRIU's part of the time at the hook `split` (if CRIU reached it).

@@ -86,6 +86,29 @@ impl From<DumpStatsEntry> for DumpStats {
     }
 }
 
+impl DumpStats {
+    /// The statistics as report rows (label, value), for human output.
+    pub fn rows(&self, page_size: u64) -> Vec<(String, String)> {
+        let pages = self.pages_written * page_size;
+        vec![
+            ("freezing time".into(), ms(self.freezing)),
+            ("frozen time".into(), ms(self.frozen)),
+            ("memdump time".into(), ms(self.memdump)),
+            ("memwrite time".into(), ms(self.memwrite)),
+            ("pages scanned".into(), self.pages_scanned.to_string()),
+            (
+                "pages written".into(),
+                format!("{} ({})", self.pages_written, human_bytes(pages)),
+            ),
+            ("pages lazy".into(), self.pages_lazy.to_string()),
+            (
+                "memory write rate".into(),
+                rate(pages, self.memdump + self.memwrite),
+            ),
+        ]
+    }
+}
+
 /// CRIU's restore statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RestoreStats {
@@ -230,27 +253,8 @@ impl fmt::Display for DumpReport {
         writeln!(f, "phases")?;
         table(f, &rows)?;
         if let Some(s) = &self.criu {
-            let pages = s.pages_written * self.page_size;
             writeln!(f, "criu dump statistics")?;
-            table(
-                f,
-                &[
-                    ("freezing time".into(), ms(s.freezing)),
-                    ("frozen time".into(), ms(s.frozen)),
-                    ("memdump time".into(), ms(s.memdump)),
-                    ("memwrite time".into(), ms(s.memwrite)),
-                    ("pages scanned".into(), s.pages_scanned.to_string()),
-                    (
-                        "pages written".into(),
-                        format!("{} ({})", s.pages_written, human_bytes(pages)),
-                    ),
-                    ("pages lazy".into(), s.pages_lazy.to_string()),
-                    (
-                        "memory write rate".into(),
-                        rate(pages, s.memdump + s.memwrite),
-                    ),
-                ],
-            )?;
+            table(f, &s.rows(self.page_size))?;
         }
         writeln!(f, "images")?;
         table(

@@ -19,7 +19,10 @@ use nix::unistd::Pid;
 
 pub use cpengine;
 
+pub mod containerd;
+pub mod cri;
 pub mod podman;
+pub mod registry;
 pub mod runc;
 
 /// Panics unless running as root (CRIU needs it).

@@ -360,24 +360,7 @@ impl std::fmt::Display for ContainerCheckpointReport {
         crate::report::table(f, &rows)?;
         if let Some(s) = &self.dump.criu {
             writeln!(f, "criu dump statistics")?;
-            crate::report::table(
-                f,
-                &[
-                    ("freezing time".into(), ms(s.freezing)),
-                    ("frozen time".into(), ms(s.frozen)),
-                    ("memdump time".into(), ms(s.memdump)),
-                    ("memwrite time".into(), ms(s.memwrite)),
-                    ("pages scanned".into(), s.pages_scanned.to_string()),
-                    (
-                        "pages written".into(),
-                        format!(
-                            "{} ({})",
-                            s.pages_written,
-                            human_bytes(s.pages_written * self.dump.page_size)
-                        ),
-                    ),
-                ],
-            )?;
+            crate::report::table(f, &s.rows(self.dump.page_size))?;
         }
         writeln!(f, "archive")?;
         crate::report::table(

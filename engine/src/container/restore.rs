@@ -63,6 +63,9 @@ pub struct ContainerRestoreOptions {
     pub log_path: Option<PathBuf>,
     /// Join this network namespace instead of creating an empty one (a pod's).
     pub netns: Option<PathBuf>,
+    /// Join these existing namespaces (a pod's IPC and UTS) instead of recreating the dumped
+    /// ones, as runc does for namespaces its spec gives by path.
+    pub join_ns: Vec<crate::options::JoinNamespace>,
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
     pub file_locks: bool,
@@ -87,6 +90,7 @@ impl ContainerRestoreOptions {
             state,
             log_path: None,
             netns: None,
+            join_ns: Vec::new(),
             tcp_established: false,
             ext_unix_sk: false,
             file_locks: false,
@@ -267,10 +271,10 @@ pub async fn restore(
     let descriptors = read_descriptors(&ckpt.images_dir);
     let mut ro = RestoreOptions::new(&ckpt.images_dir);
     ro.work_dir = Some(run_dir.join("work"));
-    let (out_r, out_w) =
-        nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
-    let (err_r, err_w) =
-        nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
     let mut keys_seen: Vec<String> = Vec::new();
     for (i, key) in descriptors.iter().enumerate() {
         if !key.starts_with("pipe:") || keys_seen.contains(key) {
@@ -280,8 +284,8 @@ pub async fn restore(
         let fd: OwnedFd = match i {
             // stdin: a pipe whose writer is gone reads as end of file.
             0 => {
-                let (r, w) =
-                    nix::unistd::pipe().map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error::io("creating stdio pipes")(e.into()))?;
                 drop(w);
                 r
             }
@@ -322,6 +326,7 @@ pub async fn restore(
     ro.lazy_pages = opts.lazy_pages;
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
+    ro.join_ns = opts.join_ns.clone();
     if let Some(netns) = &opts.netns {
         let f = std::fs::File::open(netns)
             .map_err(Error::io(format!("opening {}", netns.display())))?;
@@ -352,6 +357,7 @@ pub async fn restore(
         }
     };
     let pid = if criu.pid > 0 { criu.pid } else { restored_pid };
+    phases.extend(criu.phases.iter().cloned());
 
     // 6. record
     let stdio = (0..3)

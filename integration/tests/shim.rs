@@ -1,0 +1,1139 @@
+//! The CRI shim against real runc, CRIU and containers: a CRI client drives `cpengine-shim`
+//! (a subprocess on a temporary socket and state root) the way the kubelet does.
+
+use std::time::Duration;
+
+use cpengine_integration::cri::*;
+use cpengine_integration::*;
+use k8s_cri::v1 as pb;
+
+const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; echo tick $i; sleep 0.1; done";
+
+async fn run_pod(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    cfg: pb::PodSandboxConfig,
+) -> String {
+    rt.run_pod_sandbox(pb::RunPodSandboxRequest {
+        config: Some(cfg),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("RunPodSandbox")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn create_start(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod_id: &str,
+    pod_cfg: &pb::PodSandboxConfig,
+    cfg: pb::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(pb::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_lifecycle_logs_exec_and_shim_restart() {
+    let mut shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, mut img) = shim.clients();
+
+    let v = rt
+        .version(pb::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "cpengine");
+    assert_eq!(v.runtime_api_version, "v1");
+    let st = rt
+        .status(pb::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let conds = st.status.unwrap().conditions;
+    assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    assert!(conds.iter().any(|c| c.r#type == "NetworkReady" && c.status));
+    let images = img
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(images.iter().any(|i| {
+        i.repo_tags
+            .contains(&"docker.io/library/busybox:latest".to_string())
+    }));
+
+    // A pod with its own network, IPC and UTS namespaces.
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("web", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ps = rt
+        .pod_sandbox_status(pb::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ps.status.unwrap().state,
+        pb::PodSandboxState::SandboxReady as i32
+    );
+    // The same pod twice is refused.
+    let dup = rt
+        .run_pod_sandbox(pb::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+
+    let ctr = rt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("counter", "busybox", COUNTER)),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerCreated as i32
+    );
+    rt.start_container(pb::StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    let s = status_of(&mut rt, &ctr).await;
+    assert_eq!(s.state, pb::ContainerState::ContainerRunning as i32);
+    assert!(s.started_at > 0 && s.created_at > 0);
+    let log_path = logs.path().join("counter/0.log");
+    assert_eq!(s.log_path, log_path.display().to_string());
+    assert_eq!(s.image.unwrap().image, "busybox");
+
+    // Logs: CRI format at log_path, written by the relay from the container's pipes.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    cpengine::container::relay::parse_record(l).is_some_and(|(s, t, m)| {
+                        s == "stdout" && t == 'F' && m.starts_with("tick ")
+                    })
+                })
+                .count()
+                >= 3
+        }),
+        "no CRI log records at {}",
+        log_path.display()
+    );
+
+    // ExecSync: output, exit codes, the pod's hostname, and a timeout.
+    let n = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    assert!(n >= 1, "counter {n}");
+    // Both image layers, the upper one winning.
+    let motd = exec(
+        &mut rt,
+        &ctr,
+        &["cat", "/etc/motd", "/etc/app.conf", "/etc/to-delete"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&motd.stdout),
+        "motd of the second layer\nfrom the second layer\nthis file is deleted in the container\n"
+    );
+    let h = exec(&mut rt, &ctr, &["busybox", "hostname"]).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&h.stdout).trim(), "web");
+    let e = exec(&mut rt, &ctr, &["sh", "-c", "echo oops >&2; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(e.exit_code, 3);
+    assert_eq!(e.stderr, b"oops\n");
+    let t = rt
+        .exec_sync(pb::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(t.code(), tonic::Code::DeadlineExceeded);
+    let list = rt
+        .list_containers(pb::ListContainersRequest {
+            filter: Some(pb::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    let stats = rt
+        .container_stats(pb::ContainerStatsRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stats
+            .stats
+            .unwrap()
+            .memory
+            .unwrap()
+            .working_set_bytes
+            .is_some()
+    );
+
+    // The shim dies (SIGKILL) and comes back: the container kept running and is found again.
+    let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    shim.restart();
+    let (mut rt, _img) = shim.clients();
+    let list = rt
+        .list_containers(pb::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, ctr);
+    assert_eq!(list[0].state, pb::ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > before + 2 }
+        })
+        .await,
+        "the container stopped counting across the shim restart"
+    );
+    let pods = rt
+        .list_pod_sandbox(pb::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, pb::PodSandboxState::SandboxReady as i32);
+
+    // A container created by this shim instance reports its exit code.
+    let short = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("short", "busybox", "echo bye; exit 7"),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), short.clone());
+            async move {
+                status_of(&mut r, &c).await.state == pb::ContainerState::ContainerExited as i32
+            }
+        })
+        .await
+    );
+    let s = status_of(&mut rt, &short).await;
+    assert_eq!(s.exit_code, 7);
+    assert_eq!(s.reason, "Error");
+    assert!(s.finished_at >= s.started_at);
+    let short_log = std::fs::read_to_string(logs.path().join("short/0.log")).unwrap();
+    assert!(short_log.contains(" stdout F bye"), "{short_log}");
+
+    // Stop (TERM is ignored by sh as pid 1, so KILL after the timeout), remove, pod down.
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("StopContainer");
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerExited as i32
+    );
+    for id in [&ctr, &short] {
+        rt.remove_container(pb::RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .expect("RemoveContainer");
+    }
+    // Removing again is fine (idempotent); the status of a removed container is NotFound.
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("RemoveContainer again");
+    let nf = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nf.code(), tonic::Code::NotFound);
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    let ps = rt
+        .pod_sandbox_status(pb::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ps.status.unwrap().state,
+        pb::PodSandboxState::SandboxNotready as i32
+    );
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    assert!(
+        rt.list_pod_sandbox(pb::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .is_empty()
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&ctr), "a mount of {ctr} is left");
+    assert!(!shim.state().run.join("shim/containers").join(&ctr).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_forwards_the_lifecycle_to_containerd() {
+    let ctrd = cpengine_integration::containerd::Containerd::start();
+    let dir = scratch("cpe-shimproxy-").keep();
+    let shim = Shim::start_in(
+        &dir,
+        &[
+            "--upstream",
+            &format!("unix://{}", ctrd.socket.display()),
+            "--upstream-runc-root",
+            &ctrd.runc_root.display().to_string(),
+        ],
+    );
+    let (mut rt, mut img) = shim.clients();
+    let v = rt
+        .version(pb::VersionRequest::default())
+        .await
+        .expect("Version")
+        .into_inner();
+    assert_eq!(v.runtime_name, "containerd", "Version comes from upstream");
+    let images = img
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(
+        images.iter().any(|i| i
+            .repo_tags
+            .iter()
+            .any(|t| t == cpengine_integration::containerd::BUSYBOX_IMAGE)),
+        "{images:?}"
+    );
+
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("proxied", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "counter",
+            cpengine_integration::containerd::BUSYBOX_IMAGE,
+            COUNTER,
+        ),
+    )
+    .await;
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    // The container is containerd's: its runc state is in containerd's runc root.
+    assert!(ctrd.runc_root.join(&ctr).join("state.json").is_file());
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 3 }
+        })
+        .await
+    );
+    // Errors pass through with their codes.
+    let nf = rt
+        .container_status(pb::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nf.code(), tonic::Code::NotFound);
+
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("StopContainer");
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerExited as i32
+    );
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    drop(shim);
+}
+
+/// Frozen or not, through the container's freezer cgroup.
+fn frozen(state: &cpengine::container::state::StateRoot, id: &str) -> bool {
+    let c = cpengine::container::Container::find(id, &[state.run.join("runc")], state)
+        .expect("find container");
+    c.status() == cpengine::container::Status::Paused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_running() {
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("guarded", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", COUNTER),
+    )
+    .await;
+    let dest = scratch("cpe-ckpt-");
+    let ok_loc = kubelet_location(dest.path(), "guarded", "default", "counter");
+    let ckpt = |id: &str, location: String, timeout: i64| pb::CheckpointContainerRequest {
+        container_id: id.to_string(),
+        location,
+        timeout,
+    };
+
+    let e = rt
+        .checkpoint_container(ckpt("0000nope", ok_loc.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, "relative/ckpt.tar".into(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, String::new(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let missing = dest.path().join("no-such-dir/ckpt.tar");
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, missing.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let target = dest.path().join("symlink-target.tar");
+    let link = dest.path().join("link.tar");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, link.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        !target.exists(),
+        "the checkpoint was written through a symlink"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // Deadlines shorter than this checkpoint (200 MiB of new files in the rootfs make the
+    // archive slow to write): DEADLINE_EXCEEDED at the deadline, and the jobs, which go on in
+    // the background, discard their archives.
+    let e = exec(
+        &mut rt,
+        &ctr,
+        &[
+            "dd",
+            "if=/dev/urandom",
+            "of=/root/big",
+            "bs=1M",
+            "count=200",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
+    for ms in [30u64, 150, 400] {
+        let mut req = tonic::Request::new(ckpt(&ctr, ok_loc.display().to_string(), 0));
+        req.set_timeout(Duration::from_millis(ms));
+        let t = std::time::Instant::now();
+        let e = rt.checkpoint_container(req).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::DeadlineExceeded,
+            "deadline {ms} ms: {e:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(ms + 500),
+            "answered after {:?}",
+            t.elapsed()
+        );
+    }
+    // A checkpoint without a deadline waits for the abandoned ones (same container) and
+    // succeeds; by then they are over, and none of them left anything.
+    let last = dest.path().join("last.tar");
+    rt.checkpoint_container(ckpt(&ctr, last.display().to_string(), 0))
+        .await
+        .expect("checkpoint without deadline");
+    let mut leftovers: Vec<String> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    leftovers.sort();
+    assert_eq!(
+        leftovers,
+        ["last.tar", "link.tar"],
+        "files left in the checkpoint directory"
+    );
+    assert!(!ok_loc.exists());
+    assert!(
+        !frozen(&shim.state(), &ctr),
+        "the container was left frozen"
+    );
+    let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > before + 2 }
+        })
+        .await,
+        "the workload stopped counting"
+    );
+
+    // A stopped container cannot be checkpointed.
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let e = rt
+        .checkpoint_container(ckpt(&ctr, ok_loc.display().to_string(), 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(!ok_loc.exists());
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
+/// Reads an archive's members and its config.dump / spec.dump.
+fn archive_facts(path: &std::path::Path) -> (Vec<String>, serde_json::Value, serde_json::Value) {
+    let mut members = Vec::new();
+    let (mut config, mut spec) = (serde_json::Value::Null, serde_json::Value::Null);
+    let mut a = tar::Archive::new(std::fs::File::open(path).expect("open archive"));
+    for e in a.entries().expect("a tar") {
+        let mut e = e.expect("a tar entry");
+        let name = e.path().unwrap().display().to_string();
+        if name == "config.dump" || name == "spec.dump" {
+            let v: serde_json::Value = serde_json::from_reader(&mut e).expect("JSON member");
+            if name == "config.dump" {
+                config = v;
+            } else {
+                spec = v;
+            }
+        }
+        members.push(name);
+    }
+    (members, config, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoint_image() {
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("web", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", COUNTER),
+    )
+    .await;
+    let e = exec(
+        &mut rt,
+        &ctr,
+        &[
+            "sh",
+            "-c",
+            "echo kept > /root/note.txt && rm /etc/to-delete",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 5 }
+        })
+        .await
+    );
+
+    // The kubelet's call: a location in its checkpoints directory, a timeout in seconds.
+    let dest = scratch("cpe-kubelet-checkpoints-");
+    let loc = kubelet_location(dest.path(), "web", "default", "counter");
+    let t = std::time::Instant::now();
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: loc.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("CheckpointContainer");
+    eprintln!(
+        "CheckpointContainer through the standalone shim: {:?}",
+        t.elapsed()
+    );
+    let at_checkpoint = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&loc).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let names: Vec<String> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "only the archive is left: {names:?}");
+    let (members, config, spec) = archive_facts(&loc);
+    for m in [
+        "checkpoint/",
+        "checkpoint/inventory.img",
+        "checkpoint/descriptors.json",
+        "config.dump",
+        "spec.dump",
+        "rootfs-diff.tar",
+        "deleted.files",
+    ] {
+        assert!(
+            members.iter().any(|x| x == m),
+            "member {m} missing: {members:?}"
+        );
+    }
+    assert_eq!(config["id"], ctr.as_str());
+    assert_eq!(
+        config["rootfsImageName"],
+        "docker.io/library/busybox:latest"
+    );
+    assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-name"], "web");
+    // Leave-running: the workload did not stop.
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > at_checkpoint + 2 }
+        })
+        .await
+    );
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap();
+
+    // Restore as CRI-O does: a new pod, CreateContainer whose image is the archive.
+    let pod2_cfg = pod_config("web-restored", logs.path(), pb::NamespaceMode::Pod);
+    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
+    cfg.command.clear();
+    let restored = create_start(&mut rt, &pod2, &pod2_cfg, cfg).await;
+    let s = status_of(&mut rt, &restored).await;
+    assert_eq!(
+        s.state,
+        pb::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let first = counter_via_exec(&mut rt, &restored, "/tmp/counter").await;
+    assert!(
+        first >= at_checkpoint.saturating_sub(1),
+        "counter restarted: {first} < {at_checkpoint}"
+    );
+    let c3 = restored.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (rt2.clone(), c3.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > first + 2 }
+        })
+        .await,
+        "the restored container does not count"
+    );
+    let note = exec(&mut rt, &restored, &["cat", "/root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(note.stdout, b"kept\n");
+    let gone = exec(&mut rt, &restored, &["ls", "/etc/to-delete"])
+        .await
+        .unwrap();
+    assert_ne!(gone.exit_code, 0, "a deleted file came back");
+    let new_log = logs.path().join("counter/0.log");
+    let n = first + 2;
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &new_log
+        )
+        .unwrap_or_default()
+        .contains(&format!(" stdout F tick {n}"))),
+        "the restored container's output does not reach its log"
+    );
+
+    // And from a checkpoint image built from the same archive (`cpengine image build`).
+    let root = shim.state().lib.parent().unwrap().to_path_buf();
+    let (st, _, err) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(&root)
+        .args(["image", "build"])
+        .arg(&loc)
+        .args(["--tag", "localhost/checkpoints/counter:1"]));
+    assert!(st.success(), "cpengine image build: {err}");
+    let pod3_cfg = pod_config("web-from-image", logs.path(), pb::NamespaceMode::Pod);
+    let pod3 = run_pod(&mut rt, pod3_cfg.clone()).await;
+    let mut cfg = container_config("counter", "localhost/checkpoints/counter:1", "unused");
+    cfg.command.clear();
+    cfg.log_path = "from-image/0.log".into();
+    let from_image = create_start(&mut rt, &pod3, &pod3_cfg, cfg).await;
+    let v = counter_via_exec(&mut rt, &from_image, "/tmp/counter").await;
+    assert!(
+        v >= at_checkpoint.saturating_sub(1),
+        "counter restarted: {v} < {at_checkpoint}"
+    );
+    let note = exec(&mut rt, &from_image, &["cat", "/root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(note.stdout, b"kept\n");
+
+    for p in [pod2, pod3, pod] {
+        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+    assert!(
+        rt.list_containers(pb::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty()
+    );
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone_shim() {
+    use cpengine_integration::containerd::{BUSYBOX_IMAGE, Containerd};
+    let ctrd = Containerd::start();
+    let dir = scratch("cpe-shimproxy-").keep();
+    let proxy = Shim::start_in(
+        &dir,
+        &[
+            "--upstream",
+            &format!("unix://{}", ctrd.socket.display()),
+            "--upstream-runc-root",
+            &ctrd.runc_root.display().to_string(),
+        ],
+    );
+    let (mut rt, _) = proxy.clients();
+    let (mut direct, _) = clients(&ctrd.socket);
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("counter-pod", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", BUSYBOX_IMAGE, COUNTER),
+    )
+    .await;
+    let e = exec(&mut rt, &ctr, &["sh", "-c", "echo kept > /root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(e.exit_code, 0);
+    let rt2 = rt.clone();
+    let c2 = ctr.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, c) = (rt2.clone(), c2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 5 }
+        })
+        .await
+    );
+
+    // The same container, checkpointed alternately by the engine (through the shim) and by
+    // containerd itself; both leave it running. Printed, not asserted: timing is a
+    // benchmark's business.
+    let dest = scratch("cpe-kubelet-checkpoints-");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut archive = None;
+    for round in 0..3 {
+        let loc = dest.path().join(format!(
+            "checkpoint-counter-pod_default-counter-engine-{round}.tar"
+        ));
+        let t = std::time::Instant::now();
+        rt.checkpoint_container(pb::CheckpointContainerRequest {
+            container_id: ctr.clone(),
+            location: loc.display().to_string(),
+            timeout: 60,
+        })
+        .await
+        .expect("CheckpointContainer through the shim");
+        ours.push(t.elapsed());
+        let loc2 = dest.path().join(format!(
+            "checkpoint-counter-pod_default-counter-containerd-{round}.tar"
+        ));
+        let t = std::time::Instant::now();
+        direct
+            .checkpoint_container(pb::CheckpointContainerRequest {
+                container_id: ctr.clone(),
+                location: loc2.display().to_string(),
+                timeout: 60,
+            })
+            .await
+            .expect("containerd's own CheckpointContainer");
+        theirs.push(t.elapsed());
+        assert_eq!(
+            status_of(&mut rt, &ctr).await.state,
+            pb::ContainerState::ContainerRunning as i32
+        );
+        if archive.is_none() {
+            archive = Some((loc, counter_via_exec(&mut rt, &ctr, "/tmp/counter").await));
+        }
+    }
+    let at_end = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    let (archive, at_checkpoint) = archive.unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "CheckpointContainer of a busybox container, 3 rounds: engine via cpengine-shim {ours:?} (median {:?}, archive {} bytes); containerd 2.1.9 {theirs:?} (median {:?}, archive {} bytes)",
+        median(ours.clone()),
+        size(&archive),
+        median(theirs.clone()),
+        size(
+            &dest
+                .path()
+                .join("checkpoint-counter-pod_default-counter-containerd-0.tar")
+        ),
+    );
+    let (members, config, spec) = archive_facts(&archive);
+    for m in [
+        "checkpoint/",
+        "checkpoint/inventory.img",
+        "config.dump",
+        "spec.dump",
+        "rootfs-diff.tar",
+    ] {
+        assert!(
+            members.iter().any(|x| x == m),
+            "member {m} missing: {members:?}"
+        );
+    }
+    assert_eq!(config["id"], ctr.as_str());
+    assert_eq!(config["name"], "counter");
+    assert_eq!(config["runtime"], "io.containerd.runc.v2");
+    assert_eq!(config["rootfsImageName"], BUSYBOX_IMAGE, "{config}");
+    assert_eq!(
+        spec["annotations"]["io.kubernetes.cri.sandbox-name"], "counter-pod",
+        "{spec}"
+    );
+
+    // The same comparison for a container holding 256 MiB of non-zero memory.
+    let big_script = "x=$(busybox head -c 268435456 /dev/zero | busybox tr '\\0' a); echo ready > /tmp/ready; while true; do sleep 1; done";
+    let big = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("big", BUSYBOX_IMAGE, big_script),
+    )
+    .await;
+    let rt3 = rt.clone();
+    let b2 = big.clone();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let (mut r, c) = (rt3.clone(), b2.clone());
+            async move {
+                exec(&mut r, &c, &["cat", "/tmp/ready"])
+                    .await
+                    .is_ok_and(|o| o.exit_code == 0)
+            }
+        })
+        .await,
+        "the big container did not fill its memory"
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for (client, times, who) in [
+            (&mut rt, &mut ours, "engine"),
+            (&mut direct, &mut theirs, "containerd"),
+        ] {
+            let loc = dest.path().join(format!("big-{who}-{round}.tar"));
+            let t = std::time::Instant::now();
+            client
+                .checkpoint_container(pb::CheckpointContainerRequest {
+                    container_id: big.clone(),
+                    location: loc.display().to_string(),
+                    timeout: 120,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{who} checkpoint of the big container: {e:?}"));
+            times.push(t.elapsed());
+            if round > 0 {
+                let _ = std::fs::remove_file(&loc);
+            }
+        }
+    }
+    eprintln!(
+        "CheckpointContainer of a container with 256 MiB of memory, 3 rounds: engine via cpengine-shim {ours:?} (median {:?}, archive {} bytes); containerd 2.1.9 {theirs:?} (median {:?}, archive {} bytes)",
+        median(ours.clone()),
+        size(&dest.path().join("big-engine-0.tar")),
+        median(theirs.clone()),
+        size(&dest.path().join("big-containerd-0.tar")),
+    );
+    assert_eq!(
+        status_of(&mut rt, &big).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+
+    // The container goes away in containerd; the archive comes back in a standalone shim whose
+    // image store has the same base image.
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    let standalone = Shim::start();
+    let root = standalone.state().lib.parent().unwrap().to_path_buf();
+    let (st, _, err) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(&root)
+        .args(["image", "import"])
+        .arg(ctrd.cache.join("busybox.oci.tar"))
+        .args(["--tag", BUSYBOX_IMAGE]));
+    assert!(st.success(), "cpengine image import: {err}");
+    let (mut srt, _) = standalone.clients();
+    let pod2_cfg = pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node);
+    let pod2 = run_pod(&mut srt, pod2_cfg.clone()).await;
+    // containerd gave the container an /etc/hosts bind mount: the restore must declare it.
+    let hosts = logs.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let mut cfg = container_config("counter", &archive.display().to_string(), "unused");
+    cfg.command.clear();
+    cfg.log_path = "restored/0.log".into();
+    let missing = srt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod2.clone(),
+            config: Some(cfg.clone()),
+            sandbox_config: Some(pod2_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.code(),
+        tonic::Code::FailedPrecondition,
+        "{missing:?}"
+    );
+    assert!(
+        missing.message().contains("/etc/hosts"),
+        "{}",
+        missing.message()
+    );
+    cfg.mounts.push(pb::Mount {
+        container_path: "/etc/hosts".into(),
+        host_path: hosts.display().to_string(),
+        ..Default::default()
+    });
+    let restored = create_start(&mut srt, &pod2, &pod2_cfg, cfg).await;
+    assert_eq!(
+        status_of(&mut srt, &restored).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    let first = counter_via_exec(&mut srt, &restored, "/tmp/counter").await;
+    // The first archive's state: not restarted, and not the state the original reached later.
+    assert!(
+        first + 1 >= at_checkpoint && first < at_end,
+        "restored counter {first}; checkpoint at about {at_checkpoint}, original later at {at_end}"
+    );
+    let srt2 = srt.clone();
+    let r2 = restored.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut r, c) = (srt2.clone(), r2.clone());
+            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > first + 2 }
+        })
+        .await,
+        "the restored container does not count"
+    );
+    let note = exec(&mut srt, &restored, &["cat", "/root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(note.stdout, b"kept\n");
+    srt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod2,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checkpoints_of_one_container_queue_and_of_two_containers_all_succeed() {
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("pair", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let a = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("a", "busybox", COUNTER),
+    )
+    .await;
+    let b = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("b", "busybox", COUNTER),
+    )
+    .await;
+    let dest = scratch("cpe-ckpt-");
+    // Two checkpoints of `a` at once (they must take turns: CRIU cannot dump a tree that is
+    // being dumped), and one of `b` alongside.
+    let calls = [(&a, "a-1"), (&a, "a-2"), (&b, "b-1")].map(|(id, name)| {
+        let mut c = rt.clone();
+        let req = pb::CheckpointContainerRequest {
+            container_id: id.clone(),
+            location: dest
+                .path()
+                .join(format!("{name}.tar"))
+                .display()
+                .to_string(),
+            timeout: 120,
+        };
+        tokio::spawn(async move { c.checkpoint_container(req).await })
+    });
+    for (call, name) in calls.into_iter().zip(["a-1", "a-2", "b-1"]) {
+        call.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("checkpoint {name}: {e:?}"));
+        let (members, config, _) = archive_facts(&dest.path().join(format!("{name}.tar")));
+        assert!(
+            members.iter().any(|m| m == "checkpoint/inventory.img"),
+            "{name}: {members:?}"
+        );
+        let want = if name.starts_with('a') { &a } else { &b };
+        assert_eq!(config["id"], want.as_str());
+    }
+    for id in [&a, &b] {
+        assert_eq!(
+            status_of(&mut rt, id).await.state,
+            pb::ContainerState::ContainerRunning as i32
+        );
+        assert!(!frozen(&shim.state(), id));
+    }
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,132 @@
+//! `cpengine-shim`: serves the CRI (RuntimeService + ImageService) on a unix socket, standalone
+//! on runc or in front of another runtime, with `CheckpointContainer` served by cpengine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// CRI runtime endpoint whose CheckpointContainer is served by cpengine.
+#[derive(Debug, Parser)]
+#[command(name = "cpengine-shim", version, about)]
+struct Cli {
+    /// The CRI socket to serve (created 0600, its directory 0700; a stale socket is replaced).
+    #[arg(long, default_value = cpengine_shim::DEFAULT_SOCKET)]
+    listen: PathBuf,
+    /// Where pods, containers and images are kept (default /var/lib/cpengine and
+    /// /run/cpengine; a directory given here holds both, as lib/ and run/).
+    #[arg(long, env = "CPENGINE_STATE_ROOT")]
+    state_root: Option<PathBuf>,
+    /// Proxy mode: forward every call to this runtime (unix:///run/containerd/containerd.sock)
+    /// except CheckpointContainer.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// The upstream's runc root, where its containers are found for checkpointing.
+    #[arg(long, default_value = cpengine_shim::CONTAINERD_K8S_RUNC_ROOT)]
+    upstream_runc_root: PathBuf,
+    /// Runtime name written to the archives of upstream containers.
+    #[arg(long, default_value = "io.containerd.runc.v2")]
+    upstream_runtime_name: String,
+    /// The runc binary (standalone mode).
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down; pods and containers keep running");
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let upstream = cli
+        .upstream
+        .as_deref()
+        .map(cpengine_shim::proxy::upstream_path)
+        .transpose()?;
+    let cfg = cpengine_shim::ShimConfig {
+        listen: cli.listen,
+        state: cpengine::container::state::StateRoot::resolve(cli.state_root.as_deref()),
+        upstream,
+        upstream_runc_root: cli.upstream_runc_root,
+        upstream_runtime_name: cli.upstream_runtime_name,
+        runc: cli.runc,
+        exe: std::env::current_exe()?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(cpengine_shim::run(cfg, shutdown_signal()))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    cpengine::container::relay::run_if_relay();
+    cpengine_shim::holder::run_if_holder();
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_proxy_flags_parse() {
+        let c = Cli::try_parse_from(["cpengine-shim"]).unwrap();
+        assert_eq!(c.listen, PathBuf::from("/run/cpengine/cri.sock"));
+        assert!(c.upstream.is_none());
+        let c = Cli::try_parse_from([
+            "cpengine-shim",
+            "--listen",
+            "/tmp/x.sock",
+            "--upstream",
+            "unix:///run/containerd/containerd.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.upstream.as_deref(),
+            Some("unix:///run/containerd/containerd.sock")
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The unix socket the CRI is served on, and the serving loop.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
+use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use tokio::net::UnixListener;
+
+use crate::error::{Result, ShimError};
+
+/// Largest CRI message accepted or sent (ListContainers of a busy node, ExecSync output).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Binds the CRI socket: the parent directory is created 0700, a stale socket (nobody
+/// answering) is removed, a live one is an error, and the new socket is made 0600.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(ShimError::fs("creating the socket directory", parent))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "another server is listening on {}",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path).map_err(ShimError::fs("removing the stale socket", path))?;
+            tracing::info!(socket = %path.display(), "removed a stale socket");
+        }
+        Ok(_) => {
+            return Err(ShimError::FailedPrecondition(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ShimError::fs("checking", path)(e)),
+    }
+    // Created 0600 from the start: no window in which others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(ShimError::fs("binding", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(ShimError::fs("setting the mode of", path))?;
+    Ok(listener)
+}
+
+/// Removes the socket when dropped.
+#[derive(Debug)]
+pub struct SocketGuard(pub PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves both services on `listener` until `shutdown` resolves.
+pub async fn serve<R, I>(
+    listener: UnixListener,
+    runtime: R,
+    images: I,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()>
+where
+    R: RuntimeService,
+    I: ImageService,
+{
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let rs = RuntimeServiceServer::from_arc(Arc::new(runtime))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let is = ImageServiceServer::from_arc(Arc::new(images))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    tonic::transport::Server::builder()
+        .add_service(rs)
+        .add_service(is)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| ShimError::Internal(format!("serving the CRI: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_private_and_stale_ones_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/cri.sock");
+        let l = bind(&sock).await.unwrap();
+        let md = std::fs::metadata(&sock).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        let pmd = std::fs::metadata(sock.parent().unwrap()).unwrap();
+        assert_eq!(pmd.permissions().mode() & 0o777, 0o700);
+        // A live listener is not replaced.
+        assert!(matches!(
+            bind(&sock).await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        drop(l);
+        // The socket file of a dead listener is stale and replaced.
+        assert!(sock.exists());
+        let _l2 = bind(&sock).await.unwrap();
+        // A regular file is never removed.
+        let f = dir.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(matches!(
+            bind(&f).await,
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        assert!(f.exists());
+    }
+}

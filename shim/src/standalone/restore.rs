@@ -1,0 +1,602 @@
+//! Restore at `CreateContainer`, the way CRI-O does it.
+//!
+//! The image a container names may be a checkpoint:
+//! * an existing file at an absolute path: a checkpoint archive (what `crictl create` with an
+//!   archive path sends), extracted safely into the container's directory;
+//! * an image in the store carrying a checkpoint annotation
+//!   (`io.kubernetes.cri-o.annotations.checkpoint.name` or
+//!   `org.criu.checkpoint.container.name`): its layer holds the archive's members.
+//!
+//! `CreateContainer` then prepares: it reads `spec.dump` and `config.dump`, checks that
+//! `checkpoint/inventory.img` is there, resolves the base image named in `config.dump`
+//! (`rootfsImageRef`, `rootfsImageName`, `rootfsImage`) in the image store, requires every bind
+//! mount of the checkpointed container to be declared again in the request (as CRI-O does;
+//! the new sources replace the old), points the pod-managed files and the shared namespaces at
+//! the new pod, and records the plan. `StartContainer` runs the engine's restore with it.
+
+use std::path::{Path, PathBuf};
+
+use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions};
+use serde_json::Value;
+
+use crate::domain::*;
+use crate::error::{Result, ShimError};
+
+use super::container::pid_alive;
+use super::store::{CtrKind, CtrRecord, Phase, PodRecord, RestorePlan, new_id};
+use super::{ImageBackend, Standalone, create_private_dir};
+
+/// Annotation keys that mark an image as a checkpoint.
+pub const CHECKPOINT_ANNOTATIONS: &[&str] = &[
+    cpengine::oci::annotations::CRIO_CHECKPOINT_NAME,
+    cpengine::oci::annotations::CRIU_CONTAINER_NAME,
+    cpengine::oci::annotations::PODMAN_CHECKPOINT_NAME,
+];
+
+/// Largest JSON member read (spec.dump, config.dump, deleted.files).
+const MAX_JSON: u64 = 8 << 20;
+
+/// Mount destinations the runtime provides itself; a checkpoint's mounts there need no
+/// declaration in the request.
+const RUNTIME_MOUNTS: &[&str] = &[
+    "/proc",
+    "/dev",
+    "/dev/pts",
+    "/dev/mqueue",
+    "/dev/shm",
+    "/sys",
+    "/sys/fs/cgroup",
+    "/etc/resolv.conf",
+    "/etc/hostname",
+    "/run/secrets",
+    "/run/.containerenv",
+];
+
+/// Where a checkpoint comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointSource {
+    Archive(PathBuf),
+    Image(String),
+}
+
+/// Whether `image` names a checkpoint.
+pub async fn detect<I: ImageBackend>(image: &str, images: &I) -> Result<Option<CheckpointSource>> {
+    let p = Path::new(image);
+    if p.is_absolute() && p.is_file() {
+        return Ok(Some(CheckpointSource::Archive(p.to_path_buf())));
+    }
+    if p.is_absolute() {
+        // An absolute path that is not a file cannot be an image reference either.
+        return Err(ShimError::InvalidArgument(format!(
+            "image {image:?} is an absolute path but not an existing checkpoint archive"
+        )));
+    }
+    match images.status(image).await? {
+        Some(info)
+            if CHECKPOINT_ANNOTATIONS
+                .iter()
+                .any(|k| info.annotations.contains_key(*k)) =>
+        {
+            Ok(Some(CheckpointSource::Image(image.to_string())))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ShimError::fs("reading", path)(e)),
+    };
+    if !md.is_file() || md.len() > MAX_JSON {
+        return Err(ShimError::InvalidArgument(format!(
+            "checkpoint member {} is not a regular file of at most {MAX_JSON} bytes",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(ShimError::fs("reading", path))?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ShimError::InvalidArgument(format!(
+            "checkpoint member {} is not JSON: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn is_bind(m: &Value) -> bool {
+    m["type"].as_str() == Some("bind")
+        || m["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// Re-points the checkpoint spec's mounts at the new pod and the request's declared mounts.
+/// Fails, naming them, if bind mounts of the checkpoint are not declared.
+pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) -> Result<()> {
+    let mut missing = Vec::new();
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for m in mounts.iter_mut() {
+            let Some(dest) = m["destination"]
+                .as_str()
+                .map(|d| d.trim_end_matches('/').to_string())
+            else {
+                continue;
+            };
+            if !is_bind(m) {
+                continue;
+            }
+            let pod_file = match dest.as_str() {
+                "/etc/resolv.conf" => pod.resolv_conf.clone(),
+                "/etc/hostname" => pod.hostname_file.clone(),
+                // A runtime that bind-mounts a pod-wide /dev/shm (containerd does): the new
+                // pod's shm directory takes its place.
+                "/dev/shm" => pod_shm_dir(pod)?,
+                _ => None,
+            };
+            if let Some(f) = pod_file {
+                m["source"] = Value::String(f.display().to_string());
+                continue;
+            }
+            match req
+                .mounts
+                .iter()
+                .find(|r| r.container_path.trim_end_matches('/') == dest)
+            {
+                Some(r) => m["source"] = Value::String(r.host_path.clone()),
+                None if RUNTIME_MOUNTS.contains(&dest.as_str()) => {}
+                None => missing.push(dest),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ShimError::FailedPrecondition(format!(
+            "restoring this checkpoint expects these bind mounts to be declared: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The pod's shared /dev/shm directory (beside its resolv.conf), created on first use.
+fn pod_shm_dir(pod: &PodRecord) -> Result<Option<PathBuf>> {
+    let Some(dir) = pod.resolv_conf.as_ref().and_then(|r| r.parent()) else {
+        return Ok(None);
+    };
+    let shm = dir.join("shm");
+    std::fs::create_dir_all(&shm).map_err(ShimError::fs("creating", &shm))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o1777))
+        .map_err(ShimError::fs("setting the mode of", &shm))?;
+    Ok(Some(shm))
+}
+
+/// The namespaces (network, IPC, UTS) the checkpointed container had apart from the host's,
+/// from CRIU's images: CRIU writes `netns-<id>.img` (also for an external, joined network
+/// namespace), `ipcns-var-<id>.img` and `utsns-<id>.img` only for namespaces other than its
+/// own. A runtime may name a host namespace by path (containerd joins its pause container's,
+/// which is the host's for a host-network pod), so the spec alone cannot tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpedNamespaces {
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+}
+
+impl DumpedNamespaces {
+    pub fn read(images_dir: &Path) -> Result<Self> {
+        let mut d = Self::default();
+        let entries =
+            std::fs::read_dir(images_dir).map_err(ShimError::fs("reading", images_dir))?;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let numbered = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix(".img"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            d.net |= numbered("netns-");
+            d.ipc |= numbered("ipcns-var-");
+            d.uts |= numbered("utsns-");
+        }
+        Ok(d)
+    }
+}
+
+/// Points the spec's shared namespaces at the new pod's holder. The network must match: a
+/// container checkpointed in its own network namespace needs a pod with one, a host-network
+/// container a host-network pod. IPC and UTS namespaces the pod shares are joined; others are
+/// recreated by CRIU (dumped ones) or the host's (the rest).
+pub fn repoint_namespaces(
+    spec: &mut Value,
+    pod: &PodRecord,
+    dumped: DumpedNamespaces,
+) -> Result<()> {
+    let h = pod.holder;
+    let (pnet, pipc, puts) = h.map(|h| (h.net, h.ipc, h.uts)).unwrap_or_default();
+    if dumped.net != pnet {
+        return Err(ShimError::FailedPrecondition(format!(
+            "the checkpoint was taken in {} but pod {} uses {}",
+            if dumped.net {
+                "its own network namespace"
+            } else {
+                "the host network"
+            },
+            pod.id,
+            if pnet {
+                "a pod network namespace"
+            } else {
+                "the host network"
+            }
+        )));
+    }
+    let Some(list) = spec["linux"]["namespaces"].as_array_mut() else {
+        return Ok(());
+    };
+    list.retain_mut(|n| {
+        let (kind, shared, was_own) = match n["type"].as_str() {
+            Some("network") => ("net", pnet, dumped.net),
+            Some("ipc") => ("ipc", pipc, dumped.ipc),
+            Some("uts") => ("uts", puts, dumped.uts),
+            _ => return true,
+        };
+        match (shared, h) {
+            (true, Some(h)) => {
+                n["path"] = Value::String(h.holder().ns_path(kind).display().to_string());
+                true
+            }
+            _ if was_own => {
+                if let Some(o) = n.as_object_mut() {
+                    o.remove("path");
+                }
+                true
+            }
+            // It was the host's namespace, named by path: the host's it stays.
+            _ => false,
+        }
+    });
+    Ok(())
+}
+
+/// Sets the annotations that name the pod and container to the new ones.
+fn reannotate(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) {
+    if !spec["annotations"].is_object() {
+        spec["annotations"] = Value::Object(Default::default());
+    }
+    let md = &pod.spec.metadata;
+    let a = &mut spec["annotations"];
+    for (k, v) in &req.annotations {
+        a[k.as_str()] = Value::String(v.clone());
+    }
+    for (k, v) in [
+        ("io.kubernetes.cri.container-name", req.name.as_str()),
+        ("io.kubernetes.cri.sandbox-id", pod.id.as_str()),
+        ("io.kubernetes.cri.sandbox-name", md.name.as_str()),
+        ("io.kubernetes.cri.sandbox-namespace", md.namespace.as_str()),
+        ("io.kubernetes.cri.sandbox-uid", md.uid.as_str()),
+    ] {
+        a[k] = Value::String(v.to_string());
+    }
+}
+
+impl<I: ImageBackend> Standalone<I> {
+    pub(super) async fn create_restored(
+        &self,
+        pod: PodRecord,
+        req: ContainerSpec,
+        source: CheckpointSource,
+    ) -> Result<String> {
+        let id = new_id();
+        let run_dir = self.store.ctr_run_dir(&id);
+        let lib_dir = self.store.ctr_lib_dir(&id);
+        let result = self
+            .prepare_restore(&id, &pod, &req, &source, &run_dir, &lib_dir)
+            .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            let _ = std::fs::remove_dir_all(&lib_dir);
+        }
+        result
+    }
+
+    async fn prepare_restore(
+        &self,
+        id: &str,
+        pod: &PodRecord,
+        req: &ContainerSpec,
+        source: &CheckpointSource,
+        run_dir: &Path,
+        lib_dir: &Path,
+    ) -> Result<String> {
+        create_private_dir(run_dir)?;
+        create_private_dir(lib_dir)?;
+        let source_name = match source {
+            CheckpointSource::Archive(a) => a.display().to_string(),
+            CheckpointSource::Image(r) => r.clone(),
+        };
+        // The archive, or the checkpoint image's layer, through the engine's safe extractor.
+        let dir = lib_dir.join("checkpoint");
+        let (ckpt, extracted) =
+            cpengine::container::restore::open_source(&source_name, &self.cfg.state, &dir, false)
+                .await
+                .map_err(|source| match source {
+                    cpengine::Error::Archive(source) => ShimError::Archive {
+                        step: "extracting the checkpoint",
+                        source,
+                    },
+                    source => ShimError::Engine {
+                        step: "opening the checkpoint",
+                        source,
+                    },
+                })?;
+        if !ckpt.images_dir.join("inventory.img").is_file() {
+            return Err(ShimError::InvalidArgument(format!(
+                "{source_name} is not a checkpoint: checkpoint/inventory.img is missing"
+            )));
+        }
+        let mut spec = ckpt.spec.clone();
+        serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "spec.dump of {source_name} is not an OCI spec: {e}"
+            ))
+        })?;
+        let refs: Vec<String> = [
+            &extracted.config.rootfs_image_ref,
+            &extracted.config.rootfs_image_name,
+            &extracted.config.rootfs_image,
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
+        let mut base = None;
+        for r in &refs {
+            if let Ok(img) = self.images.resolve(r).await {
+                base = Some(img);
+                break;
+            }
+        }
+        let base = base.ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "the base image of checkpoint {source_name} ({}) is not in the image store; pull it first",
+                if refs.is_empty() { "not named in config.dump".to_string() } else { refs.join(" / ") }
+            ))
+        })?;
+        repoint_mounts(&mut spec, req, pod)?;
+        repoint_namespaces(&mut spec, pod, DumpedNamespaces::read(&ckpt.images_dir)?)?;
+        reannotate(&mut spec, req, pod);
+
+        let log = super::container::log_path(pod, req, lib_dir)?;
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
+        }
+        // The checkpointed container's log carries on in the new log.
+        if let Some(saved) = &extracted.log
+            && !log.exists()
+        {
+            let _ = std::fs::copy(saved, &log);
+        }
+        let image_name = base
+            .info
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| refs.first().cloned().unwrap_or_default());
+        let rec = CtrRecord {
+            id: id.to_string(),
+            pod_id: pod.id.clone(),
+            spec: req.clone(),
+            kind: CtrKind::Restored,
+            phase: Phase::Created,
+            image_ref: base.image_ref.clone(),
+            image_id: base.info.id.clone(),
+            image_name,
+            log_path: log,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: None,
+            reason: String::new(),
+            message: String::new(),
+            pid: None,
+            pid_start: 0,
+            bundle: self.cfg.state.container_run_dir(id).join("bundle"),
+            rootfs: self.cfg.state.container_run_dir(id).join("rootfs"),
+            upper: self.cfg.state.container_lib_dir(id).join("upper"),
+            work: self.cfg.state.container_lib_dir(id).join("work"),
+            lowers: vec![],
+            relay_pid: None,
+            restore: Some(RestorePlan {
+                dir: extracted.root.clone(),
+                source: source_name,
+                spec,
+                config: ckpt.config.clone(),
+                base_layers: base.layers.clone(),
+            }),
+        };
+        self.store.save_ctr(&rec)?;
+        tracing::info!(container = %id, from = %rec.restore.as_ref().map(|r| r.source.as_str()).unwrap_or(""), "container prepared for restore");
+        Ok(id.to_string())
+    }
+
+    pub(super) async fn start_restored(&self, rec: CtrRecord) -> Result<()> {
+        let plan = rec
+            .restore
+            .clone()
+            .ok_or_else(|| ShimError::Internal("restore plan missing".into()))?;
+        let pod = self.ready_pod(&rec.pod_id)?;
+        let images_dir = plan.dir.join("checkpoint");
+        let ckpt = CheckpointDir {
+            images_dir,
+            spec: plan.spec.clone(),
+            config: plan.config.clone(),
+            rootfs_diff: Some(plan.dir.join("rootfs-diff.tar")).filter(|p| p.is_file()),
+            deleted: read_json(&plan.dir.join("deleted.files"))?
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+            source: Some(plan.source.clone()),
+        };
+        let mut opts = ContainerRestoreOptions::new(&rec.id, self.cfg.state.clone());
+        // The base image's layers, top first (overlay order).
+        opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
+        opts.log_path = Some(rec.log_path.clone());
+        opts.relay_exe = Some(self.cfg.exe.clone());
+        let dumped = DumpedNamespaces::read(&ckpt.images_dir)?;
+        if let Some(h) = pod.holder {
+            let holder = h.holder();
+            if dumped.net && h.net {
+                opts.netns = Some(holder.ns_path("net"));
+            }
+            for (on, kind) in [(dumped.ipc && h.ipc, "ipc"), (dumped.uts && h.uts, "uts")] {
+                if on {
+                    opts.join_ns.push(cpengine::options::JoinNamespace {
+                        ns: kind.into(),
+                        path: holder.ns_path(kind),
+                    });
+                }
+            }
+        }
+        let engine = self.checkpointer.engine().await?;
+        let report = cpengine::container::restore::restore(&engine, &ckpt, &opts)
+            .await
+            .map_err(ShimError::engine("restoring the container"))?;
+        self.reaper.track(report.pid);
+        let start = cpengine::proc::start_time(report.pid).unwrap_or(0);
+        tracing::info!(container = %rec.id, pid = report.pid, total_ms = report.total.as_millis() as u64, "container restored");
+        self.store.update_ctr(&rec.id, |c| {
+            c.phase = Phase::Started;
+            c.started_at = now_ns();
+            c.pid = Some(report.pid);
+            c.pid_start = start;
+            c.rootfs = report.rootfs.clone();
+        })?;
+        if !pid_alive(report.pid, start) {
+            tracing::warn!(container = %rec.id, "restored container exited right away");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MountSpec;
+    use crate::standalone::store::HolderRecord;
+    use serde_json::json;
+
+    fn pod(holder: Option<HolderRecord>) -> PodRecord {
+        PodRecord {
+            id: "newpod".into(),
+            spec: PodSpec::default(),
+            created_at: 0,
+            state: PodState::Ready,
+            holder,
+            resolv_conf: Some("/new/resolv.conf".into()),
+            hostname_file: Some("/new/hostname".into()),
+        }
+    }
+
+    #[test]
+    fn undeclared_bind_mounts_are_named_and_declared_ones_repointed() {
+        let mut spec = json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/old/resolv.conf", "options": ["rbind"]},
+            {"destination": "/data", "type": "bind", "source": "/old/data", "options": ["rbind", "rw"]},
+            {"destination": "/cache", "type": "none", "source": "/old/cache", "options": ["bind"]},
+        ]});
+        let mut req = ContainerSpec::default();
+        let err = repoint_mounts(&mut spec.clone(), &req, &pod(None)).unwrap_err();
+        assert!(
+            matches!(&err, ShimError::FailedPrecondition(m) if m.contains("/data, /cache")),
+            "{err}"
+        );
+        req.mounts = vec![
+            MountSpec {
+                container_path: "/data".into(),
+                host_path: "/new/data".into(),
+                ..Default::default()
+            },
+            MountSpec {
+                container_path: "/cache/".into(),
+                host_path: "/new/cache".into(),
+                ..Default::default()
+            },
+        ];
+        repoint_mounts(&mut spec, &req, &pod(None)).unwrap();
+        assert_eq!(spec["mounts"][1]["source"], "/new/resolv.conf");
+        assert_eq!(spec["mounts"][2]["source"], "/new/data");
+        assert_eq!(spec["mounts"][3]["source"], "/new/cache");
+    }
+
+    #[test]
+    fn namespaces_follow_the_new_pod_and_must_match_its_kinds() {
+        let h = HolderRecord {
+            pid: 77,
+            start: 1,
+            net: true,
+            ipc: true,
+            uts: true,
+        };
+        let spec = json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/proc/5/ns/net"},
+            {"type": "ipc", "path": "/proc/5/ns/ipc"}, {"type": "uts", "path": "/proc/5/ns/uts"},
+        ]}});
+        let all = DumpedNamespaces {
+            net: true,
+            ipc: true,
+            uts: true,
+        };
+        let mut s1 = spec.clone();
+        repoint_namespaces(&mut s1, &pod(Some(h)), all).unwrap();
+        assert_eq!(s1["linux"]["namespaces"][1]["path"], "/proc/77/ns/net");
+        assert_eq!(s1["linux"]["namespaces"][3]["path"], "/proc/77/ns/uts");
+        // A host-network pod cannot take a container checkpointed in its own network.
+        let host = HolderRecord {
+            net: false,
+            uts: false,
+            ..h
+        };
+        assert!(matches!(
+            repoint_namespaces(&mut spec.clone(), &pod(Some(host)), all),
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        // containerd names the host's network and UTS namespaces by path (its pause's) for a
+        // host-network pod: those entries go, the shared IPC is joined.
+        let mut s2 = spec.clone();
+        let dumped = DumpedNamespaces {
+            net: false,
+            ipc: true,
+            uts: false,
+        };
+        repoint_namespaces(&mut s2, &pod(Some(host)), dumped).unwrap();
+        assert_eq!(
+            s2["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/77/ns/ipc"}])
+        );
+    }
+
+    #[test]
+    fn dumped_namespaces_come_from_image_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "inventory.img",
+            "netns-ct-10.img",
+            "ipcns-var-11.img",
+            "utsns-12.img",
+        ] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let d = DumpedNamespaces::read(dir.path()).unwrap();
+        assert_eq!(
+            d,
+            DumpedNamespaces {
+                net: false,
+                ipc: true,
+                uts: true
+            }
+        );
+        std::fs::write(dir.path().join("netns-10.img"), b"").unwrap();
+        assert!(DumpedNamespaces::read(dir.path()).unwrap().net);
+    }
+}
