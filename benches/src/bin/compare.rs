@@ -283,6 +283,9 @@ fn main() -> Result<()> {
         if !skip("podman") && which("podman") {
             podman_suite(mib, args.runs, &mut r)?;
         }
+        if !skip("containerd") {
+            containerd_suite(mib, args.runs, &mut r)?;
+        }
         reap_children();
     }
     let measures = r.measures();
@@ -751,6 +754,93 @@ fn podman_suite(mib: u32, runs: usize, r: &mut Results) -> Result<()> {
         );
         podman.ok(&["rm", "-f", "-t", "0", &restored]);
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- containerd suite
+
+/// containerd 2.1.9's own CRI `CheckpointContainer` (scripts/containerd.sh fetches and unpacks
+/// it; a private instance runs here). The workload binary and its libraries come from a
+/// read-only host directory mounted into a busybox container. containerd's CRI restore needs
+/// the base image pulled again from a registry, so only the checkpoint is timed.
+fn containerd_suite(mib: u32, runs: usize, r: &mut Results) -> Result<()> {
+    use cpengine_integration::containerd::{BUSYBOX_IMAGE, Containerd};
+    use cpengine_integration::cri;
+    use k8s_cri::v1 as pb;
+    let ctrd = Containerd::start();
+    let work = scratch("cpe-cmp-ctrd-");
+    let base = work.path().join("wl");
+    std::fs::create_dir_all(base.join("bin"))?;
+    add_workload(&base, &workspace_bin("cpe-workload"));
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (mut c, _) = cri::clients(&ctrd.socket);
+        let pod_cfg = cri::pod_config("cmp-pod", &logs, pb::NamespaceMode::Node);
+        let pod = c
+            .run_pod_sandbox(pb::RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let script = format!(
+            "exec /opt/wl/lib64/ld-linux-x86-64.so.2 --library-path /opt/wl/lib/x86_64-linux-gnu /opt/wl/bin/cpe-workload --dir /tmp/wl --mem {mib}"
+        );
+        let mut cfg = cri::container_config("wl", BUSYBOX_IMAGE, &script);
+        cfg.mounts.push(pb::Mount {
+            container_path: "/opt/wl".into(),
+            host_path: base.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        });
+        let id = c
+            .create_container(pb::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        c.start_container(pb::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = cri::exec(&mut c, &id, &["cat", "/tmp/wl/ready"])
+                .await
+                .is_ok_and(|o| o.exit_code == 0);
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("containerd workload not ready");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for i in 0..runs {
+            let loc = work.path().join(format!("ctrd-{i}.tar"));
+            let t = Instant::now();
+            c.checkpoint_container(pb::CheckpointContainerRequest {
+                container_id: id.clone(),
+                location: loc.display().to_string(),
+                timeout: 300,
+            })
+            .await?;
+            let wall = t.elapsed();
+            let frozen = archive_frozen(&loc);
+            r.add(CKPT, T_CTRD_CKPT, mib, Sample { wall, frozen });
+            let _ = std::fs::remove_file(&loc);
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(ctrd);
     Ok(())
 }
 

@@ -586,13 +586,9 @@ pub fn write_archive(
         .sum::<u64>()
         + END_LEN;
 
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "archive".into());
+    // The journal recognises a partial archive by this prefix (and removes it after a crash).
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
-        .suffix(".tmp")
+        .prefix(&crate::container::journal::temp_prefix(dest))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(parent)
         .map_err(|source| ArchiveError::CreateTemp {

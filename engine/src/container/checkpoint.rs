@@ -699,6 +699,9 @@ pub async fn checkpoint(
         Some(p) => {
             crate::blocking(move || {
                 let (mut b, stats) = p.join()?;
+                // The pages are in and the workload runs again: let the disk start on them
+                // while the rest of the archive is appended.
+                b.start_writeback_now();
                 let progress = progress
                     .as_deref()
                     .map(|p| p as &dyn crate::archive::Progress);
