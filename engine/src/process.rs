@@ -198,64 +198,71 @@ pub async fn restore(
         ..
     } = opts;
     inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
-    // Lazy: the daemon that serves the pages must listen before CRIU restores.
-    let lazy = if req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true) {
+    // Lazy: the daemon that serves the pages starts now and the restore at once; the restore
+    // reads the images through a gate that opens when the daemon listens (see
+    // `criu::lazy::Gate`), so the two CRIU start-ups overlap.
+    let mut req = req;
+    let mut view_fd = None;
+    let mut gate = None;
+    let mut lazy_ready = None;
+    if req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true) {
         let t = Instant::now();
-        let (bin, images, work) = (
-            criu.binary().to_path_buf(),
-            images_dir.clone(),
-            work_path.clone(),
-        );
-        let started = crate::blocking(move || {
-            Ok(crate::criu::lazy::LazyPages::start(
-                &bin, &images, &work, log_level,
-            )?)
-        })
-        .await;
-        let d = match started {
-            Ok(d) => d,
-            Err(e) => {
-                // Say so plainly when the kernel cannot do it at all.
-                let f = criu
-                    .features(crate::criu::Features {
-                        lazy_pages: true,
-                        ..Default::default()
-                    })
-                    .await;
-                if f.is_ok_and(|f| !f.lazy_pages) {
-                    return Err(Error::Unsupported {
-                        what: "a lazy restore",
-                        feature: "lazy_pages",
-                        hint: "the kernel lacks userfaultfd with non-cooperative events",
-                    });
+        let pending =
+            crate::criu::lazy::LazyPages::spawn(criu.binary(), &images_dir, &work_path, log_level)?;
+        match crate::criu::lazy::View::new(&images_dir) {
+            Ok(view) => {
+                let g = crate::criu::lazy::Gate::start(view, pending)
+                    .map_err(Error::io("starting the lazy restore's gate"))?;
+                let fd = sys::open_dir(g.view())
+                    .map_err(Error::io("opening the lazy restore's view"))?;
+                // The work dir (log, stats, the daemon's socket) stays the real one.
+                let wfd = sys::open_dir(&work_path).map_err(|source| Error::WorkDir {
+                    path: work_path.clone(),
+                    source,
+                })?;
+                if let Some(o) = req.opts.as_mut() {
+                    o.images_dir_fd = fd.as_raw_fd();
+                    o.work_dir_fd = Some(wfd.as_raw_fd());
                 }
-                return Err(e);
+                view_fd = Some((fd, wfd));
+                gate = Some(g);
             }
-        };
+            Err(e) => {
+                // No view (read-only images): start the daemon first, then restore.
+                tracing::debug!(error = %e, "no lazy view; waiting for the daemon first");
+                let d =
+                    crate::blocking(move || Ok(pending.wait(std::time::Duration::from_secs(30))?))
+                        .await;
+                match d {
+                    Ok(d) => lazy_ready = Some(d),
+                    Err(e) => {
+                        return Err(lazy_error(criu, e).await);
+                    }
+                }
+            }
+        }
         phases.push(Phase::new("start lazy-pages daemon", t.elapsed()));
-        Some(d)
-    } else {
-        None
-    };
+    }
     let mut session = match criu.session(SpawnSpec {
         inherit: inherit_fds,
         stdio,
     }) {
         Ok(s) => s,
         Err(e) => {
-            if let Some(d) = &lazy {
+            lazy_failed(criu, gate.take()).await;
+            if let Some(d) = &lazy_ready {
                 d.kill();
             }
             return Err(e.into());
         }
     };
     session.set_log(work_path.join(RESTORE_LOG));
-    let mut req = req;
     if !join_cgroups.is_empty()
         && let Err(e) = add_worker_cgroups(&session, &join_cgroups, &mut req)
     {
         session.kill().await;
-        if let Some(d) = &lazy {
+        lazy_failed(criu, gate.take()).await;
+        if let Some(d) = &lazy_ready {
             d.kill();
         }
         return Err(e);
@@ -265,13 +272,22 @@ pub async fn restore(
         Ok(ex) => ex,
         Err(source) => {
             session.kill().await;
-            if let Some(d) = &lazy {
+            // A daemon that never listened is the cause (the restore found no tree).
+            if let Some(d) = &lazy_ready {
                 d.kill();
+            }
+            if let Some(e) = lazy_failed(criu, gate.take()).await {
+                return Err(e);
             }
             return Err(Error::Restore { images_dir, source });
         }
     };
     session.finish().await;
+    let lazy = match gate.take() {
+        Some(g) => Some(g.finish()?),
+        None => lazy_ready,
+    };
+    drop(view_fd);
     let pid = exchange.resp.restore.as_ref().map_or(-1, |r| r.pid);
 
     let stats_path = work_path.join("stats-restore");
@@ -297,6 +313,39 @@ pub async fn restore(
         criu: criu_stats,
         lazy_pages_pid: lazy.as_ref().map(crate::criu::lazy::LazyPages::pid),
     })
+}
+
+/// After a failed lazy restore: stops the daemon, or returns why it never listened (saying so
+/// plainly when the kernel cannot do lazy pages at all).
+async fn lazy_failed(criu: &Criu, gate: Option<crate::criu::lazy::Gate>) -> Option<Error> {
+    let gate = gate?;
+    match crate::blocking(move || Ok(gate.finish())).await {
+        Ok(Ok(d)) => {
+            d.kill();
+            None
+        }
+        Ok(Err(e)) => Some(lazy_error(criu, e.into()).await),
+        Err(e) => Some(e),
+    }
+}
+
+/// The error of a lazy-pages daemon that never listened, or the plain "unsupported" one when
+/// the kernel cannot do lazy pages at all.
+async fn lazy_error(criu: &Criu, e: Error) -> Error {
+    let f = criu
+        .features(crate::criu::Features {
+            lazy_pages: true,
+            ..Default::default()
+        })
+        .await;
+    if f.is_ok_and(|f| !f.lazy_pages) {
+        return Error::Unsupported {
+            what: "a lazy restore",
+            feature: "lazy_pages",
+            hint: "the kernel lacks userfaultfd with non-cooperative events",
+        };
+    }
+    e
 }
 
 /// Moves the CRIU worker into the container's cgroups and turns its resulting cgroups into

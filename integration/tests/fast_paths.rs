@@ -224,6 +224,13 @@ async fn a_lazy_process_restore_has_all_its_memory() {
         .expect("a lazy-pages daemon serves the pages");
     assert!(daemon > 0);
     w.adopt(r.pid);
+    let left: Vec<_> = std::fs::read_dir(images.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".cpengine"))
+        .collect();
+    assert!(left.is_empty(), "the restore's view is left: {left:?}");
     assert!(w.advances_past("counter", w.counter()), "not running");
     assert_eq!(w.verify_memory(), "ok 256");
     // The daemon finishes once every page is in.

@@ -116,6 +116,8 @@ const CRESTORE: &str = "container restore";
 
 const T_CRIU_DUMP: &str = "criu dump";
 const T_CPE_DUMP: &str = "cpengine dump";
+const T_LIB_DUMP: &str = "cpengine dump (library call)";
+const T_LIB_RESTORE: &str = "cpengine restore (library call)";
 const T_CRIU_RESTORE: &str = "criu restore";
 const T_CPE_RESTORE: &str = "cpengine restore";
 const T_CPE_LAZY: &str = "cpengine restore --lazy";
@@ -260,14 +262,24 @@ fn reap_children() {
 struct Bins {
     cpengine: PathBuf,
     criu: PathBuf,
+    /// The engine in this process, for the library-call rows (no CLI start-up).
+    engine: cpengine::Engine,
+    rt: tokio::runtime::Runtime,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     cpengine_integration::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let engine = rt.block_on(cpengine::Engine::new())?;
     let bins = Bins {
         cpengine: workspace_bin("cpengine"),
         criu: PathBuf::from("/usr/local/sbin/criu"),
+        engine,
+        rt,
     };
     let skip = |s: &str| args.skip.iter().any(|x| x == s);
     let load_before = loadavg();
@@ -374,32 +386,45 @@ fn process_suite(bins: &Bins, mib: u32, runs: usize, lazy: bool, r: &mut Results
     let work = scratch("cpe-cmp-");
     {
         let w = Workload::start(&["--mem", &mem]);
+        let tools = [T_CRIU_DUMP, T_CPE_DUMP, T_LIB_DUMP];
         for i in 0..runs {
-            let criu_first = i % 2 == 0;
-            for k in 0..2 {
+            for k in 0..tools.len() {
+                let tool = tools[(i + k) % tools.len()];
                 let dir = work.path().join(format!("d-{i}-{k}"));
-                if (k == 0) == criu_first {
-                    std::fs::create_dir_all(&dir)?;
-                    let (wall, _) = timed(
-                        Command::new(&bins.criu)
-                            .args(["dump", "-t", &w.pid.to_string(), "-D"])
-                            .arg(&dir)
-                            .args(["--leave-running", "-o", "dump.log", "-v4"]),
-                    )?;
-                    let frozen = stats_frozen(&dir.join("stats-dump"));
-                    r.add(DUMP, T_CRIU_DUMP, mib, Sample { wall, frozen });
-                } else {
-                    let (wall, out) = timed(
-                        Command::new(&bins.cpengine)
-                            .args(["dump", &w.pid.to_string(), "-D"])
-                            .arg(&dir)
-                            .args(["--leave-running", "--json"]),
-                    )?;
-                    let v: serde_json::Value = serde_json::from_str(&out)?;
-                    let frozen = v
-                        .get("criu")
-                        .and_then(|c| Some(json_ms(c, "freezing_ms")? + json_ms(c, "frozen_ms")?));
-                    r.add(DUMP, T_CPE_DUMP, mib, Sample { wall, frozen });
+                match tool {
+                    T_CRIU_DUMP => {
+                        std::fs::create_dir_all(&dir)?;
+                        let (wall, _) = timed(
+                            Command::new(&bins.criu)
+                                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                                .arg(&dir)
+                                .args(["--leave-running", "-o", "dump.log", "-v4"]),
+                        )?;
+                        let frozen = stats_frozen(&dir.join("stats-dump"));
+                        r.add(DUMP, tool, mib, Sample { wall, frozen });
+                    }
+                    T_CPE_DUMP => {
+                        let (wall, out) = timed(
+                            Command::new(&bins.cpengine)
+                                .args(["dump", &w.pid.to_string(), "-D"])
+                                .arg(&dir)
+                                .args(["--leave-running", "--json"]),
+                        )?;
+                        let v: serde_json::Value = serde_json::from_str(&out)?;
+                        let frozen = v.get("criu").and_then(|c| {
+                            Some(json_ms(c, "freezing_ms")? + json_ms(c, "frozen_ms")?)
+                        });
+                        r.add(DUMP, tool, mib, Sample { wall, frozen });
+                    }
+                    _ => {
+                        let mut o = cpengine::CheckpointOptions::new(w.pid, &dir);
+                        o.leave_running = true;
+                        let t = Instant::now();
+                        let rep = bins.rt.block_on(bins.engine.dump(&o))?;
+                        let wall = t.elapsed();
+                        let frozen = rep.criu.as_ref().map(|s| s.freezing + s.frozen);
+                        r.add(DUMP, tool, mib, Sample { wall, frozen });
+                    }
                 }
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -418,7 +443,7 @@ fn process_suite(bins: &Bins, mib: u32, runs: usize, lazy: bool, r: &mut Results
     )?;
     kill_and_reap(&[w.pid]);
     w.adopt(0);
-    let mut tools = vec![T_CRIU_RESTORE, T_CPE_RESTORE];
+    let mut tools = vec![T_CRIU_RESTORE, T_CPE_RESTORE, T_LIB_RESTORE];
     if lazy {
         tools.push(T_CPE_LAZY);
     }
@@ -434,6 +459,13 @@ fn process_suite(bins: &Bins, mib: u32, runs: usize, lazy: bool, r: &mut Results
                             .args(["-d", "-o", "restore.log", "-v4"]),
                     )?;
                     (wall, restored_pid(&images)?)
+                }
+                T_LIB_RESTORE => {
+                    let t = Instant::now();
+                    let rep = bins
+                        .rt
+                        .block_on(bins.engine.restore(cpengine::RestoreOptions::new(&images)))?;
+                    (t.elapsed(), rep.pid)
                 }
                 _ => {
                     let mut c = Command::new(&bins.cpengine);
@@ -885,6 +917,20 @@ fn ratios(ms: &[Measure]) -> Vec<Ratio> {
             (DUMP, T_CRIU_DUMP),
             false,
             small.then_some(1.02),
+        );
+        add(
+            "dump: engine (library call) over CRIU",
+            (DUMP, T_LIB_DUMP),
+            (DUMP, T_CRIU_DUMP),
+            false,
+            small.then_some(1.02),
+        );
+        add(
+            "restore: eager (library call) vs criu restore",
+            (PRESTORE, T_LIB_RESTORE),
+            (PRESTORE, T_CRIU_RESTORE),
+            false,
+            Some(1.0),
         );
         add(
             "restore: eager vs criu restore",
