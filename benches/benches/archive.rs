@@ -58,34 +58,46 @@ fn archive_throughput(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
     g.throughput(Throughput::Bytes((MIB as u64) << 20));
-    let cases: [(&str, &Path, Compression, Option<i32>); 6] = [
+    let cases: [(&str, &Path, Compression, Option<i32>); 8] = [
         ("none", &random, Compression::None, None),
         (
-            "zstd default, incompressible",
+            "zstd default (1), incompressible",
             &random,
             Compression::Zstd,
             None,
         ),
         (
-            "zstd default, half compressible",
+            "zstd default (1), half compressible",
             &half,
             Compression::Zstd,
             None,
         ),
         (
-            "zstd level 1, half compressible",
+            "zstd level 3, half compressible",
             &half,
             Compression::Zstd,
-            Some(1),
+            Some(3),
         ),
         (
-            "gzip default, incompressible",
+            "zstd level -1, half compressible",
+            &half,
+            Compression::Zstd,
+            Some(-1),
+        ),
+        (
+            "zstd level -1, incompressible",
+            &random,
+            Compression::Zstd,
+            Some(-1),
+        ),
+        (
+            "gzip default (1), incompressible",
             &random,
             Compression::Gzip,
             None,
         ),
         (
-            "gzip default, half compressible",
+            "gzip default (1), half compressible",
             &half,
             Compression::Gzip,
             None,
