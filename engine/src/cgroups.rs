@@ -20,6 +20,55 @@ pub fn thaw(cgroup: &Path) {
     }
 }
 
+/// Freezes a freezer cgroup and waits until every task in it is frozen, polling the state
+/// quickly (a first look after 20 µs, then doubling up to 1 ms between looks). Returns how
+/// long it took, or `None` if the cgroup was not frozen within `timeout` (it is thawed
+/// again then).
+///
+/// Why: CRIU freezes a cgroup itself when it finds it thawed, but checks the state only every
+/// 100 ms, and a freezer v1 cgroup is never FROZEN at the first look (its tasks freeze
+/// asynchronously). So every container checkpoint paid ~100 ms of freezing, frozen the whole
+/// time. Handing CRIU a cgroup that is already FROZEN skips that wait (CRIU seizes the frozen
+/// tasks directly, as for a paused container); the workload is frozen only for as long as
+/// its tasks take to reach the freezer, typically well under a millisecond. CRIU puts a
+/// cgroup it found frozen back into FROZEN after the dump, so the caller thaws it when CRIU
+/// answers.
+pub fn freeze_fast(
+    cgroup: &Path,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::time::Duration>> {
+    use std::time::{Duration, Instant};
+    let v1 = cgroup.join("freezer.state");
+    let started = Instant::now();
+    let frozen = || -> std::io::Result<bool> {
+        if v1.exists() {
+            Ok(fs::read_to_string(&v1)?.trim() == "FROZEN")
+        } else {
+            Ok(fs::read_to_string(cgroup.join("cgroup.events"))?
+                .lines()
+                .any(|l| l.trim() == "frozen 1"))
+        }
+    };
+    if v1.exists() {
+        fs::write(&v1, "FROZEN")?;
+    } else {
+        fs::write(cgroup.join("cgroup.freeze"), "1")?;
+    }
+    let mut pause = Duration::from_micros(20);
+    loop {
+        // Reading freezer.state is what makes a v1 cgroup move from FREEZING to FROZEN.
+        if frozen()? {
+            return Ok(Some(started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            thaw(cgroup);
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
 /// Whether a freezer cgroup is frozen (or freezing).
 pub fn is_frozen(cgroup: &Path) -> bool {
     if let Ok(s) = fs::read_to_string(cgroup.join("freezer.state")) {

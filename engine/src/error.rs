@@ -57,6 +57,12 @@ pub enum Error {
     Criu(#[from] CriuError),
     #[error("reading CRIU statistics {}", path.display())]
     Stats { path: PathBuf, source: ImageError },
+    #[error("{what} is not supported here: CRIU's feature check reports {feature}=false ({hint})")]
+    Unsupported {
+        what: &'static str,
+        feature: &'static str,
+        hint: &'static str,
+    },
 }
 
 impl Error {

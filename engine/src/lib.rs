@@ -78,6 +78,12 @@ impl Engine {
         process::dump(&self.criu, Some(&self.version), opts, handler).await
     }
 
+    /// Pre-dumps a process tree's memory for a later incremental dump (see
+    /// [`process::pre_dump`]); fails with [`Error::Unsupported`] without soft-dirty tracking.
+    pub async fn pre_dump(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
+        process::pre_dump(&self.criu, Some(&self.version), opts, &mut AckAll).await
+    }
+
     /// Restores a process tree; the restored root becomes a child of this process.
     pub async fn restore(&self, opts: RestoreOptions) -> Result<RestoreReport> {
         self.restore_with(opts, &mut AckAll).await

@@ -18,6 +18,7 @@ use crate::options::{CheckpointOptions, RestoreOptions};
 use crate::proc::{self, TaskState};
 use crate::report::{self, DumpReport, DumpStats, Phase, RestoreReport, RestoreStats};
 use crate::sys;
+use criu_proto::rpc::CriuReqType;
 
 /// Dumps the process tree described by `opts`.
 pub async fn dump(
@@ -25,6 +26,53 @@ pub async fn dump(
     version: Option<&CriuVersion>,
     opts: &CheckpointOptions,
     handler: &mut dyn NotifyHandler,
+) -> Result<DumpReport> {
+    if opts.track_mem || opts.parent_images.is_some() {
+        require_mem_track(criu, "an incremental dump (track_mem, parent images)").await?;
+    }
+    dump_as(criu, version, opts, handler, CriuReqType::Dump).await
+}
+
+/// Pre-dumps the tree (its memory only, tree left running, memory changes tracked from now
+/// on) into `opts.images_dir`; a later [`dump`] with `parent_images` pointing there writes
+/// only the pages changed since. Needs soft-dirty memory tracking (FEATURE_CHECK
+/// `mem_track`); without it this fails with [`Error::Unsupported`] before touching the tree.
+pub async fn pre_dump(
+    criu: &Criu,
+    version: Option<&CriuVersion>,
+    opts: &CheckpointOptions,
+    handler: &mut dyn NotifyHandler,
+) -> Result<DumpReport> {
+    require_mem_track(criu, "a pre-dump").await?;
+    let mut o = opts.clone();
+    o.track_mem = true;
+    o.leave_running = true;
+    dump_as(criu, version, &o, handler, CriuReqType::SinglePreDump).await
+}
+
+async fn require_mem_track(criu: &Criu, what: &'static str) -> Result<()> {
+    let f = criu
+        .features(crate::criu::Features {
+            mem_track: true,
+            ..Default::default()
+        })
+        .await?;
+    if !f.mem_track {
+        return Err(Error::Unsupported {
+            what,
+            feature: "mem_track",
+            hint: "the kernel lacks soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY)",
+        });
+    }
+    Ok(())
+}
+
+async fn dump_as(
+    criu: &Criu,
+    version: Option<&CriuVersion>,
+    opts: &CheckpointOptions,
+    handler: &mut dyn NotifyHandler,
+    kind: CriuReqType,
 ) -> Result<DumpReport> {
     let started = Instant::now();
     let pid = opts.pid;
@@ -39,13 +87,14 @@ pub async fn dump(
     let before = snapshot(pid);
     let existing = dir_names(&opts.images_dir);
 
-    let req = convert::dump_request(
+    let mut req = convert::dump_request(
         opts,
         images.as_raw_fd(),
         work.as_ref().map(AsRawFd::as_raw_fd),
     );
     // A tree with its own network namespace gets CRIU's network lock during the dump.
     let netns = crate::netlock::foreign_netns_of(pid);
+    req.r#type = kind as i32;
     let mut session = criu.session(SpawnSpec::default())?;
     session.set_log(work_path.join(DUMP_LOG));
     session.set_fault(opts.fault.clone());
@@ -68,13 +117,15 @@ pub async fn dump(
             return Err(Error::Dump { pid, source });
         }
     };
+    // Resume first, then wait for CRIU to exit: a freezer cgroup CRIU found frozen is frozen
+    // again when CRIU lets go of the tasks, and every moment until the thaw is downtime.
+    let resumed_at = opts.leave_running.then(|| {
+        resume_tree(&before, opts.freeze_cgroup.as_deref());
+        Instant::now()
+    });
     session.finish().await;
     drop(images);
     drop(work);
-
-    if opts.leave_running {
-        resume_tree(&before, opts.freeze_cgroup.as_deref());
-    }
     let stats_path = work_path.join("stats-dump");
     let criu_stats = match report::read_stats(&stats_path) {
         Ok(s) => s.dump.map(DumpStats::from),
@@ -103,6 +154,7 @@ pub async fn dump(
         images_bytes,
         images_files,
         page_size: sys::page_size(),
+        resumed_at,
     })
 }
 
@@ -154,20 +206,78 @@ pub async fn restore(
         timeout,
         join_cgroups,
         fault,
+        log_level,
         ..
     } = opts;
     inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
-    let mut session = criu.session(SpawnSpec {
+    // Lazy: the daemon that serves the pages starts now and the restore at once; the restore
+    // reads the images through a gate that opens when the daemon listens (see
+    // `criu::lazy::Gate`), so the two CRIU start-ups overlap.
+    let mut req = req;
+    let mut view_fd = None;
+    let mut gate = None;
+    let mut lazy_ready = None;
+    if req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true) {
+        let t = Instant::now();
+        let pending =
+            crate::criu::lazy::LazyPages::spawn(criu.binary(), &images_dir, &work_path, log_level)?;
+        match crate::criu::lazy::View::new(&images_dir) {
+            Ok(view) => {
+                let g = crate::criu::lazy::Gate::start(view, pending)
+                    .map_err(Error::io("starting the lazy restore's gate"))?;
+                let fd = sys::open_dir(g.view())
+                    .map_err(Error::io("opening the lazy restore's view"))?;
+                // The work dir (log, stats, the daemon's socket) stays the real one.
+                let wfd = sys::open_dir(&work_path).map_err(|source| Error::WorkDir {
+                    path: work_path.clone(),
+                    source,
+                })?;
+                if let Some(o) = req.opts.as_mut() {
+                    o.images_dir_fd = fd.as_raw_fd();
+                    o.work_dir_fd = Some(wfd.as_raw_fd());
+                }
+                view_fd = Some((fd, wfd));
+                gate = Some(g);
+            }
+            Err(e) => {
+                // No view (read-only images): start the daemon first, then restore.
+                tracing::debug!(error = %e, "no lazy view; waiting for the daemon first");
+                let d =
+                    crate::blocking(move || Ok(pending.wait(std::time::Duration::from_secs(30))?))
+                        .await;
+                match d {
+                    Ok(d) => lazy_ready = Some(d),
+                    Err(e) => {
+                        return Err(lazy_error(criu, e).await);
+                    }
+                }
+            }
+        }
+        phases.push(Phase::new("start lazy-pages daemon", t.elapsed()));
+    }
+    let mut session = match criu.session(SpawnSpec {
         inherit: inherit_fds,
         stdio,
-    })?;
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            lazy_failed(criu, gate.take()).await;
+            if let Some(d) = &lazy_ready {
+                d.kill();
+            }
+            return Err(e.into());
+        }
+    };
     session.set_log(work_path.join(RESTORE_LOG));
     session.set_fault(fault);
-    let mut req = req;
     if !join_cgroups.is_empty()
         && let Err(e) = add_worker_cgroups(&session, &join_cgroups, &mut req)
     {
         session.kill().await;
+        lazy_failed(criu, gate.take()).await;
+        if let Some(d) = &lazy_ready {
+            d.kill();
+        }
         return Err(e);
     }
     phases.push(Phase::new("prepare", prepare_start.elapsed()));
@@ -179,12 +289,24 @@ pub async fn restore(
         Ok(ex) => ex,
         Err(source) => {
             session.abort().await;
+            // A daemon that never listened is the cause (the restore found no tree).
+            if let Some(d) = &lazy_ready {
+                d.kill();
+            }
             kill_restored(watch.pid, &images_dir);
             unmount_leftovers(&work_path);
+            if let Some(e) = lazy_failed(criu, gate.take()).await {
+                return Err(e);
+            }
             return Err(Error::Restore { images_dir, source });
         }
     };
     session.finish().await;
+    let lazy = match gate.take() {
+        Some(g) => Some(g.finish()?),
+        None => lazy_ready,
+    };
+    drop(view_fd);
     let pid = exchange.resp.restore.as_ref().map_or(-1, |r| r.pid);
 
     let stats_path = work_path.join("stats-restore");
@@ -208,6 +330,7 @@ pub async fn restore(
         total: started.elapsed(),
         hooks: exchange.hooks,
         criu: criu_stats,
+        lazy_pages_pid: lazy.as_ref().map(crate::criu::lazy::LazyPages::pid),
     })
 }
 
@@ -314,6 +437,39 @@ fn reap(pid: i32, within: Duration) {
             _ => return,
         }
     }
+}
+
+/// After a failed lazy restore: stops the daemon, or returns why it never listened (saying so
+/// plainly when the kernel cannot do lazy pages at all).
+async fn lazy_failed(criu: &Criu, gate: Option<crate::criu::lazy::Gate>) -> Option<Error> {
+    let gate = gate?;
+    match crate::blocking(move || Ok(gate.finish())).await {
+        Ok(Ok(d)) => {
+            d.kill();
+            None
+        }
+        Ok(Err(e)) => Some(lazy_error(criu, e.into()).await),
+        Err(e) => Some(e),
+    }
+}
+
+/// The error of a lazy-pages daemon that never listened, or the plain "unsupported" one when
+/// the kernel cannot do lazy pages at all.
+async fn lazy_error(criu: &Criu, e: Error) -> Error {
+    let f = criu
+        .features(crate::criu::Features {
+            lazy_pages: true,
+            ..Default::default()
+        })
+        .await;
+    if f.is_ok_and(|f| !f.lazy_pages) {
+        return Error::Unsupported {
+            what: "a lazy restore",
+            feature: "lazy_pages",
+            hint: "the kernel lacks userfaultfd with non-cooperative events",
+        };
+    }
+    e
 }
 
 /// Moves the CRIU worker into the container's cgroups and turns its resulting cgroups into

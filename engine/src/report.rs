@@ -162,6 +162,10 @@ pub struct DumpReport {
     pub images_bytes: u64,
     pub images_files: u64,
     pub page_size: u64,
+    /// When the engine had the tree running again (its freezer cgroup thawed) after a
+    /// leave-running dump; for measuring the workload's downtime.
+    #[serde(skip)]
+    pub resumed_at: Option<std::time::Instant>,
 }
 
 impl DumpReport {
@@ -184,6 +188,9 @@ pub struct RestoreReport {
     pub total: Duration,
     pub hooks: Vec<HookTiming>,
     pub criu: Option<RestoreStats>,
+    /// Pid of the lazy-pages daemon still copying the memory in (lazy restores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lazy_pages_pid: Option<i32>,
 }
 
 /// Formats a byte count in binary units.
@@ -286,6 +293,12 @@ impl fmt::Display for RestoreReport {
                     ("pages restored".into(), s.pages_restored.to_string()),
                     ("pages compared".into(), s.pages_compared.to_string()),
                 ],
+            )?;
+        }
+        if let Some(pid) = self.lazy_pages_pid {
+            writeln!(
+                f,
+                "memory is copied in lazily by the lazy-pages daemon (pid {pid}), which exits when done"
             )?;
         }
         Ok(())

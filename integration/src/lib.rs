@@ -72,11 +72,14 @@ pub async fn engine() -> cpengine::Engine {
 /// A binary built from this workspace, next to the running test or bench binary.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a workspace binary (the
+    // comparison runner) lives in target/<profile>/ itself.
+    let parent = exe.parent().expect("binary has a directory");
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().expect("target/<profile>")
+    } else {
+        parent
+    };
     let bin = dir.join(name);
     assert!(
         bin.is_file(),

@@ -34,6 +34,29 @@ pub fn make_busybox_base(dir: &Path) {
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
 }
 
+/// Copies the `cpe-workload` binary into a base tree as `/bin/cpe-workload`, with the shared
+/// libraries it needs (as `ldd` lists them) at their host paths, so a container can run the
+/// memory workload (`--mem N`, `verify-request`).
+pub fn add_workload(base: &Path, workload: &Path) {
+    std::fs::copy(workload, base.join("bin/cpe-workload")).unwrap();
+    let (st, out, err) = run(Command::new("ldd").arg(workload));
+    assert!(st.success(), "ldd {}: {err}", workload.display());
+    for line in out.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let src = std::fs::canonicalize(p).unwrap();
+            let dest = base.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&src, &dest).unwrap();
+        }
+    }
+}
+
 /// A bundle whose rootfs is an overlay over a busybox base.
 #[derive(Debug)]
 pub struct Bundle {
@@ -50,6 +73,12 @@ impl Bundle {
     /// Creates base, upper, work and the bundle, mounts the overlay and writes config.json
     /// running `sh -c <script>`.
     pub fn busybox(script: &str) -> Self {
+        Self::busybox_with(script, |_| {})
+    }
+
+    /// Like [`Bundle::busybox`], with `add` putting more into the base tree before the overlay
+    /// is mounted (e.g. [`add_workload`]).
+    pub fn busybox_with(script: &str, add: impl FnOnce(&Path)) -> Self {
         require_program("runc");
         let tmp = scratch("cpe-bundle-");
         let root = tmp.path().to_path_buf();
@@ -64,6 +93,7 @@ impl Bundle {
             std::fs::create_dir_all(d).unwrap();
         }
         make_busybox_base(&base);
+        add(&base);
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
             base.display(),

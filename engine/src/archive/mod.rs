@@ -42,6 +42,7 @@
 //! RESOLVE_NO_SYMLINKS)` and refuses links, devices, traversal and duplicates with typed
 //! errors before writing anything for that member.
 
+mod builder;
 mod compress;
 mod config;
 mod read;
@@ -55,6 +56,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use builder::{ArchiveBuilder, StreamMember};
 pub(crate) use compress::decoder as compress_decoder;
 pub use config::{ConfigDump, GoTime, StatusDump, StatusImage, StatusMetadata};
 pub use read::{

@@ -153,6 +153,30 @@ pub(crate) fn encode(m: &Meta<'_>) -> Vec<u8> {
     out
 }
 
+/// The single 512-byte ustar header of a regular file whose size is only known after its data
+/// was written (a streamed member: the block is reserved first and patched at the end).
+///
+/// Always exactly one block, whatever the size: a size over the 11 octal digits of ustar is
+/// written as a GNU base-256 number (which GNU tar, Go's archive/tar, the Rust `tar` crate and
+/// cpengine's reader accept) instead of a pax record, which would need more blocks. `None` if
+/// the name does not fit the ustar name field (100 bytes; streamed members have short names).
+pub(crate) fn encode_fixed(name: &[u8], mode: u32, size: u64, mtime: i64) -> Option<[u8; 512]> {
+    if name.len() > 100 || name.is_empty() {
+        return None;
+    }
+    let m = Meta::new(name, TypeFlag::File, mode, size.min(MAX_SIZE), mtime.max(0));
+    let mut h = ustar(&m, (name, b""));
+    if size > MAX_SIZE {
+        // Base-256: high bit of the first byte set, the value big-endian in the rest.
+        let f = &mut h[124..136];
+        f.fill(0);
+        f[4..].copy_from_slice(&size.to_be_bytes());
+        f[0] = 0x80;
+    }
+    checksum(&mut h);
+    Some(h)
+}
+
 fn truncated(b: &[u8], n: usize) -> &[u8] {
     &b[..b.len().min(n)]
 }
@@ -419,6 +443,31 @@ mod tests {
         let (p, rest) = split_name(n.as_bytes()).unwrap();
         assert_eq!(p.len(), 100);
         assert_eq!(rest, format!("{}/", "b".repeat(50)).as_bytes());
+    }
+
+    #[test]
+    fn fixed_headers_are_one_block_and_read_back() {
+        let h = encode_fixed(b"checkpoint/pages-1.img", 0o600, 12345, 1_700_000_000).unwrap();
+        let hdr = tar::Header::from_byte_slice(&h);
+        assert_eq!(hdr.size().unwrap(), 12345);
+        assert_eq!(hdr.path_bytes().as_ref(), b"checkpoint/pages-1.img");
+        // Same bytes as the planned encoder for sizes that fit ustar.
+        assert_eq!(
+            h.to_vec(),
+            encode(&Meta::new(
+                b"checkpoint/pages-1.img",
+                TypeFlag::File,
+                0o600,
+                12345,
+                1_700_000_000
+            ))
+        );
+        let big = 20u64 << 30;
+        let h = encode_fixed(b"big", 0o600, big, 0).unwrap();
+        let hdr = tar::Header::from_byte_slice(&h);
+        assert_eq!(hdr.size().unwrap(), big);
+        assert!(hdr.cksum().is_ok());
+        assert!(encode_fixed(&[b'x'; 101], 0o600, 1, 0).is_none());
     }
 
     #[test]

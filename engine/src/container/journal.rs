@@ -131,11 +131,6 @@ pub fn begin(state: &StateRoot, mut entry: InFlight) -> std::io::Result<Entry> {
     Ok(Entry { path, entry })
 }
 
-/// The temp-file prefix an archive being written to `output` has (see the archive writer).
-pub fn temp_prefix(output: &Path) -> String {
-    crate::archive::temp_prefix(output)
-}
-
 /// Whether `pid` is still the process that started at `start` (0: unknown, any).
 fn same_process(pid: i32, start: u64) -> bool {
     pid > 0 && crate::proc::start_time(pid).is_some_and(|t| start == 0 || t == start)
@@ -238,7 +233,7 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
         if let Some(o) = &entry.output
             && let Some(parent) = o.parent()
         {
-            let prefix = temp_prefix(o);
+            let prefix = crate::archive::temp_prefix(o);
             for t in std::fs::read_dir(parent).into_iter().flatten().flatten() {
                 if t.file_name().to_string_lossy().starts_with(&prefix)
                     && std::fs::remove_file(t.path()).is_ok()
@@ -265,7 +260,7 @@ mod tests {
         let staging = tmp.path().join("stage");
         std::fs::create_dir_all(staging.join("images")).unwrap();
         let out = tmp.path().join("ckpt.tar");
-        let partial = tmp.path().join(format!("{}1234", temp_prefix(&out)));
+        let partial = tmp.path().join(format!("{}1234", crate::archive::temp_prefix(&out)));
         std::fs::write(&partial, b"partial").unwrap();
         let entry = InFlight {
             pid: 0,

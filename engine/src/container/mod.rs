@@ -16,6 +16,7 @@ pub mod relay;
 pub mod restore;
 pub mod runc;
 pub mod state;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -78,6 +78,10 @@ pub struct ContainerRestoreOptions {
     pub base_layers: Vec<PathBuf>,
     /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
     pub fault: Option<crate::fault::FaultPoint>,
+    /// Lazy restore: the container runs as soon as its tasks exist, and a lazy-pages daemon
+    /// copies its memory in on demand and in the background (see [`crate::criu::lazy`]). The
+    /// checkpoint's images stay in the container's state until it is deleted.
+    pub lazy_pages: bool,
 }
 
 impl ContainerRestoreOptions {
@@ -97,6 +101,7 @@ impl ContainerRestoreOptions {
             relay_exe: None,
             base_layers: Vec::new(),
             fault: None,
+            lazy_pages: false,
         }
     }
 }
@@ -333,6 +338,7 @@ pub async fn restore(
     ro.timeout = opts.timeout;
     ro.log_level = opts.log_level;
     ro.check_pids = !has_pidns;
+    ro.lazy_pages = opts.lazy_pages;
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
     ro.fault = opts.fault.clone();
@@ -745,20 +751,31 @@ pub async fn restore_archive(
         }
         .into());
     }
-    let work =
+    // A lazy restore reads pages from the images after it returns: they are extracted into
+    // the container's own state (removed with the container, or by a failed restore).
+    let work = if opts.lazy_pages {
+        opts.state.container_lib_dir(&opts.id).join("checkpoint")
+    } else {
         opts.state
             .lib
             .join("restores")
-            .join(format!("{}-{:08x}", opts.id, rand::random::<u32>()));
+            .join(format!("{}-{:08x}", opts.id, rand::random::<u32>()))
+    };
     std::fs::create_dir_all(work.parent().unwrap_or(&work))
         .map_err(Error::io("creating the restore work dir"))?;
-    struct Gone(PathBuf);
+    struct Gone(Option<PathBuf>);
     impl Drop for Gone {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_dir_all(p);
+            }
         }
     }
-    let _gone = Gone(work.clone());
+    let mut gone = Gone(Some(if opts.lazy_pages {
+        opts.state.container_lib_dir(&opts.id)
+    } else {
+        work.clone()
+    }));
     let t = Instant::now();
     let (ckpt, extracted) = open_source(source, &opts.state, &work, insecure).await?;
     let extract_time = t.elapsed();
@@ -785,8 +802,14 @@ pub async fn restore_archive(
             crate::oci::unpack::layer_dirs(&store, &record, &opts.state.lib.join("layers")).await?;
     }
     let mut report = restore(engine, &ckpt, &opts).await?;
+    if opts.lazy_pages {
+        // The daemon still reads the images; they go with the container.
+        gone.0 = None;
+    }
     report
         .phases
         .insert(0, Phase::new("extract checkpoint", extract_time));
+    // The whole restore, extraction included.
+    report.total += extract_time;
     Ok(report)
 }

@@ -63,13 +63,18 @@ pub enum CriuError {
         req_type: CriuReqType,
         after: Duration,
     },
+    #[error("starting the lazy-pages daemon: it {reason}{}", log.as_ref().map(|l| format!("\n{l}")).unwrap_or_default())]
+    LazyPages {
+        reason: String,
+        log: Option<Box<LogExcerpt>>,
+    },
 }
 
 impl CriuError {
     /// The request that failed, if the error concerns one.
     pub fn req_type(&self) -> Option<CriuReqType> {
         match self {
-            Self::Spawn { .. } => None,
+            Self::Spawn { .. } | Self::LazyPages { .. } => None,
             Self::Socket { req_type, .. }
             | Self::Closed { req_type, .. }
             | Self::BadReply { req_type, .. }
@@ -90,7 +95,9 @@ impl CriuError {
     /// The log excerpt attached to the error.
     pub fn log(&self) -> Option<&LogExcerpt> {
         match self {
-            Self::Failed { log, .. } | Self::Closed { log, .. } => log.as_deref(),
+            Self::Failed { log, .. } | Self::Closed { log, .. } | Self::LazyPages { log, .. } => {
+                log.as_deref()
+            }
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 mod channel;
 pub mod convert;
 mod error;
+pub mod lazy;
 mod notify;
 mod session;
 
@@ -150,15 +151,33 @@ impl Criu {
     }
 
     /// Locates CRIU and checks its version is one the engine supports.
+    ///
+    /// The version is remembered in [`VERSION_CACHE`], keyed by the binary's identity (path,
+    /// device, inode, size, modification and change times), so that only the first command
+    /// after CRIU is installed or replaced pays for a VERSION request. That request is a whole
+    /// CRIU start-up: ~25 ms here, where CRIU cannot keep its own kernel-feature cache
+    /// because /run is not a tmpfs — as much as the dump of a small process itself.
     pub async fn detect() -> Result<(Self, CriuVersion), LocateError> {
         let criu = Self::locate()?;
-        let version = criu
-            .version()
-            .await
-            .map_err(|source| LocateError::Version {
-                binary: criu.binary.clone(),
-                source,
-            })?;
+        let key = version_cache_key(&criu.binary);
+        let cache = Path::new(VERSION_CACHE);
+        let cached = key.as_deref().and_then(|k| read_version_cache(cache, k));
+        let version = match cached {
+            Some(v) => v,
+            None => {
+                let v = criu
+                    .version()
+                    .await
+                    .map_err(|source| LocateError::Version {
+                        binary: criu.binary.clone(),
+                        source,
+                    })?;
+                if let Some(k) = &key {
+                    write_version_cache(cache, k, &v);
+                }
+                v
+            }
+        };
         if version.number() < MIN_VERSION.number() {
             return Err(LocateError::TooOld {
                 binary: criu.binary.clone(),
@@ -222,6 +241,86 @@ impl Criu {
     }
 }
 
+/// Where [`Criu::detect`] remembers CRIU's version (root-only; ignored when not writable).
+pub const VERSION_CACHE: &str = "/run/cpengine/criu-version";
+
+/// The identity of a CRIU binary: any reinstall, replacement or touch changes it.
+fn version_cache_key(binary: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(binary).ok()?;
+    Some(format!(
+        "{} {} {} {} {}.{} {}.{}",
+        binary.display(),
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    ))
+}
+
+/// The cached version if the cache is for exactly this binary. Format: the key line, then
+/// `major minor sublevel`, then the git id (possibly empty), then the name.
+fn read_version_cache(path: &Path, key: &str) -> Option<CriuVersion> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(path).ok()?;
+    // Only trust a regular file that root wrote and nobody else can write.
+    if !md.is_file() || md.uid() != 0 || md.mode() & 0o022 != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    let mut nums = lines.next()?.split(' ').map(|n| n.parse::<u32>().ok());
+    let (major, minor, sublevel) = (nums.next()??, nums.next()??, nums.next()??);
+    let gitid = lines.next().filter(|g| !g.is_empty()).map(str::to_owned);
+    let name = lines.next().filter(|n| !n.is_empty()).map(str::to_owned);
+    Some(CriuVersion {
+        major,
+        minor,
+        sublevel,
+        gitid,
+        name,
+    })
+}
+
+fn write_version_cache(path: &Path, key: &str, v: &CriuVersion) {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let Some(dir) = path.parent() else { return };
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .is_err()
+    {
+        return;
+    }
+    let tmp = dir.join(format!(".criu-version.{}", std::process::id()));
+    let text = format!(
+        "{key}\n{} {} {}\n{}\n{}\n",
+        v.major,
+        v.minor,
+        v.sublevel,
+        v.gitid.as_deref().unwrap_or(""),
+        v.name.as_deref().unwrap_or("")
+    );
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if ok.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 fn request(t: CriuReqType) -> CriuReq {
     CriuReq {
         r#type: t as i32,
@@ -250,4 +349,35 @@ pub fn version_from_reply(
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_cache_is_keyed_by_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("criu");
+        std::fs::write(&bin, b"x").unwrap();
+        let cache = dir.path().join("cache/criu-version");
+        let key = version_cache_key(&bin).unwrap();
+        assert!(read_version_cache(&cache, &key).is_none());
+        let v = CriuVersion {
+            major: 4,
+            minor: 2,
+            sublevel: 1,
+            gitid: None,
+            name: Some("x".into()),
+        };
+        write_version_cache(&cache, &key, &v);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(read_version_cache(&cache, &key), Some(v));
+        }
+        // Another binary (or the same one replaced) does not match.
+        std::fs::write(&bin, b"xy").unwrap();
+        let key2 = version_cache_key(&bin).unwrap();
+        assert_ne!(key, key2);
+        assert!(read_version_cache(&cache, &key2).is_none());
+    }
 }

@@ -8,6 +8,7 @@ use cpengine::archive::Compression;
 use cpengine::container::Container;
 use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
 use cpengine::container::state::StateRoot;
+use cpengine::options::NetworkLock;
 use cpengine::rootfs::Base;
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +46,18 @@ pub struct Args {
     /// Allow connected unix sockets whose peer is outside the container.
     #[arg(long)]
     pub ext_unix_sk: bool,
+    /// Stream CRIU's page images straight into the archive while CRIU dumps (one copy of
+    /// the pages; uncompressed archives only). `false` stages the images first.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub stream_pages: bool,
+    /// Freeze the container's cgroup with quick polling before CRIU seizes it. `false` lets
+    /// CRIU freeze it (it polls the freezer every 100 ms).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub fast_freeze: bool,
+    /// How CRIU locks the container's network during the dump: iptables, nftables or skip.
+    /// Default: skip, unless --tcp-established (then CRIU's default, iptables).
+    #[arg(long, value_name = "METHOD", value_parser = ["iptables", "nftables", "skip"])]
+    pub network_lock: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +71,11 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.knobs.tcp_established = a.tcp_established;
     o.knobs.file_locks = a.file_locks;
     o.knobs.ext_unix_sk = a.ext_unix_sk;
+    o.knobs.network_lock = a.network_lock.as_deref().map(|m| match m {
+        "iptables" => NetworkLock::Iptables,
+        "nftables" => NetworkLock::Nftables,
+        _ => NetworkLock::Skip,
+    });
     o.rootfs_base = a.rootfs_base.map(|p| {
         if p.is_dir() {
             Base::Dir(p)
@@ -68,6 +86,8 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.compression = a.compress;
     o.skip_rootfs = a.skip_rootfs;
     o.staging_dir = a.staging_dir;
+    o.stream_pages = a.stream_pages;
+    o.fast_freeze = a.fast_freeze;
     o.state = Some(state.clone());
     let bar = if a.json {
         None

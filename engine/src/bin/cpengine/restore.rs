@@ -43,6 +43,11 @@ pub struct Args {
     /// Restore file locks.
     #[arg(long)]
     pub file_locks: bool,
+    /// Lazy restore: run the restored tree at once and copy its memory in on demand and in
+    /// the background (a `criu lazy-pages` daemon that exits when done; needs userfaultfd,
+    /// see `cpengine check`).
+    #[arg(long)]
+    pub lazy: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +61,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         opts.shell_job = a.shell_job;
         opts.ext_unix_sk = a.ext_unix_sk;
         opts.file_locks = a.file_locks;
+        opts.lazy_pages = a.lazy;
         let report = engine.restore(opts).await?;
         if a.json {
             crate::print_json(&report)?;
@@ -79,6 +85,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.tcp_established = a.tcp_established;
     o.ext_unix_sk = a.ext_unix_sk;
     o.file_locks = a.file_locks;
+    o.lazy_pages = a.lazy;
     let report = restore_archive(&engine, &source, &o, a.insecure).await?;
     if a.json {
         crate::print_json(&report)?;
