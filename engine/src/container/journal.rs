@@ -12,7 +12,7 @@
 //! directory and partial archives. Every CLI command that touches containers and the shim
 //! call it at start-up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -260,7 +260,9 @@ mod tests {
         let staging = tmp.path().join("stage");
         std::fs::create_dir_all(staging.join("images")).unwrap();
         let out = tmp.path().join("ckpt.tar");
-        let partial = tmp.path().join(format!("{}1234", crate::archive::temp_prefix(&out)));
+        let partial = tmp
+            .path()
+            .join(format!("{}1234", crate::archive::temp_prefix(&out)));
         std::fs::write(&partial, b"partial").unwrap();
         let entry = InFlight {
             pid: 0,
