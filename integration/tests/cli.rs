@@ -79,6 +79,29 @@ fn dump_of_a_missing_pid_fails_naming_it() {
 }
 
 #[test]
+fn pre_dump_through_the_cli_follows_the_kernel_feature() {
+    init();
+    let (_, check, _) = run(Command::new(cpengine_bin()).args(["check", "--json"]));
+    let check: serde_json::Value = serde_json::from_str(&check).expect("check --json");
+    let mem_track = check["features"]["mem_track"]
+        .as_bool()
+        .expect("features.mem_track in check --json");
+    let w = Workload::start(&["--mem", "4"]);
+    let dir = scratch("cpe-pre-");
+    let (status, _, err) = run(Command::new(cpengine_bin())
+        .args(["dump", &w.pid.to_string(), "--pre-dump", "--images-dir"])
+        .arg(dir.path().join("pre")));
+    if mem_track {
+        assert!(status.success(), "{err}");
+    } else {
+        // This machine: no soft-dirty bit, so a clear refusal and an untouched workload.
+        assert!(!status.success());
+        assert!(err.contains("mem_track") && err.contains("not supported"), "{err}");
+        assert!(w.advances_past("counter", w.counter()), "workload stopped");
+    }
+}
+
+#[test]
 fn dump_and_restore_through_the_cli() {
     init();
     let mut w = Workload::start(&[]);

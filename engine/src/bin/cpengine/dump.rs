@@ -27,6 +27,14 @@ pub struct Args {
     /// Checkpoint file locks.
     #[arg(long)]
     pub file_locks: bool,
+    /// Pre-dump: copy the memory only and leave the tree running, tracking which pages change
+    /// afterwards (needs the kernel's soft-dirty bit: `cpengine check` shows mem_track).
+    #[arg(long)]
+    pub pre_dump: bool,
+    /// Images of an earlier pre-dump (absolute, or relative to --images-dir as CRIU takes it):
+    /// pages unchanged since then are not copied again.
+    #[arg(long, value_name = "DIR")]
+    pub parent: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -40,7 +48,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     opts.shell_job = a.shell_job;
     opts.ext_unix_sk = a.ext_unix_sk;
     opts.file_locks = a.file_locks;
-    let report = engine.dump(&opts).await?;
+    opts.track_mem = a.parent.is_some();
+    opts.parent_images = a.parent;
+    let report = if a.pre_dump {
+        engine.pre_dump(&opts).await?
+    } else {
+        engine.dump(&opts).await?
+    };
     if a.json {
         crate::print_json(&report)?;
     } else {
