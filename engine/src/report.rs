@@ -210,6 +210,15 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 /// Formats a duration in milliseconds.
+/// The rows of a report's phase table: one per phase, then the total.
+pub fn phase_rows(phases: &[Phase], total: Duration) -> Vec<(String, String)> {
+    phases
+        .iter()
+        .map(|p| (p.name.clone(), ms(p.duration)))
+        .chain(std::iter::once(("total".to_owned(), ms(total))))
+        .collect()
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -244,12 +253,7 @@ impl fmt::Display for DumpReport {
                 ""
             }
         )?;
-        let mut rows: Vec<(String, String)> = self
-            .phases
-            .iter()
-            .map(|p| (p.name.clone(), ms(p.duration)))
-            .collect();
-        rows.push(("total".into(), ms(self.total)));
+        let rows = phase_rows(&self.phases, self.total);
         writeln!(f, "phases")?;
         table(f, &rows)?;
         if let Some(s) = &self.criu {
@@ -275,12 +279,7 @@ impl fmt::Display for RestoreReport {
             self.images_dir.display(),
             self.pid
         )?;
-        let mut rows: Vec<(String, String)> = self
-            .phases
-            .iter()
-            .map(|p| (p.name.clone(), ms(p.duration)))
-            .collect();
-        rows.push(("total".into(), ms(self.total)));
+        let rows = phase_rows(&self.phases, self.total);
         writeln!(f, "phases")?;
         table(f, &rows)?;
         if let Some(s) = &self.criu {

@@ -200,3 +200,16 @@ pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
         .open(path)?;
     Ok(f.into())
 }
+
+/// Creates `leaf` in the directory `dir` as a new regular file (mode 0600, never through a
+/// symlink, failing if anything of that name exists) and opens it for writing.
+pub fn create_new_at(dir: BorrowedFd<'_>, leaf: &std::ffi::OsStr) -> nix::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::openat(
+        dir,
+        leaf,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )?;
+    Ok(std::fs::File::from(fd))
+}

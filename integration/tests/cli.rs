@@ -96,7 +96,10 @@ fn pre_dump_through_the_cli_follows_the_kernel_feature() {
     } else {
         // This machine: no soft-dirty bit, so a clear refusal and an untouched workload.
         assert!(!status.success());
-        assert!(err.contains("mem_track") && err.contains("not supported"), "{err}");
+        assert!(
+            err.contains("mem_track") && err.contains("not supported"),
+            "{err}"
+        );
         assert!(w.advances_past("counter", w.counter()), "workload stopped");
     }
 }

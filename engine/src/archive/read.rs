@@ -599,18 +599,8 @@ pub fn extract_with(
                 .map_err(|e| fail(e.into()))?;
         } else {
             let mode = (m.mode & 0o777) | 0o600;
-            let fd = nix::fcntl::openat(
-                parent.as_fd(),
-                leaf,
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(|e| fail(e.into()))?;
-            let mut f = File::from(fd);
+            let mut f =
+                crate::sys::create_new_at(parent.as_fd(), leaf).map_err(|e| fail(e.into()))?;
             let mut left = m.size;
             while left > 0 {
                 let n = r.read(&mut buf).map_err(|e| io_read_err(path, e))?;

@@ -81,7 +81,7 @@ pub struct ArchiveInput {
 #[derive(Clone, Copy, Default)]
 pub struct WriteOptions<'a> {
     pub compression: Compression,
-    /// Compression level; `None` for cpengine's default (zstd 3, gzip 1).
+    /// Compression level; `None` for cpengine's default (zstd 1, gzip 1).
     pub level: Option<i32>,
     /// zstd worker threads; `None` for one per available core.
     pub workers: Option<u32>,

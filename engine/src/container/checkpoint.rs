@@ -353,12 +353,7 @@ impl std::fmt::Display for ContainerCheckpointReport {
                 ""
             }
         )?;
-        let mut rows: Vec<(String, String)> = self
-            .phases
-            .iter()
-            .map(|p| (p.name.clone(), ms(p.duration)))
-            .collect();
-        rows.push(("total".into(), ms(self.total)));
+        let mut rows = crate::report::phase_rows(&self.phases, self.total);
         rows.push(("workload frozen".into(), ms(self.frozen)));
         writeln!(f, "phases")?;
         crate::report::table(f, &rows)?;

@@ -210,18 +210,7 @@ pub fn apply_with(
                 if existing.is_some() {
                     beneath::remove_tree_at(pfd, leaf).map_err(&fail)?;
                 }
-                let fd = nix::fcntl::openat(
-                    pfd,
-                    leaf,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| fail(e.into()))?;
-                let mut f = File::from(fd);
+                let mut f = crate::sys::create_new_at(pfd, leaf).map_err(|e| fail(e.into()))?;
                 let mut data = tar.data();
                 if sparse {
                     let real: u64 = e

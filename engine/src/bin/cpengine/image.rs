@@ -216,7 +216,7 @@ pub async fn run(
                 }
                 println!(
                     "freed {} in {} blobs",
-                    human_size(out.bytes_freed),
+                    cpengine::report::human_bytes(out.bytes_freed),
                     out.blobs_removed
                 );
             }
@@ -301,7 +301,7 @@ pub async fn run(
                     out.reference,
                     out.manifest_digest,
                     out.blobs_uploaded,
-                    human_size(out.bytes_uploaded),
+                    cpengine::report::human_bytes(out.bytes_uploaded),
                     out.blobs_existing
                 );
             }
@@ -322,7 +322,7 @@ pub async fn run(
                     out.reference,
                     short_id(&out.image),
                     out.blobs_fetched,
-                    human_size(out.bytes_fetched)
+                    cpengine::report::human_bytes(out.bytes_fetched)
                 );
             }
         }
@@ -339,21 +339,6 @@ fn names(r: &ImageRecord) -> String {
         "<none>".into()
     } else {
         r.names.join(", ")
-    }
-}
-
-fn human_size(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -388,7 +373,7 @@ fn print_list(list: &[ImageRecord]) {
                 tag,
                 short_id(r),
                 r.created.as_deref().unwrap_or("-"),
-                human_size(r.size),
+                cpengine::report::human_bytes(r.size),
                 ckpt
             );
         }
@@ -405,7 +390,7 @@ fn print_inspect(v: &InspectView) {
     );
     println!("platform       {}/{}", r.os, r.architecture);
     println!("created        {}", r.created.as_deref().unwrap_or("-"));
-    println!("size           {}", human_size(r.size));
+    println!("size           {}", cpengine::report::human_bytes(r.size));
     if let Some(c) = &v.image.checkpoint {
         println!("checkpoint of  {c}");
     }
@@ -424,16 +409,11 @@ fn print_inspect(v: &InspectView) {
     }
     println!("layers");
     for l in &v.layers {
-        println!("  {} {} {}", l.digest, human_size(l.size), l.media_type);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_sizes() {
-        assert_eq!(super::human_size(10), "10 B");
-        assert_eq!(super::human_size(1536), "1.5 KiB");
-        assert_eq!(super::human_size(3 << 30), "3.0 GiB");
+        println!(
+            "  {} {} {}",
+            l.digest,
+            cpengine::report::human_bytes(l.size),
+            l.media_type
+        );
     }
 }
