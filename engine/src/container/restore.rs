@@ -324,7 +324,7 @@ pub async fn restore(
     };
     let relay_pid = super::relay::spawn(&relay_exe, &log_path, out_r, err_r)
         .map_err(Error::io("starting the log relay"))?;
-    phases.push(Phase::new("prepare", t.elapsed()));
+    phases.push(Phase::new("bundle, cgroups, stdio", t.elapsed()));
 
     // 5. RESTORE
     ro.root = Some(rootfs.clone());
