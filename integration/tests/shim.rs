@@ -246,6 +246,45 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].state, pb::PodSandboxState::SandboxReady as i32);
 
+    // Log rotation as the kubelet does it (after the shim restart, so the relay's pid comes from
+    // the shim's state): rename the log, ReopenContainerLog, and new records go to a new file.
+    let rotated = log_path.with_extension("log.20261122-000000");
+    std::fs::rename(&log_path, &rotated).unwrap();
+    rt.reopen_container_log(pb::ReopenContainerLogRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    assert!(
+        log_path.exists(),
+        "no new log file after ReopenContainerLog"
+    );
+    let ticks = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                cpengine::container::relay::parse_record(l)
+                    .is_some_and(|(s, t, m)| s == "stdout" && t == 'F' && m.starts_with("tick "))
+            })
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || ticks(&log_path) >= 3),
+        "no records in the reopened log"
+    );
+    let old = ticks(&rotated);
+    assert!(old >= 3, "the rotated log lost its records");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(ticks(&rotated), old, "records still go to the rotated log");
+    let nf = rt
+        .reopen_container_log(pb::ReopenContainerLogRequest {
+            container_id: "no-such-container".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nf.code(), tonic::Code::NotFound);
+
     // A container created by this shim instance reports its exit code.
     let short = create_start(
         &mut rt,
@@ -269,6 +308,16 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     assert!(s.finished_at >= s.started_at);
     let short_log = std::fs::read_to_string(logs.path().join("short/0.log")).unwrap();
     assert!(short_log.contains(" stdout F bye"), "{short_log}");
+    // An exited container gets no new log file.
+    std::fs::remove_file(logs.path().join("short/0.log")).unwrap();
+    let e = rt
+        .reopen_container_log(pb::ReopenContainerLogRequest {
+            container_id: short.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(!logs.path().join("short/0.log").exists());
 
     // Stop (TERM is ignored by sh as pid 1, so KILL after the timeout), remove, pod down.
     rt.stop_container(pb::StopContainerRequest {
@@ -1067,6 +1116,23 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         .await
         .unwrap();
     assert_eq!(note.stdout, b"kept\n");
+    // The restored container's log relay (started by the engine's restore) rotates too.
+    let rlog = logs.path().join("restored/0.log");
+    std::fs::rename(&rlog, logs.path().join("restored/0.log.1")).unwrap();
+    srt.reopen_container_log(pb::ReopenContainerLogRequest {
+        container_id: restored.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog of the restored container");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&rlog)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| cpengine::container::relay::parse_record(l).is_some())
+        }),
+        "no records in the restored container's reopened log"
+    );
     srt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
         pod_sandbox_id: pod2,
     })

@@ -339,6 +339,8 @@ pub trait RuntimeBackend: Send + Sync + 'static {
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<ExecResult>> + Send;
     fn container_stats(&self, id: &str) -> impl Future<Output = Result<ContainerStats>> + Send;
+    /// Opens the container's log path again (after the kubelet rotated it).
+    fn reopen_container_log(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     fn checkpoint_container(
         &self,
         req: CheckpointRequest,

@@ -9,6 +9,10 @@
 //!
 //! The relay is the calling binary re-executed with the hidden argument [`RELAY_ARG`]; every
 //! binary that spawns one calls [`run_if_relay`] first thing in `main`.
+//!
+//! Log rotation (the CRI's `ReopenContainerLog`): the kubelet renames the log and asks for a
+//! new one; [`reopen`] sends the relay [`REOPEN_SIGNAL`], which interrupts its `poll`, and the
+//! relay opens the log path again (creating it) before it writes anything more.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -16,9 +20,21 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// argv[1] that turns a cpengine binary into a relay.
 pub const RELAY_ARG: &str = "__cpengine-relay";
+
+/// The signal that makes a relay open its log path again.
+pub const REOPEN_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
+
+/// Set by the relay's [`REOPEN_SIGNAL`] handler.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_reopen_signal(_: libc::c_int) {
+    REOPEN.store(true, Ordering::SeqCst);
+}
 
 /// Longest line written as one record; longer lines are split into partial (`P`) records.
 const MAX_LINE: usize = 16 << 10;
@@ -66,7 +82,15 @@ pub fn run_if_relay() {
         let log = PathBuf::from(args.get(2).cloned().unwrap_or_default());
         // SAFETY: the spawner placed the two pipe read ends at fds 3 and 4 for us to own.
         let (out, err) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(4)) };
-        let code = match relay(&log, out, err) {
+        // No SA_RESTART: the signal must interrupt poll(2) so that the log is reopened at once.
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_reopen_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { nix::sys::signal::sigaction(REOPEN_SIGNAL, &action) };
+        let code = match relay_with(&log, out, err, &REOPEN) {
             Ok(()) => 0,
             Err(_) => 1,
         };
@@ -76,10 +100,19 @@ pub fn run_if_relay() {
 
 /// Copies both streams into `log` until both end.
 pub fn relay(log: &Path, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
+    relay_with(log, stdout, stderr, &AtomicBool::new(false))
+}
+
+fn open_log(log: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)?;
+        .open(log)
+}
+
+/// [`relay`], opening `log` again whenever `reopen` is found set (and clearing it).
+fn relay_with(log: &Path, stdout: OwnedFd, stderr: OwnedFd, reopen: &AtomicBool) -> io::Result<()> {
+    let mut file = open_log(log)?;
     let mut streams = [Stream::new("stdout", stdout), Stream::new("stderr", stderr)];
     let mut buf = vec![0u8; 64 << 10];
     while streams.iter().any(|s| s.open) {
@@ -93,6 +126,14 @@ pub fn relay(log: &Path, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<()> {
             .collect();
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        // Checked after every wake-up (the signal interrupts poll), before anything is written.
+        if reopen.swap(false, Ordering::SeqCst) {
+            // A log that cannot be opened again keeps the old one: losing output is worse than
+            // writing it to the rotated file.
+            if let Ok(f) = open_log(log) {
+                file = f;
+            }
+        }
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -169,6 +210,33 @@ impl Stream {
     }
 }
 
+/// Makes the relay `relay_pid` open `log` again (after the caller renamed it, say) and waits,
+/// at most `within`, until the new file exists. Refuses a pid that is not a relay (it may have
+/// been reused since it was recorded).
+pub fn reopen(relay_pid: i32, log: &Path, within: Duration) -> io::Result<()> {
+    let is_relay = std::fs::read(format!("/proc/{relay_pid}/cmdline"))
+        .map(|c| c.split(|&b| b == 0).nth(1) == Some(RELAY_ARG.as_bytes()))
+        .unwrap_or(false);
+    if relay_pid <= 0 || !is_relay {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no log relay with pid {relay_pid} (the container's output is not relayed)"),
+        ));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(relay_pid), REOPEN_SIGNAL)?;
+    let deadline = Instant::now() + within;
+    while !log.exists() {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the log relay did not open {} again", log.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 /// One CRI log record.
 pub fn write_record(out: &mut impl Write, stream: &str, tag: char, text: &[u8]) -> io::Result<()> {
     let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
@@ -226,5 +294,48 @@ mod tests {
         assert!(recs.contains(&("stderr", 'F', "oops")));
         let ts = text.split(' ').next().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+    }
+
+    #[test]
+    fn a_reopen_request_moves_later_records_to_a_new_file() {
+        static FLAG: AtomicBool = AtomicBool::new(false);
+        let (r1, w1) = nix::unistd::pipe().unwrap();
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c.log");
+        let t = {
+            let log = log.clone();
+            std::thread::spawn(move || relay_with(&log, r1, r2, &FLAG))
+        };
+        let mut o = std::fs::File::from(w1);
+        o.write_all(b"before\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            assert!(Instant::now() < deadline, "first record never written");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let rotated = dir.path().join("c.log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        FLAG.store(true, Ordering::SeqCst);
+        o.write_all(b"after\n").unwrap();
+        drop(o);
+        drop(w2);
+        t.join().unwrap().unwrap();
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&log).unwrap();
+        assert!(old.contains(" F before") && !old.contains("after"), "{old}");
+        assert!(new.contains(" F after") && !new.contains("before"), "{new}");
+    }
+
+    #[test]
+    fn reopen_refuses_a_pid_that_is_not_a_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = reopen(
+            std::process::id() as i32,
+            &dir.path().join("x.log"),
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }

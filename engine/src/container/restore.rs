@@ -113,6 +113,8 @@ pub struct ContainerRestoreReport {
     pub pid: i32,
     pub rootfs: PathBuf,
     pub log_path: PathBuf,
+    /// Pid of the process relaying the container's output into `log_path`.
+    pub relay_pid: i32,
     pub criu: RestoreReport,
     pub phases: Vec<Phase>,
     #[serde(rename = "total_ms", serialize_with = "crate::report::ser_duration_ms")]
@@ -419,6 +421,7 @@ pub async fn restore(
         pid,
         rootfs,
         log_path,
+        relay_pid,
         criu,
         phases,
         total: started.elapsed(),

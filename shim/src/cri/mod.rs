@@ -476,12 +476,18 @@ impl<R: RuntimeBackend> RuntimeService for CriRuntime<R> {
         pb::UpdateContainerResourcesResponse,
         "UpdateContainerResources"
     );
-    unimplemented_rpc!(
-        reopen_container_log,
-        pb::ReopenContainerLogRequest,
-        pb::ReopenContainerLogResponse,
-        "ReopenContainerLog"
-    );
+    async fn reopen_container_log(
+        &self,
+        request: Request<pb::ReopenContainerLogRequest>,
+    ) -> Reply<pb::ReopenContainerLogResponse> {
+        let id = request.into_inner().container_id;
+        self.backend
+            .reopen_container_log(&id)
+            .await
+            .map_err(|e| fail("ReopenContainerLog", e))?;
+        Ok(Response::new(pb::ReopenContainerLogResponse {}))
+    }
+
     unimplemented_rpc!(exec, pb::ExecRequest, pb::ExecResponse, "Exec");
     unimplemented_rpc!(attach, pb::AttachRequest, pb::AttachResponse, "Attach");
     unimplemented_rpc!(

@@ -235,4 +235,34 @@ impl<I: ImageBackend> RuntimeBackend for Standalone<I> {
     async fn checkpoint_container(&self, req: CheckpointRequest) -> Result<()> {
         self.checkpoint_impl(req).await
     }
+
+    async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let id = self.store.ctr_id(id)?;
+        let _lock = self.locks.lock(&id).await;
+        let rec = self.store.ctr(&id).ok_or_else(|| ShimError::NotFound {
+            kind: "container",
+            id: id.clone(),
+        })?;
+        // The CRI lets a runtime refuse a container that is not running; then no new log file
+        // may appear.
+        if rec.phase != store::Phase::Started
+            || !rec
+                .pid
+                .is_some_and(|p| container::pid_alive(p, rec.pid_start))
+        {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let relay = rec.relay_pid.ok_or_else(|| {
+            ShimError::FailedPrecondition(format!("container {id} has no log relay"))
+        })?;
+        let log = rec.log_path.clone();
+        tokio::task::spawn_blocking(move || {
+            cpengine::container::relay::reopen(relay, &log, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| ShimError::Internal(format!("reopening the log: {e}")))?
+        .map_err(|e| ShimError::FailedPrecondition(format!("reopening the log of {id}: {e}")))
+    }
 }

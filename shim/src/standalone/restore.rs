@@ -470,6 +470,7 @@ impl<I: ImageBackend> Standalone<I> {
             c.pid = Some(report.pid);
             c.pid_start = start;
             c.rootfs = report.rootfs.clone();
+            c.relay_pid = Some(report.relay_pid);
         })?;
         if !pid_alive(report.pid, start) {
             tracing::warn!(container = %rec.id, "restored container exited right away");
