@@ -486,6 +486,16 @@ pub fn cases() -> Vec<Case> {
             "deleted-root.tar",
             with_diff(end(Vec::new()), Some(br#"["/"]"#)),
         ),
+        c(
+            "bind-host-root.tar",
+            archive_with(
+                Vec::new(),
+                &spec_json(
+                    r#"[{"destination":"/host","type":"bind","source":"/","options":["rbind","rw"]}]"#,
+                ),
+                CONFIG_JSON,
+            ),
+        ),
         r(
             "mount-through-symlink.tar",
             archive_with(

@@ -218,10 +218,17 @@ async fn failed_restores_clean_up_and_never_modify_the_archive() {
         .expect("checkpoint");
     c.destroy();
     let sum = fingerprint(&archive);
+    // The restore binds another host directory at /data (the archive's own source is not used
+    // unless trusted).
+    let data2 = scratch("cpe-xbind2-");
+    std::fs::write(data2.path().join("f"), b"mapped").unwrap();
     let opts = |new_id: &str, base: Option<&Path>| {
         let mut o = ContainerRestoreOptions::new(new_id, state.clone());
         o.base = base.map(|b| RootfsBase::Dir(b.to_path_buf()));
         o.relay_exe = Some(cpengine_bin());
+        o.binds
+            .map
+            .insert("/data".into(), data2.path().to_path_buf());
         o
     };
     let left_nothing = |new_id: &str, what: &str| {
@@ -261,9 +268,26 @@ async fn failed_restores_clean_up_and_never_modify_the_archive() {
     eprintln!("base missing on disk: {e}");
     left_nothing(&new_id, "base missing on disk");
 
-    // The bind mount's source removed: CRIU cannot restore the mount.
+    // A bind mount nobody named a source for: refused (the archive decides nothing of the
+    // host), naming the destination and the archive's source.
+    let mut unmapped = opts(&new_id, Some(&bundle.base));
+    unmapped.binds.map.clear();
+    let e = restore_archive(&engine, &src, &unmapped, false)
+        .await
+        .unwrap_err();
+    eprintln!("unmapped bind: {e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("/data (from {})", data.path().display())),
+        "{e}"
+    );
+    left_nothing(&new_id, "unmapped bind");
+
+    // The archive trusted, its bind mount's source removed: CRIU cannot restore the mount.
     std::fs::rename(data.path(), data.path().with_extension("moved")).unwrap();
-    let e = restore_archive(&engine, &src, &opts(&new_id, Some(&bundle.base)), false)
+    let mut trusted = unmapped.clone();
+    trusted.binds.trust_archive = true;
+    let e = restore_archive(&engine, &src, &trusted, false)
         .await
         .unwrap_err();
     eprintln!("bind source removed: {e}");
@@ -304,6 +328,11 @@ async fn failed_restores_clean_up_and_never_modify_the_archive() {
     );
     let first = counter_in(&r.rootfs);
     assert!(wait_until(Duration::from_secs(5), || counter_in(&r.rootfs) > first + 1));
+    // The container sees the directory the restore named, not the checkpointed one.
+    assert_eq!(
+        std::fs::read(format!("/proc/{}/root/data/f", r.pid)).unwrap(),
+        b"mapped"
+    );
     assert_eq!(fingerprint(&archive), sum);
     manage::delete(&state, &new_id, true).await.unwrap();
     kill_relays_under(state.run.parent().unwrap());

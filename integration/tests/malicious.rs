@@ -124,6 +124,10 @@ fn run(case: &Case, s: &Sentinel) -> Outcome {
             if let Err(e) = cpengine::container::restore::spec_with_root(&x.spec, &s.rootfs()) {
                 return Outcome::Engine(e);
             }
+            // The bind mounts it asks for, with nothing mapped and the archive not trusted.
+            if let Err(e) = cpengine::container::binds::plan(&x.spec, &Default::default()) {
+                return Outcome::Engine(e);
+            }
             if x.images_dir.join("pstree.img").exists()
                 && let Err(e) = cpengine::images::read_pstree(&x.images_dir)
             {
@@ -294,6 +298,10 @@ fn expect(file: &str, o: &Outcome, s: &Sentinel) {
                     .is_none()
         }
         "diff-gzip-bomb.tar" => matches!(o, O::Rootfs(RootfsError::TooLarge { .. })),
+        // The host's root bound into the container: refused, naming it.
+        "bind-host-root.tar" => {
+            matches!(o, O::Engine(cpengine::Error::Invalid(m)) if m.contains("/host (from /)"))
+        }
         "mount-through-symlink.tar" => {
             // The diff alone is harmless (a symlink inside the rootfs); the restore test
             // below shows the mount point it aims at is not created on the host.
@@ -345,6 +353,7 @@ async fn hostile_archives_fail_restore_without_leaving_anything() {
         "spec-not-an-object.tar",
         "config-wrong-types.tar",
         "mount-through-symlink.tar",
+        "bind-host-root.tar",
     ];
     for file in cases {
         let path = corpus_dir().join(file);
@@ -370,6 +379,10 @@ async fn hostile_archives_fail_restore_without_leaving_anything() {
             }
             // Gets as far as CRIU (whose images are garbage): the mount point was made inside.
             "mount-through-symlink.tar" => matches!(e, cpengine::Error::Restore { .. }),
+            // Refused before anything is created: nobody named a source for /host.
+            "bind-host-root.tar" => {
+                matches!(&e, cpengine::Error::Invalid(m) if m.contains("/host (from /)"))
+            }
             _ => unreachable!(),
         };
         assert!(ok, "{file}: {e:?}");

@@ -7,6 +7,7 @@
 //! rootfs and how it is mounted, cgroups, namespaces, devices, masked paths and the stdio the
 //! container started with — the inputs runc's `criu_linux.go` uses to build its CRIU request.
 
+pub mod binds;
 pub mod checkpoint;
 pub mod journal;
 pub mod lock;

@@ -82,6 +82,8 @@ pub struct ContainerRestoreOptions {
     /// copies its memory in on demand and in the background (see [`crate::criu::lazy`]). The
     /// checkpoint's images stay in the container's state until it is deleted.
     pub lazy_pages: bool,
+    /// Where the checkpoint's bind mounts get their host sources (see [`super::binds`]).
+    pub binds: super::binds::BindMounts,
 }
 
 impl ContainerRestoreOptions {
@@ -102,6 +104,7 @@ impl ContainerRestoreOptions {
             base_layers: Vec::new(),
             fault: None,
             lazy_pages: false,
+            binds: Default::default(),
         }
     }
 }
@@ -181,6 +184,8 @@ pub async fn restore(
             "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
         ));
     }
+    // Every bind mount's host source is decided before anything is created.
+    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
     let mut cleanup = Cleanup::default();
@@ -248,7 +253,9 @@ pub async fn restore(
     std::fs::create_dir_all(&bundle).map_err(Error::io("creating the bundle"))?;
     // The spec must be a valid OCI runtime spec before anything is derived from it (a hostile
     // spec.dump of the wrong shape is an error, never a panic).
-    let (spec, spec_json) = spec_with_root(&ckpt.spec, &rootfs)?;
+    let mut spec_in = ckpt.spec.clone();
+    super::binds::apply(&mut spec_in, &bind_plan, &lib_dir.join("binds"))?;
+    let (spec, spec_json) = spec_with_root(&spec_in, &rootfs)?;
     super::state::write_atomic(
         &bundle.join("config.json"),
         &serde_json::to_vec_pretty(&spec_json).unwrap_or_default(),

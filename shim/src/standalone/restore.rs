@@ -111,10 +111,16 @@ fn is_bind(m: &Value) -> bool {
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
 }
 
-/// Re-points the checkpoint spec's mounts at the new pod and the request's declared mounts.
-/// Fails, naming them, if bind mounts of the checkpoint are not declared.
-pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) -> Result<()> {
+/// Re-points the checkpoint spec's mounts at the new pod and the request's declared mounts,
+/// and returns what it pointed where (destination → host source). Fails, naming them, if bind
+/// mounts of the checkpoint are not declared.
+pub fn repoint_mounts(
+    spec: &mut Value,
+    req: &ContainerSpec,
+    pod: &PodRecord,
+) -> Result<std::collections::BTreeMap<PathBuf, PathBuf>> {
     let mut missing = Vec::new();
+    let mut given = std::collections::BTreeMap::new();
     if let Some(mounts) = spec["mounts"].as_array_mut() {
         for m in mounts.iter_mut() {
             let Some(dest) = m["destination"]
@@ -136,6 +142,7 @@ pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) ->
             };
             if let Some(f) = pod_file {
                 m["source"] = Value::String(f.display().to_string());
+                given.insert(PathBuf::from(&dest), f);
                 continue;
             }
             match req
@@ -143,7 +150,10 @@ pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) ->
                 .iter()
                 .find(|r| r.container_path.trim_end_matches('/') == dest)
             {
-                Some(r) => m["source"] = Value::String(r.host_path.clone()),
+                Some(r) => {
+                    m["source"] = Value::String(r.host_path.clone());
+                    given.insert(PathBuf::from(&dest), PathBuf::from(&r.host_path));
+                }
                 None if RUNTIME_MOUNTS.contains(&dest.as_str()) => {}
                 None => missing.push(dest),
             }
@@ -155,7 +165,7 @@ pub fn repoint_mounts(spec: &mut Value, req: &ContainerSpec, pod: &PodRecord) ->
             missing.join(", ")
         )));
     }
-    Ok(())
+    Ok(given)
 }
 
 /// The pod's shared /dev/shm directory (beside its resolv.conf), created on first use.
@@ -363,7 +373,7 @@ impl<I: ImageBackend> Standalone<I> {
                 if refs.is_empty() { "not named in config.dump".to_string() } else { refs.join(" / ") }
             ))
         })?;
-        repoint_mounts(&mut spec, req, pod)?;
+        let binds = repoint_mounts(&mut spec, req, pod)?;
         repoint_namespaces(&mut spec, pod, DumpedNamespaces::read(&ckpt.images_dir)?)?;
         reannotate(&mut spec, req, pod);
 
@@ -413,6 +423,7 @@ impl<I: ImageBackend> Standalone<I> {
                 spec,
                 config: ckpt.config.clone(),
                 base_layers: base.layers.clone(),
+                binds,
             }),
         };
         self.store.save_ctr(&rec)?;
@@ -442,6 +453,7 @@ impl<I: ImageBackend> Standalone<I> {
         opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
         opts.log_path = Some(rec.log_path.clone());
         opts.relay_exe = Some(self.cfg.exe.clone());
+        opts.binds.map = plan.binds.clone();
         let dumped = DumpedNamespaces::read(&ckpt.images_dir)?;
         if let Some(h) = pod.holder {
             let holder = h.holder();

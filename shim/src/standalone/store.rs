@@ -87,6 +87,11 @@ pub struct RestorePlan {
     pub config: Option<serde_json::Value>,
     /// Unpacked layers of the base image.
     pub base_layers: Vec<PathBuf>,
+    /// The bind mounts the request (or the pod) provides: destination → host source. Every
+    /// other bind mount of the checkpoint is made fresh or refused by the engine (see
+    /// `cpengine::container::binds`); the checkpoint's own host paths are never used.
+    #[serde(default)]
+    pub binds: std::collections::BTreeMap<PathBuf, PathBuf>,
 }
 
 /// A persisted container.

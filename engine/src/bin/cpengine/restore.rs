@@ -28,6 +28,15 @@ pub struct Args {
     /// Allow plain HTTP to the registry when pulling a checkpoint image.
     #[arg(long, requires = "source")]
     pub insecure: bool,
+    /// Bind this host path at DEST, where the checkpoint had a bind mount (repeatable). The
+    /// checkpoint's own host paths are not used unless --trust-archive-binds; files a runtime
+    /// manages (/etc/hosts, /etc/resolv.conf, /etc/hostname, …) are made fresh.
+    #[arg(long = "mount", value_name = "SRC:DEST", requires = "source", value_parser = cpengine::container::binds::parse_mount)]
+    pub mounts: Vec<(PathBuf, PathBuf)>,
+    /// Use the host paths the checkpoint names as its bind mounts' sources (only for an
+    /// archive you trust: it decides what of the host the container sees).
+    #[arg(long, requires = "source")]
+    pub trust_archive_binds: bool,
     /// Restore a process tree from this CRIU images directory instead.
     #[arg(long, short = 'D', conflicts_with_all = ["source", "id"])]
     pub images_dir: Option<PathBuf>,
@@ -86,6 +95,8 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.ext_unix_sk = a.ext_unix_sk;
     o.file_locks = a.file_locks;
     o.lazy_pages = a.lazy;
+    o.binds.map = a.mounts.into_iter().collect();
+    o.binds.trust_archive = a.trust_archive_binds;
     let report = restore_archive(&engine, &source, &o, a.insecure).await?;
     if a.json {
         crate::print_json(&report)?;
@@ -93,12 +104,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         println!("restored container {} as pid {}", report.id, report.pid);
         println!("  rootfs  {}", report.rootfs.display());
         println!("  log     {}", report.log_path.display());
-        let mut rows: Vec<(String, String)> = report
-            .phases
-            .iter()
-            .map(|p| (p.name.clone(), cpengine::report::ms(p.duration)))
-            .collect();
-        rows.push(("total".into(), cpengine::report::ms(report.total)));
+        let rows = cpengine::report::phase_rows(&report.phases, report.total);
         println!("phases");
         for (k, v) in rows {
             println!("  {k:<28}  {v}");
