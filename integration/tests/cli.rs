@@ -144,3 +144,36 @@ fn dump_and_restore_through_the_cli() {
         "restored workload does not count"
     );
 }
+
+#[test]
+fn restore_refuses_an_archive_that_binds_host_paths_naming_the_way_out() {
+    init();
+    let archive =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/bind-host-root.tar");
+    let (base, state) = (scratch("cpe-base-"), scratch("cpe-state-"));
+    let (status, _, err) = run(Command::new(cpengine_bin())
+        .arg("restore")
+        .arg(&archive)
+        .args(["--id", "cpe-bind-refused", "--rootfs-base"])
+        .arg(base.path())
+        .arg("--state-root")
+        .arg(state.path()));
+    assert!(!status.success());
+    assert!(
+        err.contains("/host (from /)") && err.contains("--mount SRC:DEST"),
+        "{err}"
+    );
+    // Refused before anything was created.
+    assert!(
+        !state
+            .path()
+            .join("lib/containers/cpe-bind-refused")
+            .exists()
+    );
+    assert!(
+        !state
+            .path()
+            .join("run/containers/cpe-bind-refused")
+            .exists()
+    );
+}
