@@ -680,3 +680,148 @@ async fn engine_killed_mid_checkpoint_is_repaired_by_the_next_command() {
     );
     tally.report("engine killed mid-checkpoint");
 }
+
+// ---- the engine process killed mid-restore ---------------------------------------------------
+
+fn cli_restore(state: &StateRoot, archive: &Path, id: &str, base: &Path) -> Child {
+    Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(state.run.parent().unwrap())
+        .arg("restore")
+        .arg(archive)
+        .args(["--id", id, "--rootfs-base"])
+        .arg(base)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cpengine restore")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_killed_mid_restore_is_repaired_by_the_next_command() {
+    init();
+    let engine = engine().await;
+    let bundle = Bundle::busybox(COUNTER_SCRIPT);
+    let id = unique_id("cpe-fk");
+    let mut c = RuncContainer::run(&bundle, &id);
+    assert!(wait_until(Duration::from_secs(10), || counter_in(
+        &bundle.rootfs
+    ) >= 3));
+    let state = state();
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
+    let out = scratch("cpe-fkout-");
+    let archive = out.path().join("c.tar");
+    let mut o = ContainerCheckpointOptions::new(&archive);
+    o.state = Some(state.clone());
+    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
+    c.destroy();
+    let sum = fingerprint(&archive);
+    let new_id = unique_id("cpe-fkn");
+    let ps = || {
+        run(Command::new(cpengine_bin())
+            .arg("--state-root")
+            .arg(state.run.parent().unwrap())
+            .arg("ps"))
+    };
+
+    let t = Instant::now();
+    let st = cli_restore(&state, &archive, &new_id, &bundle.base)
+        .wait()
+        .unwrap();
+    assert!(st.success(), "baseline cli restore failed");
+    let typical = t.elapsed();
+    manage::delete(&state, &new_id, true).await.unwrap();
+
+    // While CRIU restores (its worker is the engine's child), and at random moments.
+    let mut rng = Rng::from_env("engine killed mid-restore");
+    let mut moments: Vec<(Option<Duration>, Victims)> = Vec::new();
+    for _ in 0..hook_rounds() {
+        moments.push((None, Victims::Engine));
+        moments.push((None, Victims::EngineAndCriu));
+    }
+    for i in 0..trials() {
+        let v = if i % 2 == 0 {
+            Victims::EngineAndCriu
+        } else {
+            Victims::Engine
+        };
+        moments.push((Some(rng.delay(typical * 6 / 5)), v));
+    }
+    let mut tally = Tally::default();
+    for (i, (moment, victims)) in moments.into_iter().enumerate() {
+        let what = format!("trial {i} ({moment:?}, {victims:?})");
+        let mut cli = cli_restore(&state, &archive, &new_id, &bundle.base);
+        let pid = cli.id() as i32;
+        let exited = |cli: &mut Child| cli.try_wait().ok().flatten().is_some();
+        match moment {
+            None => {
+                tally.at_hooks += 1;
+                assert!(
+                    wait_until(Duration::from_secs(20), || {
+                        !children_named(pid, "criu").is_empty() || exited(&mut cli)
+                    }),
+                    "{what}: criu never started"
+                );
+            }
+            Some(d) => {
+                tally.random += 1;
+                std::thread::sleep(d);
+            }
+        }
+        let workers = children_named(pid, "criu");
+        sigkill(pid);
+        if let Victims::EngineAndCriu = victims {
+            for w in &workers {
+                sigkill(*w);
+            }
+        }
+        let finished = cli.wait().unwrap().success();
+        if finished {
+            tally.finished_first += 1;
+        }
+        let damage =
+            state.container_run_dir(&new_id).exists() && !state.container_record(&new_id).exists();
+        if damage {
+            tally.repairs += 1;
+        }
+        // The next container command repairs whatever was left.
+        let (st, _, err) = ps();
+        assert!(st.success(), "{what}: cpengine ps: {err}");
+        reap_zombies();
+        assert!(
+            names_in(&state.run.join("journal")).is_empty(),
+            "{what}: journal entry left after recovery"
+        );
+        if state.container_record(&new_id).exists() {
+            // The restore had finished before the kill: a container like any other.
+            manage::delete(&state, &new_id, true).await.unwrap();
+        }
+        reap_zombies();
+        assert_restore_left_nothing(&state, &new_id, &what);
+        assert_eq!(fingerprint(&archive), sum, "{what}: archive modified");
+        // The same id restores again, and runs.
+        let rep = restore_archive(
+            &engine,
+            archive.to_str().unwrap(),
+            &restore_opts(&new_id, &state, &bundle.base),
+            false,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
+        let first = counter_in(&rep.rootfs);
+        assert!(
+            wait_until(Duration::from_secs(5), || counter_in(&rep.rootfs)
+                > first + 1),
+            "{what}: restored container does not run"
+        );
+        manage::delete(&state, &new_id, true).await.unwrap();
+        reap_zombies();
+    }
+    kill_relays_under(state.run.parent().unwrap());
+    assert!(
+        tally.repairs >= 1,
+        "killing the engine while criu restores must leave something to repair: {tally:?}"
+    );
+    tally.report("engine killed mid-restore");
+}

@@ -499,6 +499,9 @@ pub async fn checkpoint(
                     init_start: crate::proc::start_time(ctr.init_pid).unwrap_or(0),
                     criu_pid: 0,
                     criu_start: 0,
+                    restore_of: None,
+                    cgroups: Default::default(),
+                    dirs: Vec::new(),
                 },
             )
             .map_err(Error::io("writing the checkpoint journal"))?,

@@ -11,6 +11,12 @@
 //! the freezer, remove CRIU's network lock from the container's namespace, remove the staging
 //! directory and partial archives. Every CLI command that touches containers and the shim
 //! call it at start-up.
+//!
+//! A container restore journals itself the same way ([`InFlight::restore_of`]): if its engine
+//! dies before the container's record is written, recovery stops its CRIU worker, kills
+//! whatever was restored into its cgroups and removes them, unmounts what is mounted under its
+//! run directory (the rootfs, CRIU's leftovers) and removes its directories, so the id can be
+//! restored again. If the record was written, the restore had finished: only the entry goes.
 
 use std::path::PathBuf;
 
@@ -42,6 +48,37 @@ pub struct InFlight {
     pub criu_pid: u32,
     #[serde(default)]
     pub criu_start: u64,
+    /// For a restore: the id of the container being restored (`container` too).
+    #[serde(default)]
+    pub restore_of: Option<String>,
+    /// For a restore: its cgroups, once created.
+    #[serde(default)]
+    pub cgroups: std::collections::BTreeMap<String, PathBuf>,
+    /// For a restore: directories to unmount everything under and remove.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+}
+
+impl InFlight {
+    /// An entry for the restore of container `id` that created `dirs`.
+    pub fn restore(id: &str, dirs: Vec<PathBuf>) -> Self {
+        Self {
+            pid: 0,
+            pid_start: 0,
+            container: id.to_string(),
+            freezer: None,
+            staging: None,
+            output: None,
+            started: String::new(),
+            init_pid: 0,
+            init_start: 0,
+            criu_pid: 0,
+            criu_start: 0,
+            restore_of: Some(id.to_string()),
+            cgroups: Default::default(),
+            dirs,
+        }
+    }
 }
 
 /// What recovery did for one abandoned checkpoint.
@@ -68,6 +105,16 @@ impl Entry {
     pub fn record_worker(&mut self, pid: u32) -> std::io::Result<()> {
         self.entry.criu_pid = pid;
         self.entry.criu_start = crate::proc::start_time(pid as i32).unwrap_or(0);
+        self.write()
+    }
+
+    /// Changes the entry and rewrites it atomically.
+    pub fn update(&mut self, f: impl FnOnce(&mut InFlight)) -> std::io::Result<()> {
+        f(&mut self.entry);
+        self.write()
+    }
+
+    fn write(&self) -> std::io::Result<()> {
         write_atomic(
             &self.path,
             &serde_json::to_vec_pretty(&self.entry).map_err(std::io::Error::other)?,
@@ -197,6 +244,13 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
         if owner_alive(&entry) {
             continue;
         }
+        if let Some(id) = &entry.restore_of {
+            if let Some(r) = recover_restore(state, id, &entry) {
+                out.push(r);
+            }
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
         let mut rec = Recovered {
             container: entry.container.clone(),
             killed_criu: None,
@@ -249,6 +303,41 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
     out
 }
 
+/// Undoes a restore whose engine died before it finished (see the module docs).
+fn recover_restore(state: &StateRoot, id: &str, entry: &InFlight) -> Option<Recovered> {
+    if state.container_record(id).exists() {
+        // The restore finished: the container is the record's (and `delete`'s) business.
+        return None;
+    }
+    let mut rec = Recovered {
+        container: id.to_string(),
+        killed_criu: None,
+        thawed: None,
+        unlocked: None,
+        removed: Vec::new(),
+    };
+    if stop_worker(entry.criu_pid, entry.criu_start) {
+        rec.killed_criu = Some(entry.criu_pid);
+    }
+    let killed = crate::cgroups::kill_all(&entry.cgroups);
+    let left = crate::cgroups::remove_all(&entry.cgroups);
+    if !left.is_empty() {
+        tracing::warn!(
+            ?left,
+            "cgroups of an abandoned restore could not be removed"
+        );
+    }
+    for d in &entry.dirs {
+        crate::process::unmount_leftovers(d);
+        let _ = nix::mount::umount2(d, nix::mount::MntFlags::MNT_DETACH);
+        if d.exists() && std::fs::remove_dir_all(d).is_ok() {
+            rec.removed.push(d.clone());
+        }
+    }
+    tracing::warn!(container = %id, killed, removed = ?rec.removed, "repaired an abandoned restore");
+    Some(rec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +365,9 @@ mod tests {
             init_start: 0,
             criu_pid: 0,
             criu_start: 0,
+            restore_of: None,
+            cgroups: Default::default(),
+            dirs: Vec::new(),
         };
         // Our own entry: we are alive, so recovery leaves it.
         let guard = begin(&state, entry.clone()).unwrap();
@@ -305,5 +397,51 @@ mod tests {
             std::fs::read_dir(dir(&state)).unwrap().next().is_none(),
             "entry removed"
         );
+    }
+
+    /// Writes `entry` as if a process that no longer exists had begun it.
+    fn orphan(state: &StateRoot, mut entry: InFlight) {
+        entry.pid = 4_194_305;
+        entry.pid_start = 1;
+        std::fs::create_dir_all(dir(state)).unwrap();
+        std::fs::write(
+            dir(state).join(format!("{}-dead.json", entry.container)),
+            serde_json::to_vec(&entry).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_restore_is_undone_unless_it_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot::at(tmp.path());
+        let run = state.container_run_dir("r1");
+        std::fs::create_dir_all(run.join("rootfs")).unwrap();
+        orphan(&state, InFlight::restore("r1", vec![run.clone()]));
+        let r = recover(&state);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].removed, vec![run.clone()]);
+        assert!(!run.exists());
+        assert!(names(&dir(&state)).is_empty(), "entry left");
+
+        // Finished (its record exists): nothing of the container is touched.
+        let run2 = state.container_run_dir("r2");
+        std::fs::create_dir_all(&run2).unwrap();
+        let record = state.container_record("r2");
+        std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+        std::fs::write(&record, b"{}").unwrap();
+        orphan(&state, InFlight::restore("r2", vec![run2.clone()]));
+        assert!(recover(&state).is_empty());
+        assert!(run2.exists());
+        assert!(names(&dir(&state)).is_empty(), "entry left");
+    }
+
+    fn names(d: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 }

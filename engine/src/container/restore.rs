@@ -188,6 +188,17 @@ pub async fn restore(
     let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
+    // If this process dies before the record is written, the next engine start undoes what is
+    // listed here (see `journal`); the extraction of an archive is ours to remove too.
+    let mut undo = vec![run_dir.clone(), lib_dir.clone()];
+    if let Some(x) = ckpt.images_dir.parent()
+        && x.starts_with(opts.state.lib.join("restores"))
+    {
+        undo.push(x.to_path_buf());
+    }
+    let mut journal =
+        super::journal::begin(&opts.state, super::journal::InFlight::restore(id, undo))
+            .map_err(Error::io("writing the restore journal"))?;
     let mut cleanup = Cleanup::default();
     cleanup.armed = true;
     for d in [&run_dir, &lib_dir] {
@@ -286,6 +297,9 @@ pub async fn restore(
     let cgroups =
         crate::cgroups::create_beside_self(&cg_name).map_err(|source| Error::Cgroups { source })?;
     cleanup.cgroups = cgroups.clone();
+    journal
+        .update(|e| e.cgroups = cgroups.clone())
+        .map_err(Error::io("writing the restore journal"))?;
 
     // 4. stdio: new pipes for the recorded ones, read by a relay into the log
     let log_path = opts
@@ -373,7 +387,13 @@ pub async fn restore(
         }
         Ack::ok()
     };
-    let result = engine.restore_with(ro, &mut handler).await;
+    let result = {
+        let mut journaled = super::journal::Journaled {
+            entry: &mut journal,
+            inner: &mut handler,
+        };
+        engine.restore_with(ro, &mut journaled).await
+    };
     // Our copies of the pipes' write ends must go, or the relay never sees end of file.
     drop(out_w);
     drop(err_w);
