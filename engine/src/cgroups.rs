@@ -143,13 +143,27 @@ pub fn cgroups_of(pid: u32) -> std::io::Result<BTreeMap<String, String>> {
 /// Creates a cgroup named `name` under this process's own cgroup in every hierarchy (the way
 /// runc places a container with no explicit cgroups path). Returns controller list → dir.
 pub fn create_beside_self(name: &str) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    create(&beside_self(name)?)
+}
+
+/// The cgroup directories [`create_beside_self`] makes for `name`, without making them.
+pub fn beside_self(name: &str) -> std::io::Result<BTreeMap<String, PathBuf>> {
     let own = cgroups_of(std::process::id())?;
     let mut out = BTreeMap::new();
     for h in hierarchies()? {
-        let Some(rel) = own.get(&h.controllers) else {
-            continue;
-        };
-        let dir = h.mount_point.join(rel.trim_start_matches('/')).join(name);
+        if let Some(rel) = own.get(&h.controllers) {
+            let dir = h.mount_point.join(rel.trim_start_matches('/')).join(name);
+            out.insert(h.controllers, dir);
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the cgroup directories `dirs` (controllers → directory).
+pub fn create(dirs: &BTreeMap<String, PathBuf>) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for (controllers, dir) in dirs {
+        let dir = dir.clone();
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -162,14 +176,14 @@ pub fn create_beside_self(name: &str) -> std::io::Result<BTreeMap<String, PathBu
             }
         }
         // cpuset cgroups start empty and refuse tasks until given cpus and mems.
-        if h.controllers.split(',').any(|c| c == "cpuset") {
+        if controllers.split(',').any(|c| c == "cpuset") {
             for f in ["cpuset.cpus", "cpuset.mems"] {
                 if let Ok(v) = fs::read_to_string(dir.parent().unwrap_or(&dir).join(f)) {
                     let _ = fs::write(dir.join(f), v.trim());
                 }
             }
         }
-        out.insert(h.controllers, dir);
+        out.insert(controllers.clone(), dir);
     }
     Ok(out)
 }

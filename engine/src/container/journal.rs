@@ -245,6 +245,11 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
             continue;
         }
         if let Some(id) = &entry.restore_of {
+            // The directories and cgroups are the id's: another restore of the same id that is
+            // running now (it holds the id's lock) must not lose them. Its turn comes later.
+            let Some(_lock) = super::lock::try_lock(state, id) else {
+                continue;
+            };
             if let Some(r) = recover_restore(state, id, &entry) {
                 out.push(r);
             }

@@ -92,6 +92,14 @@ pub async fn lock(state: &StateRoot, id: &str, wait: Duration) -> Result<Contain
     }
 }
 
+/// Takes container `id`'s lock if nobody holds it.
+pub fn try_lock(state: &StateRoot, id: &str) -> Option<ContainerLock> {
+    let file = open(&lock_path(state, id)).ok()?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .ok()
+        .map(|l| ContainerLock { _lock: l })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

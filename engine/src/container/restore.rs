@@ -294,12 +294,14 @@ pub async fn restore(
 
     // 3. cgroups
     let cg_name = format!("cpengine-{id}");
-    let cgroups =
-        crate::cgroups::create_beside_self(&cg_name).map_err(|source| Error::Cgroups { source })?;
-    cleanup.cgroups = cgroups.clone();
+    // Journaled before they exist: a death while they are made leaves none behind.
+    let planned =
+        crate::cgroups::beside_self(&cg_name).map_err(|source| Error::Cgroups { source })?;
     journal
-        .update(|e| e.cgroups = cgroups.clone())
+        .update(|e| e.cgroups = planned.clone())
         .map_err(Error::io("writing the restore journal"))?;
+    let cgroups = crate::cgroups::create(&planned).map_err(|source| Error::Cgroups { source })?;
+    cleanup.cgroups = cgroups.clone();
 
     // 4. stdio: new pipes for the recorded ones, read by a relay into the log
     let log_path = opts
@@ -791,6 +793,12 @@ pub async fn restore_archive(
             .join("restores")
             .join(format!("{}-{:08x}", opts.id, rand::random::<u32>()))
     };
+    // Should this process die while it extracts, the next engine start removes the extraction.
+    let _journal = super::journal::begin(
+        &opts.state,
+        super::journal::InFlight::restore(&opts.id, vec![work.clone()]),
+    )
+    .map_err(Error::io("writing the restore journal"))?;
     std::fs::create_dir_all(work.parent().unwrap_or(&work))
         .map_err(Error::io("creating the restore work dir"))?;
     struct Gone(Option<PathBuf>);
