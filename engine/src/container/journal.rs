@@ -311,7 +311,12 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
 /// Undoes a restore whose engine died before it finished (see the module docs).
 fn recover_restore(state: &StateRoot, id: &str, entry: &InFlight) -> Option<Recovered> {
     if state.container_record(id).exists() {
-        // The restore finished: the container is the record's (and `delete`'s) business.
+        // The restore finished: the container is the record's (and `delete`'s) business; only
+        // the extracted archive (not needed once restored) may be left.
+        let restores = state.lib.join("restores");
+        for d in entry.dirs.iter().filter(|d| d.starts_with(&restores)) {
+            let _ = std::fs::remove_dir_all(d);
+        }
         return None;
     }
     let mut rec = Recovered {
