@@ -177,3 +177,59 @@ fn restore_refuses_an_archive_that_binds_host_paths_naming_the_way_out() {
             .exists()
     );
 }
+
+#[test]
+fn list_shows_the_archives_of_a_directory_and_skips_what_is_not_one() {
+    init();
+    let dir = scratch("cpe-list-");
+    let spec = br#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.container.manager":"cri-o","io.kubernetes.cri-o.Metadata":"{\"name\":\"web\",\"attempt\":0}","io.kubernetes.pod.name":"shop","io.kubernetes.pod.namespace":"prod"}}"#;
+    let config = br#"{"id":"0123456789abcdef","name":"k8s_web","createdTime":"2026-11-22T10:00:00Z","checkpointedTime":"2026-11-22T10:05:00Z"}"#;
+    let good = dir
+        .path()
+        .join("checkpoint-shop_prod-web-2026-11-22T10:05:00Z.tar");
+    std::fs::write(
+        &good,
+        cpengine_integration::corpus::archive_with(Vec::new(), spec, config),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("junk.tar"), b"not a tar at all").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+
+    let (status, out, err) = run(Command::new(cpengine_bin()).arg("list").arg(dir.path()));
+    assert!(status.success(), "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("checkpoint-shop_prod-web"))
+        .unwrap_or_else(|| panic!("archive not listed: {out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cols[..5],
+        ["prod", "shop", "web", "cri-o", "2026-11-22T10:05:00Z"],
+        "{row}"
+    );
+    assert!(
+        out.lines().next().unwrap().starts_with("NAMESPACE"),
+        "{out}"
+    );
+    assert!(err.contains("skipped") && err.contains("junk.tar"), "{err}");
+    assert!(!out.contains("notes.txt"), "{out}");
+
+    let (status, out, _) = run(Command::new(cpengine_bin())
+        .args(["list", "--json"])
+        .arg(dir.path()));
+    assert!(status.success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["container"], "web");
+    assert_eq!(rows[0]["pod"], "shop");
+    assert_eq!(
+        rows[0]["archive_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&good).unwrap().len()
+    );
+
+    let (status, _, err) =
+        run(Command::new(cpengine_bin()).args(["list", "/nonexistent/checkpoints"]));
+    assert!(!status.success());
+    assert!(err.contains("/nonexistent/checkpoints"), "{err}");
+}

@@ -6,6 +6,7 @@ mod containers;
 mod dump;
 mod image;
 mod inspect;
+mod list;
 mod progress;
 mod restore;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Show what a checkpoint archive or CRIU images directory holds: container, image, sizes,
     /// CRIU statistics, and with view flags its processes, files, sockets, mounts and memory.
     Inspect(inspect::Args),
+    /// List the checkpoint archives in directories (default: the kubelet's
+    /// /var/lib/kubelet/checkpoints): namespace, pod, container, engine, time, size.
+    List(list::Args),
     /// Manage images: import, list, remove, build checkpoint images, push and pull.
     Image(image::Args),
 }
@@ -57,7 +61,7 @@ impl Command {
     /// [`cpengine::privilege`]).
     fn read_only(&self) -> bool {
         match self {
-            Self::Inspect(_) => true,
+            Self::Inspect(_) | Self::List(_) => true,
             Self::Image(a) => a.read_only(),
             _ => false,
         }
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             Command::Restore(a) => restore::run(a, &state).await,
             Command::Checkpoint(a) => checkpoint::run(a, &state).await,
             Command::Inspect(a) => inspect::run(a).await,
+            Command::List(a) => list::run(a).await,
             Command::Image(a) => image::run(a, &state).await,
         }
     });
