@@ -219,6 +219,17 @@ pub fn unmount_under(dir: &Path) {
 /// Writes an OCI image layout at `dir` with one uncompressed layer per tree in `layers`
 /// (bottom first), a config running `cmd`, named `ref_name` in its index.
 pub fn oci_layout(dir: &Path, ref_name: &str, layers: &[&Path], cmd: &[&str]) {
+    oci_layout_with(dir, ref_name, layers, cmd, None)
+}
+
+/// [`oci_layout`] with the image config's `StopSignal` set.
+pub fn oci_layout_with(
+    dir: &Path,
+    ref_name: &str,
+    layers: &[&Path],
+    cmd: &[&str],
+    stop_signal: Option<&str>,
+) {
     use cpengine::oci::digest::sha256_of;
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     let blob = |bytes: &[u8]| {
@@ -234,9 +245,15 @@ pub fn oci_layout(dir: &Path, ref_name: &str, layers: &[&Path], cmd: &[&str]) {
         diff_ids.push(d.clone());
         descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}));
     }
+    let mut image_config = serde_json::json!({
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd,
+    });
+    if let Some(sig) = stop_signal {
+        image_config["StopSignal"] = serde_json::Value::String(sig.into());
+    }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
@@ -285,6 +302,15 @@ fn tar_tree(root: &Path) -> Vec<u8> {
 /// `cpengine image import`: the busybox base, then a layer adding `/etc/app.conf` and
 /// replacing `/etc/motd`.
 pub fn import_busybox(state: &cpengine::container::state::StateRoot, name: &str) {
+    import_busybox_with(state, name, None)
+}
+
+/// [`import_busybox`] with the image config's `StopSignal` set.
+pub fn import_busybox_with(
+    state: &cpengine::container::state::StateRoot,
+    name: &str,
+    stop_signal: Option<&str>,
+) {
     let tmp = crate::scratch("cpe-bb-");
     let (base, app, layout) = (
         tmp.path().join("base"),
@@ -295,7 +321,7 @@ pub fn import_busybox(state: &cpengine::container::state::StateRoot, name: &str)
     std::fs::create_dir_all(app.join("etc")).unwrap();
     std::fs::write(app.join("etc/app.conf"), "from the second layer\n").unwrap();
     std::fs::write(app.join("etc/motd"), "motd of the second layer\n").unwrap();
-    oci_layout(&layout, name, &[&base, &app], &["sh"]);
+    oci_layout_with(&layout, name, &[&base, &app], &["sh"], stop_signal);
     let root = state.lib.parent().expect("state root").to_path_buf();
     let (st, _, err) = crate::run(
         Command::new(crate::cpengine_bin())

@@ -1203,3 +1203,56 @@ async fn concurrent_checkpoints_of_one_container_queue_and_of_two_containers_all
     .await
     .unwrap();
 }
+
+/// StopContainer sends the image's `StopSignal` first (here SIGUSR1, which the container's shell
+/// traps to exit 42; SIGTERM is ignored by a shell that is pid 1, so only a KILL after the
+/// timeout would stop it otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_container_sends_the_image_stop_signal_first() {
+    let shim = Shim::start();
+    cpengine_integration::cri::import_busybox_with(
+        &shim.state(),
+        "docker.io/library/stopper:latest",
+        Some("SIGUSR1"),
+    );
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("stopper", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "stopper",
+            "stopper",
+            "trap 'echo got usr1; exit 42' USR1; echo ready; while true; do sleep 0.1; done",
+        ),
+    )
+    .await;
+    let log = logs.path().join("stopper/0.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")),
+        "the container never started"
+    );
+    let t = std::time::Instant::now();
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 20,
+    })
+    .await
+    .expect("StopContainer");
+    let took = t.elapsed();
+    let s = status_of(&mut rt, &ctr).await;
+    assert_eq!(s.state, pb::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 42, "stopped by something else than SIGUSR1");
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("got usr1"));
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}

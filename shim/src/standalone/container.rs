@@ -221,6 +221,7 @@ impl<I: ImageBackend> Standalone<I> {
             work,
             lowers,
             relay_pid: Some(relay_pid),
+            stop_signal: Some(image.config.stop_signal.clone()).filter(|s| !s.is_empty()),
             restore: None,
             spec,
         };
@@ -305,7 +306,15 @@ impl<I: ImageBackend> Standalone<I> {
         }
         use nix::sys::signal::Signal;
         if !timeout.is_zero() {
-            self.signal(&rec, Signal::SIGTERM).await;
+            let first = match rec.stop_signal.as_deref().map(parse_signal) {
+                Some(Ok(sig)) => sig,
+                Some(Err(e)) => {
+                    tracing::warn!(container = %id, error = %e, "using SIGTERM");
+                    Signal::SIGTERM
+                }
+                None => Signal::SIGTERM,
+            };
+            self.signal(&rec, first).await;
             self.wait_gone(&rec, timeout).await;
         }
         if rec_alive(&rec) {
@@ -511,5 +520,38 @@ mod tests {
         );
         c.log_path = "../../etc/x".into();
         assert!(log_path(&pod, &c, lib).is_err());
+    }
+}
+
+/// A signal as an image config's `StopSignal` names it: `SIGQUIT`, `QUIT` or `3`.
+pub fn parse_signal(s: &str) -> std::result::Result<nix::sys::signal::Signal, String> {
+    use nix::sys::signal::Signal;
+    let t = s.trim();
+    let sig = match t.parse::<i32>() {
+        Ok(n) => Signal::try_from(n).ok(),
+        Err(_) => {
+            let up = t.to_ascii_uppercase();
+            let name = if up.starts_with("SIG") {
+                up
+            } else {
+                format!("SIG{up}")
+            };
+            name.parse::<Signal>().ok()
+        }
+    };
+    sig.ok_or_else(|| format!("unknown stop signal {s:?}"))
+}
+
+#[cfg(test)]
+mod stop_signal_tests {
+    use nix::sys::signal::Signal;
+
+    #[test]
+    fn stop_signals_parse_by_name_short_name_and_number() {
+        assert_eq!(super::parse_signal("SIGQUIT"), Ok(Signal::SIGQUIT));
+        assert_eq!(super::parse_signal("usr1"), Ok(Signal::SIGUSR1));
+        assert_eq!(super::parse_signal("15"), Ok(Signal::SIGTERM));
+        assert!(super::parse_signal("SIGNOPE").is_err());
+        assert!(super::parse_signal("99").is_err());
     }
 }

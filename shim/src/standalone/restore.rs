@@ -417,6 +417,7 @@ impl<I: ImageBackend> Standalone<I> {
             work: self.cfg.state.container_lib_dir(id).join("work"),
             lowers: vec![],
             relay_pid: None,
+            stop_signal: Some(base.config.stop_signal.clone()).filter(|s| !s.is_empty()),
             restore: Some(RestorePlan {
                 dir: extracted.root.clone(),
                 source: source_name,

@@ -123,6 +123,9 @@ pub struct CtrRecord {
     pub lowers: Vec<PathBuf>,
     pub relay_pid: Option<i32>,
     pub restore: Option<RestorePlan>,
+    /// The signal StopContainer sends first (the image's `StopSignal`; default SIGTERM).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 /// The records, in memory and on disk.
