@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use cpengine::container::checkpoint::{DumpKnobs, FrozenHook, dump_options, write_descriptors};
+use cpengine::container::checkpoint::{DumpKnobs, dump_options, write_descriptors};
 use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions, RootfsBase, restore};
 use cpengine::container::state::StateRoot;
 use cpengine::container::{Container, Status};
+use cpengine::criu::{Ack, Notification};
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
 
@@ -32,12 +33,18 @@ async fn container_dump_then_restore_continues_the_counter() {
     std::fs::create_dir_all(&images).unwrap();
     let opts = dump_options(&ctr, &images, staging.path(), &DumpKnobs::default()).unwrap();
     write_descriptors(&ctr, &images).unwrap();
-    let mut hook = FrozenHook::new(|| true);
+    let mut post_dump = false;
+    let mut hook = |n: Notification| {
+        if let Notification::PostDump = n {
+            post_dump = true;
+        }
+        Ack::ok()
+    };
     let report = engine
         .dump_with(&opts, &mut hook)
         .await
         .expect("container dump");
-    assert!(hook.ran);
+    assert!(post_dump);
     let at_dump = counter_in(&bundle.rootfs);
     eprintln!("{report}");
     // Leave-running: the container keeps counting and is not frozen.

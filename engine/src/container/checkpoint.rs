@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::criu::{Ack, Notification, NotifyHandler};
+use crate::criu::{Ack, Notification};
 use crate::options::{CgroupMode, CheckpointOptions, ExtMount};
 
 use super::{Container, ContainerError};
@@ -178,42 +178,6 @@ pub fn read_descriptors(images_dir: &Path) -> Vec<String> {
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
         .unwrap_or_else(|| vec![String::new(); 3])
-}
-
-/// Answers the hooks of a container dump: runs `on_frozen` at `post-dump` (images written,
-/// container still frozen) and acks everything.
-pub struct FrozenHook<F: FnMut() -> bool + Send> {
-    on_frozen: F,
-    pub ran: bool,
-}
-
-impl<F: FnMut() -> bool + Send> FrozenHook<F> {
-    pub fn new(on_frozen: F) -> Self {
-        Self {
-            on_frozen,
-            ran: false,
-        }
-    }
-}
-
-impl<F: FnMut() -> bool + Send> NotifyHandler for FrozenHook<F> {
-    fn on_notify(&mut self, n: Notification) -> Ack {
-        if let Notification::PostDump = n {
-            self.ran = true;
-            if !(self.on_frozen)() {
-                return Ack::fail();
-            }
-        }
-        Ack::ok()
-    }
-}
-
-impl<F: FnMut() -> bool + Send> std::fmt::Debug for FrozenHook<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrozenHook")
-            .field("ran", &self.ran)
-            .finish()
-    }
 }
 
 /// Kubernetes identity of a container, recorded in the archive's metadata when known (the shim
