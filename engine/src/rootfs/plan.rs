@@ -39,6 +39,17 @@ pub enum Base {
     Tar(PathBuf),
 }
 
+impl Base {
+    /// A directory is an unpacked tree; anything else is taken as a tarball (`--rootfs-base`).
+    pub fn from_path(p: PathBuf) -> Self {
+        if p.is_dir() {
+            Self::Dir(p)
+        } else {
+            Self::Tar(p)
+        }
+    }
+}
+
 const OVERLAY_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
 fn norm_excludes(ex: &[String]) -> Vec<String> {

@@ -76,13 +76,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         "nftables" => NetworkLock::Nftables,
         _ => NetworkLock::Skip,
     });
-    o.rootfs_base = a.rootfs_base.map(|p| {
-        if p.is_dir() {
-            Base::Dir(p)
-        } else {
-            Base::Tar(p)
-        }
-    });
+    o.rootfs_base = a.rootfs_base.map(Base::from_path);
     o.compression = a.compress;
     o.skip_rootfs = a.skip_rootfs;
     o.staging_dir = a.staging_dir;

@@ -83,13 +83,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     let id =
         a.id.ok_or_else(|| anyhow::anyhow!("restoring a container needs --id <NEW_ID>"))?;
     let mut o = ContainerRestoreOptions::new(id, state.clone());
-    o.base = a.rootfs_base.map(|p| {
-        if p.is_dir() {
-            Base::Dir(p)
-        } else {
-            Base::Tar(p)
-        }
-    });
+    o.base = a.rootfs_base.map(Base::from_path);
     o.log_path = a.log;
     o.tcp_established = a.tcp_established;
     o.ext_unix_sk = a.ext_unix_sk;
