@@ -452,8 +452,6 @@ pub async fn checkpoint(
             super::journal::begin(
                 state,
                 super::journal::InFlight {
-                    pid: 0,
-                    pid_start: 0,
                     container: ctr.id.clone(),
                     freezer: ctr.freezer(),
                     staging: Some(staging_dir.clone()),
@@ -461,11 +459,7 @@ pub async fn checkpoint(
                     started: GoTime::now().to_string(),
                     init_pid: ctr.init_pid,
                     init_start: crate::proc::start_time(ctr.init_pid).unwrap_or(0),
-                    criu_pid: 0,
-                    criu_start: 0,
-                    restore_of: None,
-                    cgroups: Default::default(),
-                    dirs: Vec::new(),
+                    ..Default::default()
                 },
             )
             .map_err(Error::io("writing the checkpoint journal"))?,

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{StateRoot, write_atomic};
 
-/// One checkpoint in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One checkpoint (or restore) in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlight {
     /// The engine process doing it, and its start time (to detect pid reuse).
     pub pid: u32,
@@ -63,20 +63,10 @@ impl InFlight {
     /// An entry for the restore of container `id` that created `dirs`.
     pub fn restore(id: &str, dirs: Vec<PathBuf>) -> Self {
         Self {
-            pid: 0,
-            pid_start: 0,
             container: id.to_string(),
-            freezer: None,
-            staging: None,
-            output: None,
-            started: String::new(),
-            init_pid: 0,
-            init_start: 0,
-            criu_pid: 0,
-            criu_start: 0,
             restore_of: Some(id.to_string()),
-            cgroups: Default::default(),
             dirs,
+            ..Default::default()
         }
     }
 }
@@ -364,20 +354,11 @@ mod tests {
             .join(format!("{}1234", crate::archive::temp_prefix(&out)));
         std::fs::write(&partial, b"partial").unwrap();
         let entry = InFlight {
-            pid: 0,
-            pid_start: 0,
             container: "c1".into(),
-            freezer: None,
             staging: Some(staging.clone()),
             output: Some(out.clone()),
             started: "now".into(),
-            init_pid: 0,
-            init_start: 0,
-            criu_pid: 0,
-            criu_start: 0,
-            restore_of: None,
-            cgroups: Default::default(),
-            dirs: Vec::new(),
+            ..Default::default()
         };
         // Our own entry: we are alive, so recovery leaves it.
         let guard = begin(&state, entry.clone()).unwrap();

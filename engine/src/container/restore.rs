@@ -189,16 +189,12 @@ pub async fn restore(
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
     // If this process dies before the record is written, the next engine start undoes what is
-    // listed here (see `journal`); the extraction of an archive is ours to remove too.
-    let mut undo = vec![run_dir.clone(), lib_dir.clone()];
-    if let Some(x) = ckpt.images_dir.parent()
-        && x.starts_with(opts.state.lib.join("restores"))
-    {
-        undo.push(x.to_path_buf());
-    }
-    let mut journal =
-        super::journal::begin(&opts.state, super::journal::InFlight::restore(id, undo))
-            .map_err(Error::io("writing the restore journal"))?;
+    // listed here (see `journal`; `restore_archive` journals its extraction itself).
+    let mut journal = super::journal::begin(
+        &opts.state,
+        super::journal::InFlight::restore(id, vec![run_dir.clone(), lib_dir.clone()]),
+    )
+    .map_err(Error::io("writing the restore journal"))?;
     let mut cleanup = Cleanup::default();
     cleanup.armed = true;
     for d in [&run_dir, &lib_dir] {
