@@ -189,7 +189,7 @@ pub async fn restore(
 
     let mut inherit_keys = Vec::with_capacity(opts.inherit_fds.len());
     let mut inherit_fds: Vec<OwnedFd> = Vec::with_capacity(opts.inherit_fds.len());
-    let req = {
+    let mut req = {
         for (i, f) in opts.inherit_fds.iter().enumerate() {
             inherit_keys.push((f.key.clone(), SpawnSpec::inherited_fd_number(i)));
         }
@@ -213,7 +213,6 @@ pub async fn restore(
     // Lazy: the daemon that serves the pages starts now and the restore at once; the restore
     // reads the images through a gate that opens when the daemon listens (see
     // `criu::lazy::Gate`), so the two CRIU start-ups overlap.
-    let mut req = req;
     let mut view_fd = None;
     let mut gate = None;
     let mut lazy_ready = None;
@@ -261,10 +260,7 @@ pub async fn restore(
     }) {
         Ok(s) => s,
         Err(e) => {
-            lazy_failed(criu, gate.take()).await;
-            if let Some(d) = &lazy_ready {
-                d.kill();
-            }
+            lazy_failed(criu, gate.take(), lazy_ready.as_ref()).await;
             return Err(e.into());
         }
     };
@@ -274,10 +270,7 @@ pub async fn restore(
         && let Err(e) = add_worker_cgroups(&session, &join_cgroups, &mut req)
     {
         session.kill().await;
-        lazy_failed(criu, gate.take()).await;
-        if let Some(d) = &lazy_ready {
-            d.kill();
-        }
+        lazy_failed(criu, gate.take(), lazy_ready.as_ref()).await;
         return Err(e);
     }
     phases.push(Phase::new("prepare", prepare_start.elapsed()));
@@ -289,13 +282,10 @@ pub async fn restore(
         Ok(ex) => ex,
         Err(source) => {
             session.abort().await;
-            // A daemon that never listened is the cause (the restore found no tree).
-            if let Some(d) = &lazy_ready {
-                d.kill();
-            }
             kill_restored(watch.pid, &images_dir);
             unmount_leftovers(&work_path);
-            if let Some(e) = lazy_failed(criu, gate.take()).await {
+            // A daemon that never listened is the cause (the restore found no tree).
+            if let Some(e) = lazy_failed(criu, gate.take(), lazy_ready.as_ref()).await {
                 return Err(e);
             }
             return Err(Error::Restore { images_dir, source });
@@ -439,9 +429,17 @@ fn reap(pid: i32, within: Duration) {
     }
 }
 
-/// After a failed lazy restore: stops the daemon, or returns why it never listened (saying so
-/// plainly when the kernel cannot do lazy pages at all).
-async fn lazy_failed(criu: &Criu, gate: Option<crate::criu::lazy::Gate>) -> Option<Error> {
+/// After a failed lazy restore: stops the daemon (started through the gate, or already
+/// listening: `ready`), or returns why it never listened (saying so plainly when the kernel
+/// cannot do lazy pages at all).
+async fn lazy_failed(
+    criu: &Criu,
+    gate: Option<crate::criu::lazy::Gate>,
+    ready: Option<&crate::criu::lazy::LazyPages>,
+) -> Option<Error> {
+    if let Some(d) = ready {
+        d.kill();
+    }
     let gate = gate?;
     match crate::blocking(move || Ok(gate.finish())).await {
         Ok(Ok(d)) => {
