@@ -171,7 +171,8 @@ fn make(dir: &Path, dest: &str, p: Placeholder, hostname: &str) -> Result<PathBu
     Ok(path)
 }
 
-fn is_bind(m: &Value) -> bool {
+/// Whether a `spec.mounts` entry is a bind mount (by type or by option).
+pub fn is_bind(m: &Value) -> bool {
     m["type"] == "bind"
         || m["options"]
             .as_array()

@@ -24,7 +24,7 @@ pub(super) fn pid_alive(pid: i32, start: u64) -> bool {
         && cpengine::proc::task_state(pid).is_some_and(|s| s.state != 'Z')
 }
 
-fn rec_alive(rec: &CtrRecord) -> bool {
+pub(super) fn rec_alive(rec: &CtrRecord) -> bool {
     rec.pid.is_some_and(|p| pid_alive(p, rec.pid_start))
 }
 

@@ -239,17 +239,10 @@ impl<I: ImageBackend> RuntimeBackend for Standalone<I> {
     async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let id = self.store.ctr_id(id)?;
         let _lock = self.locks.lock(&id).await;
-        let rec = self.store.ctr(&id).ok_or_else(|| ShimError::NotFound {
-            kind: "container",
-            id: id.clone(),
-        })?;
+        let rec = self.refresh(&id)?;
         // The CRI lets a runtime refuse a container that is not running; then no new log file
         // may appear.
-        if rec.phase != store::Phase::Started
-            || !rec
-                .pid
-                .is_some_and(|p| container::pid_alive(p, rec.pid_start))
-        {
+        if rec.phase != store::Phase::Started || !container::rec_alive(&rec) {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {id} is not running"
             )));

@@ -104,13 +104,6 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     })
 }
 
-fn is_bind(m: &Value) -> bool {
-    m["type"].as_str() == Some("bind")
-        || m["options"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
-}
-
 /// Re-points the checkpoint spec's mounts at the new pod and the request's declared mounts,
 /// and returns what it pointed where (destination → host source). Fails, naming them, if bind
 /// mounts of the checkpoint are not declared.
@@ -129,7 +122,7 @@ pub fn repoint_mounts(
             else {
                 continue;
             };
-            if !is_bind(m) {
+            if !cpengine::container::binds::is_bind(m) {
                 continue;
             }
             let pod_file = match dest.as_str() {

@@ -96,50 +96,28 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("no checkpoint archives in {}", join(&paths));
         return Ok(ExitCode::SUCCESS);
     }
-    let table: Vec<[String; 7]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.namespace.clone().unwrap_or_else(|| "-".into()),
-                r.pod.clone().unwrap_or_else(|| "-".into()),
-                r.container.clone(),
-                r.engine.clone(),
-                r.checkpointed.clone().unwrap_or_else(|| "-".into()),
-                cpengine::report::human_bytes(r.archive_bytes),
-                r.archive.display().to_string(),
-            ]
-        })
-        .collect();
-    let head = [
-        "NAMESPACE",
-        "POD",
-        "CONTAINER",
-        "ENGINE",
-        "CHECKPOINTED",
-        "SIZE",
-        "ARCHIVE",
-    ];
-    let mut width = head.map(str::len);
-    for r in &table {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
+    let mut table = cpengine::inspect::Table::new([
+        "namespace",
+        "pod",
+        "container",
+        "engine",
+        "checkpointed",
+        "size",
+        "archive",
+    ]);
+    for r in &rows {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        table.row([
+            or_dash(&r.namespace),
+            or_dash(&r.pod),
+            r.container.clone(),
+            r.engine.clone(),
+            or_dash(&r.checkpointed),
+            cpengine::report::human_bytes(r.archive_bytes),
+            r.archive.display().to_string(),
+        ]);
     }
-    let line = |cells: &[String]| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = width[i]));
-            }
-        }
-        println!("{s}");
-    };
-    line(&head.map(String::from));
-    for r in &table {
-        line(r);
-    }
+    print!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 
