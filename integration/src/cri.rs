@@ -400,6 +400,43 @@ pub fn kubelet_location(dir: &Path, pod: &str, ns: &str, ctr: &str) -> PathBuf {
     dir.join(format!("checkpoint-{pod}_{ns}-{ctr}-{ts}.tar"))
 }
 
+/// RunPodSandbox; returns the pod's id.
+pub async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, cfg: pb::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(pb::RunPodSandboxRequest {
+        config: Some(cfg),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("RunPodSandbox")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// CreateContainer then StartContainer in pod `pod_id`; returns the container's id.
+pub async fn create_start(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod_cfg: &pb::PodSandboxConfig,
+    cfg: pb::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(pb::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
 /// The status of a container.
 pub async fn status_of(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::ContainerStatus {
     rt.container_status(pb::ContainerStatusRequest {

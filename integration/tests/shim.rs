@@ -10,44 +10,6 @@ use k8s_cri::v1 as pb;
 const COUNTER: &str =
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; echo tick $i; sleep 0.1; done";
 
-async fn run_pod(
-    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    cfg: pb::PodSandboxConfig,
-) -> String {
-    rt.run_pod_sandbox(pb::RunPodSandboxRequest {
-        config: Some(cfg),
-        runtime_handler: String::new(),
-    })
-    .await
-    .expect("RunPodSandbox")
-    .into_inner()
-    .pod_sandbox_id
-}
-
-async fn create_start(
-    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    pod_id: &str,
-    pod_cfg: &pb::PodSandboxConfig,
-    cfg: pb::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(pb::CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(cfg),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(pb::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     let mut shim = Shim::start();

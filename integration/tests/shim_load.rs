@@ -14,44 +14,6 @@ const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; s
 /// Containers checkpointed at once.
 const CONTAINERS: usize = 8;
 
-async fn run_pod(
-    rt: &mut pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    cfg: pb::PodSandboxConfig,
-) -> String {
-    rt.run_pod_sandbox(pb::RunPodSandboxRequest {
-        config: Some(cfg),
-        runtime_handler: String::new(),
-    })
-    .await
-    .expect("RunPodSandbox")
-    .into_inner()
-    .pod_sandbox_id
-}
-
-async fn create_start(
-    rt: &mut pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    pod: &str,
-    pod_cfg: &pb::PodSandboxConfig,
-    cfg: pb::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(pb::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cfg),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    rt.start_container(pb::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
-}
-
 async fn counting(
     rt: &pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     id: &str,
