@@ -397,23 +397,34 @@ fn assert_restore_left_nothing(state: &StateRoot, id: &str, what: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_works() {
-    let engine = engine().await;
+/// A busybox counter container (ids prefixed `prefix`), checkpointed into `c.tar` in a scratch
+/// directory and destroyed: its bundle (whose base restores use), the directory, the archive.
+async fn checkpointed_counter(
+    engine: &cpengine::Engine,
+    state: &StateRoot,
+    prefix: &str,
+) -> (Bundle, tempfile::TempDir, PathBuf) {
     let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-fr");
+    let id = unique_id(prefix);
     let mut c = RuncContainer::run(&bundle, &id);
     assert!(wait_until(Duration::from_secs(10), || counter_in(
         &bundle.rootfs
     ) >= 3));
-    let state = state();
-    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
-    let out = scratch("cpe-frout-");
+    let ctr = Container::find(&id, std::slice::from_ref(&c.root), state).unwrap();
+    let out = scratch(&format!("{prefix}out-"));
     let archive = out.path().join("c.tar");
     let mut o = ContainerCheckpointOptions::new(&archive);
     o.state = Some(state.clone());
-    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
+    checkpoint(engine, &ctr, &o).await.expect("checkpoint");
     c.destroy();
+    (bundle, out, archive)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_works() {
+    let engine = engine().await;
+    let state = state();
+    let (bundle, _out, archive) = checkpointed_counter(&engine, &state, "cpe-fr").await;
     let sum = fingerprint(&archive);
     let new_id = unique_id("cpe-frn");
     let restore = |fault: Option<FaultPoint>| {
@@ -702,20 +713,8 @@ fn cli_restore(state: &StateRoot, archive: &Path, id: &str, base: &Path) -> Chil
 async fn engine_killed_mid_restore_is_repaired_by_the_next_command() {
     init();
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-fk");
-    let mut c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
     let state = state();
-    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
-    let out = scratch("cpe-fkout-");
-    let archive = out.path().join("c.tar");
-    let mut o = ContainerCheckpointOptions::new(&archive);
-    o.state = Some(state.clone());
-    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
-    c.destroy();
+    let (bundle, _out, archive) = checkpointed_counter(&engine, &state, "cpe-fk").await;
     let sum = fingerprint(&archive);
     let new_id = unique_id("cpe-fkn");
     let ps = || {
