@@ -137,7 +137,13 @@ pub(crate) fn is_dir(st: &FileStat) -> bool {
 
 /// Removes `name` in `dir` and, if it is a directory, everything beneath it, never following
 /// a symlink (a symlink is removed itself). Returns whether anything existed.
+/// `name` must be one component: `.`, `..`, an empty name or one with a `/` is refused
+/// (`EINVAL`), and the directory is opened with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`.
 pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    let b = name.as_bytes();
+    if matches!(b, b"" | b"." | b"..") || b.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let Some(st) = lstat_at(dir, name)? else {
         return Ok(false);
     };
@@ -145,12 +151,10 @@ pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bo
         unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?;
         return Ok(true);
     }
-    let fd = nix::fcntl::openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let fd = openat2(dir, name, how)?;
     clear_dir(fd)?;
     unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
     Ok(true)
@@ -232,5 +236,10 @@ mod tests {
         assert!(!root.join("d").exists());
         assert!(outside.join("keep").exists());
         assert!(!remove_tree_at(tree.root(), OsStr::new("d")).unwrap());
+        for bad in ["", ".", "..", "a/b"] {
+            let e = remove_tree_at(tree.root(), OsStr::new(bad)).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad:?}");
+        }
+        assert!(outside.join("keep").exists());
     }
 }

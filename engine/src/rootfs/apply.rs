@@ -101,6 +101,11 @@ pub fn apply_with(
         path: rootfs.to_path_buf(),
         source,
     })?;
+    let beneath =
+        Tree::open(rootfs, Resolve::Beneath).map_err(|source| RootfsError::OpenRootfs {
+            path: rootfs.to_path_buf(),
+            source,
+        })?;
     let (compression, r) =
         crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, diff))
             .map_err(|source| RootfsError::ReadDiff { source })?;
@@ -161,10 +166,26 @@ pub fn apply_with(
         };
         let leaf_bytes = rel.file_name().map(OsStr::as_bytes).unwrap_or(b"");
         if let Some(hidden) = leaf_bytes.strip_prefix(b".wh.") {
+            if matches!(hidden, b"" | b"." | b"..") || hidden.contains(&b'/') {
+                return Err(RootfsError::UnsafeName {
+                    name,
+                    reason: "whiteout of '.', '..' or '/'",
+                });
+            }
             let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-            let dir = match tree.dir(&parent) {
+            // Removals resolve beneath the tree without passing any symlink: a whiteout names
+            // the path itself, never what a link (of this or an earlier layer) points at.
+            let dir = match beneath.dir(&parent) {
                 Ok(d) => d,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                    continue;
+                }
+                Err(e) if beneath::is_escape(&e) => {
+                    return Err(RootfsError::UnsafeName {
+                        name,
+                        reason: "whiteout through a symlink",
+                    });
+                }
                 Err(e) => return Err(fail(e)),
             };
             if hidden == b".wh..opq" {
@@ -535,4 +556,59 @@ fn write_sparse(
     }
     f.set_len(real).map_err(io_fail)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// `.wh...` hides `..` and `.wh..` hides `.`: both are refused, and neither the rootfs nor
+    /// its parent directory loses anything.
+    #[test]
+    fn whiteout_of_dot_or_dotdot_is_refused_and_removes_nothing() {
+        for leaf in [".wh...", ".wh..", "d/.wh...", "d/.wh.."] {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("layer");
+            std::fs::create_dir_all(root.join("d")).unwrap();
+            std::fs::write(root.join("d/keep"), b"x").unwrap();
+            std::fs::write(root.join("keep"), b"x").unwrap();
+            std::fs::create_dir(t.path().join("sibling")).unwrap();
+            std::fs::write(t.path().join("sibling/keep"), b"x").unwrap();
+            let r = apply(&root, &tar_of(&[(leaf, b"")])[..], &[]);
+            assert!(
+                matches!(r, Err(RootfsError::UnsafeName { .. })),
+                "{leaf}: {r:?}"
+            );
+            for p in ["layer/keep", "layer/d/keep", "sibling/keep"] {
+                assert!(t.path().join(p).exists(), "{leaf} removed {p}");
+            }
+        }
+    }
+
+    /// A whiteout whose parent is a symlink does not remove through it.
+    #[test]
+    fn whiteout_does_not_resolve_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("layer");
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::write(root.join("real/keep"), b"x").unwrap();
+        std::os::unix::fs::symlink("real", root.join("link")).unwrap();
+        let r = apply(&root, &tar_of(&[("link/.wh.keep", b"")])[..], &[]);
+        assert!(matches!(r, Err(RootfsError::UnsafeName { .. })), "{r:?}");
+        assert!(root.join("real/keep").exists());
+    }
 }
