@@ -22,8 +22,9 @@ pub(crate) fn padded(n: u64) -> u64 {
 }
 
 /// Zero bytes that follow `n` bytes of data to fill its last block.
+/// Never overflows, whatever `n` a hostile header declared.
 pub(crate) fn pad_len(n: u64) -> usize {
-    (padded(n) - n) as usize
+    ((BLOCK - n % BLOCK) % BLOCK) as usize
 }
 
 /// A block of zeros, for padding.

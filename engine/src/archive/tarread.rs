@@ -52,6 +52,9 @@ pub(crate) enum TarError {
     ExtensionTooLarge { size: u64, limit: u64 },
 }
 
+/// The largest member size accepted (what a signed 64-bit offset can address).
+const MAX_SIZE: u64 = i64::MAX as u64;
+
 pub(crate) struct TarReader<R> {
     r: R,
     /// Data bytes of the current member not yet consumed.
@@ -78,7 +81,7 @@ impl<R: Read> TarReader<R> {
         if self.done {
             return Ok(None);
         }
-        self.skip(self.remaining + self.pad)?;
+        self.skip(self.remaining.saturating_add(self.pad))?;
         self.remaining = 0;
         self.pad = 0;
         let mut long_name: Option<Vec<u8>> = None;
@@ -99,6 +102,9 @@ impl<R: Read> TarReader<R> {
             verify_checksum(&h)?;
             let flag = if h[156] == 0 { b'0' } else { h[156] };
             let size = number(&h[124..136])?;
+            if size > MAX_SIZE {
+                return Err(TarError::BadHeader("size beyond 2^63-1"));
+            }
             match flag {
                 b'x' | b'g' | b'L' | b'K' => {
                     if size > self.max_ext {
@@ -163,7 +169,13 @@ impl<R: Read> TarReader<R> {
                 match k.as_str() {
                     "path" => e.name = v.clone(),
                     "linkpath" => e.link = v.clone(),
-                    "size" => e.size = num()?,
+                    "size" => {
+                        e.size = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .filter(|&n| n <= MAX_SIZE)
+                            .ok_or(TarError::BadHeader("bad pax size"))?
+                    }
                     "uid" => e.uid = num()?,
                     "gid" => e.gid = num()?,
                     "mtime" => e.mtime = num()? as i64,
@@ -391,5 +403,38 @@ mod tests {
             TarReader::new(&h[..], 1024).next_entry(),
             Err(TarError::BadHeader(_))
         ));
+    }
+
+    fn recheck(h: &mut [u8]) {
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h[..512].iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    /// A pax `size=-1` and a base-256 size of 2^64-1 are header errors, not an overflow.
+    #[test]
+    fn negative_and_huge_sizes_are_refused() {
+        let rec = b"12 size=-1\n";
+        let mut bytes = encode(&Meta::new(b"p", TypeFlag::File, 0o600, rec.len() as u64, 0));
+        bytes[156] = b'x';
+        recheck(&mut bytes);
+        bytes.extend(rec);
+        bytes.resize(padded(bytes.len() as u64) as usize, 0);
+        bytes.extend(encode(&Meta::new(b"f", TypeFlag::File, 0o600, 0, 0)));
+        bytes.extend([0u8; 1024]);
+        assert!(matches!(
+            TarReader::new(&bytes[..], 1 << 20).next_entry(),
+            Err(TarError::BadHeader(_))
+        ));
+        let mut h = encode(&Meta::new(b"f", TypeFlag::File, 0o600, 0, 0));
+        h[124..136].copy_from_slice(&[
+            0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        recheck(&mut h);
+        assert!(matches!(
+            TarReader::new(&h[..], 1 << 20).next_entry(),
+            Err(TarError::BadHeader(_))
+        ));
+        assert_eq!(pad_len(u64::MAX), 1);
     }
 }
