@@ -113,6 +113,11 @@ pub struct DiffEntry {
     pub size: u64,
     /// Where the data is read from on the host.
     pub source: PathBuf,
+    /// The directory `source` is read beneath (the upper dir, a lower layer or the rootfs):
+    /// the writer resolves `source` from it without passing a symlink.
+    pub source_root: PathBuf,
+    /// `(st_dev, st_ino)` of the data file when planned; the writer reads only that inode.
+    pub source_inode: (u64, u64),
     /// Data segments `(offset, length)` of a sparse file; `None` for a dense one.
     pub sparse: Option<Vec<(u64, u64)>>,
 }

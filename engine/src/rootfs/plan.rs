@@ -193,9 +193,11 @@ fn kind_of(path: &Path, md: &Metadata) -> Result<Option<EntryKind>, RootfsError>
 
 /// Builds an entry from metadata; hard links to an inode already in the diff become
 /// [`EntryKind::Hardlink`].
+#[allow(clippy::too_many_arguments)]
 fn entry(
     rel: &Path,
     path: &Path,
+    data_root: &Path,
     data_source: &Path,
     md: &Metadata,
     kind: EntryKind,
@@ -205,6 +207,7 @@ fn entry(
     let mut kind = kind;
     let mut size = 0;
     let mut sparse = None;
+    let mut inode = (md.dev(), md.ino());
     if kind == EntryKind::File {
         if md.nlink() > 1 {
             if let Some(first) = links.get(&(md.dev(), md.ino())) {
@@ -219,8 +222,9 @@ fn entry(
             let dmd = if data_source == path {
                 md.clone()
             } else {
-                std::fs::metadata(data_source).map_err(walk_err(data_source))?
+                std::fs::symlink_metadata(data_source).map_err(walk_err(data_source))?
             };
+            inode = (dmd.dev(), dmd.ino());
             size = dmd.len();
             sparse = sparse_segments(data_source, &dmd)?;
         }
@@ -235,6 +239,8 @@ fn entry(
         xattrs,
         size,
         source: data_source.to_path_buf(),
+        source_root: data_root.to_path_buf(),
+        source_inode: inode,
         sparse,
     })
 }
@@ -297,13 +303,23 @@ impl OverlayWalk<'_> {
                 return Err(RootfsError::OverlayRedirect { path });
             }
             // metacopy: the upper file has the metadata, a lower one the data.
-            let source = if md.is_file() && overlay_attr(&ov, "metacopy").is_some() {
-                self.lower_path(&crel).unwrap_or_else(|| path.clone())
+            let (root, source) = if md.is_file() && overlay_attr(&ov, "metacopy").is_some() {
+                self.lower_path(&crel)
+                    .unwrap_or_else(|| (self.upper.to_path_buf(), path.clone()))
             } else {
-                path.clone()
+                (self.upper.to_path_buf(), path.clone())
             };
             let is_dir = kind == EntryKind::Dir;
-            let e = entry(&crel, &path, &source, &md, kind, carried, &mut self.links)?;
+            let e = entry(
+                &crel,
+                &path,
+                &root,
+                &source,
+                &md,
+                kind,
+                carried,
+                &mut self.links,
+            )?;
             self.diff.entries.push(e);
             if is_dir {
                 let child_opaque = opaque || overlay_attr(&ov, "opaque") == Some(b"y");
@@ -325,11 +341,12 @@ impl OverlayWalk<'_> {
         Ok(())
     }
 
-    fn lower_path(&self, rel: &Path) -> Option<PathBuf> {
+    /// The lower layer holding `rel` as a regular file, and the file's path.
+    fn lower_path(&self, rel: &Path) -> Option<(PathBuf, PathBuf)> {
         self.lowers
             .iter()
-            .map(|l| l.join(rel))
-            .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+            .map(|l| (l.clone(), l.join(rel)))
+            .find(|(_, p)| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
     }
 
     /// Names visible under `rel` in the merged lower layers.
@@ -520,8 +537,9 @@ fn walk_dir(
         };
         let is_dir = kind == EntryKind::Dir;
         if changed {
-            diff.entries
-                .push(entry(&crel, &path, &path, &md, kind, carried, links)?);
+            diff.entries.push(entry(
+                &crel, &path, rootfs, &path, &md, kind, carried, links,
+            )?);
         }
         if is_dir {
             walk_dir(rootfs, &crel, ex, lookup, base, diff, links)?;

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use crate::archive::tarfmt::{
@@ -126,23 +126,53 @@ pub(crate) fn write_diff(diff: &RootfsDiff, out: &mut dyn TarSink) -> io::Result
     Ok(st)
 }
 
-/// Writes the data of a regular file; returns whether it differed from the plan.
-fn write_file_data(e: &DiffEntry, out: &mut dyn TarSink) -> io::Result<bool> {
-    let file = File::options()
+/// Opens the planned data file of `e` for reading, or `None` if it is gone or is not the
+/// planned file any more. The workload runs again while this is read, so nothing of the path
+/// is trusted: it is resolved from `source_root` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`
+/// as an `O_PATH` fd (which opens a FIFO or a device node without any I/O on it), must be a
+/// regular file with the planned `(st_dev, st_ino)`, and only then is reopened for reading
+/// through that fd, non-blocking.
+fn open_planned(e: &DiffEntry) -> Option<File> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let rel = e.source.strip_prefix(&e.source_root).ok()?;
+    let root = crate::sys::open_dir(&e.source_root).ok()?;
+    let how = nix::fcntl::OpenHow::new()
+        .flags(
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+        )
+        .resolve(
+            nix::fcntl::ResolveFlag::RESOLVE_BENEATH | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS,
+        );
+    let path_fd = nix::fcntl::openat2(root.as_fd(), rel, how).ok()?;
+    let st = nix::sys::stat::fstat(&path_fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG
+        || (st.st_dev as u64, st.st_ino as u64) != e.source_inode
+    {
+        return None;
+    }
+    let f = File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&e.source);
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
+        .ok()?;
+    let md = f.metadata().ok()?;
+    (md.is_file() && (md.dev(), md.ino()) == e.source_inode).then_some(f)
+}
+
+/// Writes the data of a regular file; returns whether it differed from the plan. A file that
+/// is gone, or is no longer the planned regular file (another inode, a FIFO, a device, a
+/// symlink anywhere on its path), is not read: its planned bytes are zeros and it is reported
+/// as changed, so the stream keeps its announced size and the checkpoint completes.
+fn write_file_data(e: &DiffEntry, out: &mut dyn TarSink) -> io::Result<bool> {
     let planned: u64 = match &e.sparse {
         Some(s) => sparse_map_block(s).len() as u64 + s.iter().map(|(_, l)| l).sum::<u64>(),
         None => e.size,
     };
-    let file = match file {
-        Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => f,
-        _ => {
-            // Gone or replaced by something else: keep the tar valid.
-            out.put_zeros(planned)?;
-            return Ok(true);
-        }
+    let Some(file) = open_planned(e) else {
+        out.put_zeros(planned)?;
+        return Ok(true);
     };
     let now = file.metadata()?.len();
     let mut short = false;
@@ -169,4 +199,69 @@ pub fn write_tar(diff: &RootfsDiff, w: impl Write) -> io::Result<u64> {
     let st = write_diff(diff, &mut sink)?;
     sink.w.flush()?;
     Ok(st.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::super::{Base, plan_dir};
+    use super::*;
+
+    /// After planning, the workload swaps a parent directory for a symlink to a host
+    /// directory, replaces a file by a FIFO and another by a different file (rename-over):
+    /// the writer reads none of them, does not block, and lists all three as changed.
+    #[test]
+    fn files_swapped_after_planning_are_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let (base, root, host) = (
+            t.path().join("base"),
+            t.path().join("root"),
+            t.path().join("host"),
+        );
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(root.join("d/shadow"), b"planned-data").unwrap();
+        std::fs::write(root.join("fifo"), b"planned-fifo").unwrap();
+        std::fs::write(root.join("swapped"), b"planned-swap").unwrap();
+        std::fs::write(host.join("shadow"), b"HOST-SECRET!").unwrap();
+        let diff = plan_dir(&root, &Base::Dir(base), &[]).unwrap();
+
+        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("d")).unwrap();
+        std::fs::remove_file(root.join("fifo")).unwrap();
+        nix::unistd::mkfifo(
+            &root.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::fs::write(root.join("other"), b"OTHER-INODE!").unwrap();
+        std::fs::rename(root.join("other"), root.join("swapped")).unwrap();
+
+        let (tx, rx) = mpsc::channel();
+        let d2 = diff.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let st = write_diff(&d2, &mut WriteSink::new(&mut out)).map(|s| s.changed);
+            let _ = tx.send((st, out));
+        });
+        // A hang detector, not a timing assertion: today's bug blocks forever on the FIFO.
+        let (st, out) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the diff writer blocked on a FIFO");
+        let changed = st.unwrap();
+        assert_eq!(out.len() as u64, diff.tar_size());
+        let has = |needle: &[u8]| out.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b"HOST-SECRET!"), "a host file was archived");
+        assert!(!has(b"OTHER-INODE!"), "a different inode was archived");
+        for p in ["d/shadow", "fifo", "swapped"] {
+            assert!(
+                changed.iter().any(|c| c == Path::new(p)),
+                "{p}: {changed:?}"
+            );
+        }
+    }
 }
