@@ -529,3 +529,84 @@ async fn concurrent_writers_through_separate_handles_lose_nothing() {
         assert_eq!(is_checkpoint_image(&rec), Some(format!("c{i}")));
     }
 }
+
+/// A two-layer image whose upper layer deletes `a/gone` (whiteout) and makes `o/` opaque:
+/// the unpacked layers, stacked as overlay lower directories the way a restore mounts them,
+/// show neither `a/gone` nor `o/old`, and keep `a/kept` and `o/new`.
+#[tokio::test]
+async fn unpacked_layers_keep_whiteouts_and_opaque_dirs() {
+    let (root, store) = new_store().await;
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path();
+    let l1 = blob(
+        dir,
+        &layer_tar(&[("a/gone", b"1"), ("a/kept", b"1"), ("o/old", b"1")]),
+    );
+    let l2 = blob(
+        dir,
+        &layer_tar(&[
+            ("a/.wh.gone", b""),
+            ("o/.wh..wh..opq", b""),
+            ("o/new", b"2"),
+        ]),
+    );
+    let config = blob(
+        dir,
+        &serde_json::to_vec(&json!({
+            "architecture": layout::host_platform().1, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [l1.0, l2.0]},
+        }))
+        .unwrap(),
+    );
+    let manifest = blob(
+        dir,
+        &serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config.0, "size": config.1},
+            "layers": [
+                {"mediaType": media::OCI_LAYER, "digest": l1.0, "size": l1.1},
+                {"mediaType": media::OCI_LAYER, "digest": l2.0, "size": l2.1},
+            ],
+        }))
+        .unwrap(),
+    );
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": media::OCI_MANIFEST, "digest": manifest.0, "size": manifest.1,
+             "annotations": {ann::REF_NAME: "wh:1"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let rec = store.import(dir, None).await.unwrap();
+    let cache = root.path().join("layers");
+    let lowers = unpack::layer_dirs(&store, &rec, &cache).await.unwrap();
+    assert_eq!(lowers.len(), 2);
+
+    let mnt = root.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    nix::mount::mount(
+        Some("overlay"),
+        &mnt,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={lowerdir}").as_str()),
+    )
+    .expect("mounting the layers as overlay lower directories (needs root)");
+    let seen: Vec<bool> = ["a/gone", "a/kept", "o/old", "o/new"]
+        .iter()
+        .map(|p| mnt.join(p).exists())
+        .collect();
+    nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(
+        seen,
+        [false, true, false, true],
+        "a/gone a/kept o/old o/new"
+    );
+}

@@ -1,7 +1,7 @@
 //! Image layers unpacked to directories, for overlay lower layers (a restored container's base,
 //! a shim container's rootfs). Each layer is unpacked once, with the safe extractor
-//! ([`crate::rootfs::apply`]: everything resolved beneath the layer directory, OCI whiteouts
-//! honoured), into `<cache>/<digest>` via a temp directory renamed into place, so a crash never
+//! ([`crate::rootfs::apply_layer`]: everything resolved beneath the layer directory, OCI
+//! whiteouts kept as overlay whiteouts and opaque directories), into `<cache>/<digest>` via a temp directory renamed into place, so a crash never
 //! leaves a half-unpacked layer that looks complete.
 
 use std::path::{Path, PathBuf};
@@ -67,7 +67,10 @@ fn unpack_one(
         .map_err(|e| unpack_err(format!("creating {}: {e}", tmp.display())))?;
     let result = store
         .open_layer(layer)
-        .and_then(|r| crate::rootfs::apply(&tmp, r, &[]).map_err(|e| unpack_err(e.to_string())))
+        .and_then(|r| {
+            crate::rootfs::apply_layer(&tmp, r, &crate::rootfs::ApplyLimits::default())
+                .map_err(|e| unpack_err(e.to_string()))
+        })
         .and_then(|_| match std::fs::rename(&tmp, dir) {
             Ok(()) => Ok(()),
             // Someone else unpacked it meanwhile.

@@ -96,6 +96,38 @@ pub fn apply_with(
     deleted: &[String],
     limits: &ApplyLimits,
 ) -> Result<ApplyReport, RootfsError> {
+    apply_inner(rootfs, diff, deleted, limits, Whiteouts::Apply)
+}
+
+/// Unpacks one image layer into the empty directory `dir`, to be stacked with the image's
+/// other layers as overlay lower directories: the layer's OCI whiteouts are kept as overlay
+/// whiteouts (a `0:0` character device named like the deleted path) and its opaque markers as
+/// `trusted.overlay.opaque=y` on their directory, so that what a later layer deleted does not
+/// reappear from an earlier one.
+pub fn apply_layer(
+    dir: &Path,
+    layer: impl Read,
+    limits: &ApplyLimits,
+) -> Result<ApplyReport, RootfsError> {
+    apply_inner(dir, layer, &[], limits, Whiteouts::Overlay)
+}
+
+/// What an OCI whiteout does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// Remove the path from the tree (a diff applied onto a full rootfs).
+    Apply,
+    /// Record it as an overlayfs whiteout / opaque directory (a layer unpacked alone).
+    Overlay,
+}
+
+fn apply_inner(
+    rootfs: &Path,
+    diff: impl Read,
+    deleted: &[String],
+    limits: &ApplyLimits,
+    whiteouts: Whiteouts,
+) -> Result<ApplyReport, RootfsError> {
     let start = Instant::now();
     let tree = Tree::open(rootfs, Resolve::InRoot).map_err(|source| RootfsError::OpenRootfs {
         path: rootfs.to_path_buf(),
@@ -173,6 +205,20 @@ pub fn apply_with(
                 });
             }
             let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            if whiteouts == Whiteouts::Overlay {
+                overlay_whiteout(&beneath, &parent, hidden).map_err(|e| {
+                    if beneath::is_escape(&e) {
+                        RootfsError::UnsafeName {
+                            name: name.clone(),
+                            reason: "whiteout through a symlink",
+                        }
+                    } else {
+                        fail(e)
+                    }
+                })?;
+                rep.whiteouts += 1;
+                continue;
+            }
             // Removals resolve beneath the tree without passing any symlink: a whiteout names
             // the path itself, never what a link (of this or an earlier layer) points at.
             let dir = match beneath.dir(&parent) {
@@ -362,6 +408,28 @@ pub fn apply_with(
     }
     rep.duration = start.elapsed();
     Ok(rep)
+}
+
+/// Records the whiteout of `hidden` (or, for `.wh..opq`, the opacity) of directory `parent`
+/// the way overlayfs reads it from a lower layer. The parent resolves beneath the tree
+/// without passing a symlink and is created if the layer did not list it.
+fn overlay_whiteout(tree: &Tree, parent: &Path, hidden: &[u8]) -> io::Result<()> {
+    let dir = tree.dir_create(parent, 0o755)?;
+    if hidden == b".wh..opq" {
+        use xattr::FileExt;
+        let d = File::from(tree.open_at(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?);
+        return d.set_xattr("trusted.overlay.opaque", b"y");
+    }
+    let leaf = OsStr::from_bytes(hidden);
+    beneath::remove_tree_at(dir.as_fd(), leaf)?;
+    nix::sys::stat::mknodat(
+        dir.as_fd(),
+        leaf,
+        SFlag::S_IFCHR,
+        Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )?;
+    Ok(())
 }
 
 /// A tar name as a relative path; `None` for the root itself; an error for `..`, absolute

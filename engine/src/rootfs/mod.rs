@@ -66,7 +66,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use apply::{ApplyLimits, ApplyReport, DEVICE_ALLOWLIST, apply, apply_with};
+pub use apply::{ApplyLimits, ApplyReport, DEVICE_ALLOWLIST, apply, apply_layer, apply_with};
 pub use plan::{Base, default_excludes, plan_dir, plan_overlay};
 pub(crate) use tar::write_diff;
 pub use tar::write_tar;
