@@ -156,6 +156,86 @@ pub fn pending_path(location: &Path) -> PathBuf {
     ))
 }
 
+/// Notes of the pending archives in flight, under the state root: each names one pending
+/// path, so a shim that died after the engine finished the archive but before it was renamed
+/// onto the location (or removed) knows at its next start which file to delete.
+fn pending_notes(state: &StateRoot) -> PathBuf {
+    state.lib.join("pending-archives")
+}
+
+/// A note of one pending archive; removed when dropped (after the archive was committed or
+/// deleted).
+#[derive(Debug)]
+pub(crate) struct PendingNote(PathBuf);
+
+impl PendingNote {
+    pub(crate) fn write(state: &StateRoot, pending: &Path) -> Result<Self> {
+        use std::io::Write;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = pending_notes(state);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(ShimError::fs("creating", &dir))?;
+        let note = dir.join(format!("{:016x}", rand::random::<u64>()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&note)
+            .map_err(ShimError::fs("creating", &note))?;
+        f.write_all(pending.as_os_str().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(ShimError::fs("writing", &note))?;
+        Ok(Self(note))
+    }
+}
+
+impl Drop for PendingNote {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether `p` has the shape of a name [`pending_path`] makes.
+fn is_pending_name(p: &Path) -> bool {
+    let Some(n) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some((head, hex)) = n.rsplit_once(".cpengine-pending-") else {
+        return false;
+    };
+    head.starts_with('.') && hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Deletes the pending archives a previous shim left behind (their notes name them); returns
+/// the paths removed.
+pub(crate) fn remove_stale_pending(state: &StateRoot) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(pending_notes(state)) else {
+        return removed;
+    };
+    for note in rd.flatten().map(|e| e.path()) {
+        if let Ok(bytes) = std::fs::read(&note) {
+            let p = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+            // Only a regular file with a pending name, never through a symlink at the leaf.
+            if p.is_absolute()
+                && is_pending_name(&p)
+                && std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file())
+                && std::fs::remove_file(&p).is_ok()
+            {
+                removed.push(p);
+            }
+        }
+        let _ = std::fs::remove_file(&note);
+    }
+    removed
+}
+
 impl Checkpointer {
     pub fn new(state: StateRoot, allowed: Vec<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
@@ -184,6 +264,9 @@ impl Checkpointer {
     pub fn recover(&self) {
         for r in cpengine::container::journal::recover(&self.state) {
             tracing::warn!(container = %r.container, killed_criu = ?r.killed_criu, thawed = ?r.thawed, unlocked = ?r.unlocked, removed = ?r.removed, "repaired a checkpoint the previous shim left unfinished");
+        }
+        for p in remove_stale_pending(&self.state) {
+            tracing::warn!(archive = %p.display(), "removed a pending checkpoint archive the previous shim left uncommitted");
         }
     }
 
@@ -236,8 +319,9 @@ impl Checkpointer {
         opts.knobs.leave_running = true;
         opts.state = Some(self.state.clone());
         let id = ctr.id.clone();
+        let note = PendingNote::write(&self.state, &pending)?;
         let work = async move { engine_checkpoint(&engine, &ctr, &opts).await };
-        race(lock, &id, deadline, pending, location, work).await
+        race((lock, note), &id, deadline, pending, location, work).await
     }
 }
 
@@ -245,8 +329,10 @@ impl Checkpointer {
 /// races it against `deadline`: the archive is renamed onto `location` only if the work
 /// finished first; otherwise the caller gets `DEADLINE_EXCEEDED` at the deadline and the
 /// work's archive is deleted when it ends.
-async fn race<F>(
-    lock: OwnedMutexGuard<()>,
+/// `lock` (with anything else to keep until the job is over, e.g. its [`PendingNote`]) is
+/// dropped only after the archive was committed or deleted.
+async fn race<F, L>(
+    lock: L,
     id: &str,
     deadline: Option<Instant>,
     pending: PathBuf,
@@ -255,6 +341,7 @@ async fn race<F>(
 ) -> Result<()>
 where
     F: std::future::Future<Output = Result<()>> + Send + 'static,
+    L: Send + 'static,
 {
     let decision = Arc::new(AtomicU8::new(UNDECIDED));
     let job = {
@@ -446,6 +533,28 @@ mod tests {
         let r = race(lock, "c", None, pending.clone(), loc.clone(), work).await;
         assert!(matches!(r, Err(ShimError::Internal(_))));
         assert!(!loc.exists() && !pending.exists());
+    }
+
+    /// A shim that died between the engine finishing the pending archive and the commit:
+    /// the next start deletes exactly that archive, and nothing else beside it.
+    #[test]
+    fn recovery_removes_a_pending_archive_left_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateRoot::at(dir.path().join("state"));
+        let cdir = dir.path().join("checkpoints");
+        std::fs::create_dir(&cdir).unwrap();
+        let loc = cdir.join("c.tar");
+        let pending = pending_path(&loc);
+        let note = PendingNote::write(&state, &pending).unwrap();
+        std::fs::write(&pending, b"complete archive").unwrap();
+        std::fs::write(cdir.join("other.tar"), b"x").unwrap();
+        std::mem::forget(note); // the crash
+        let c = Checkpointer::new(state.clone(), vec![cdir.clone()]);
+        c.recover();
+        assert!(!pending.exists(), "the pending archive survived recovery");
+        assert!(cdir.join("other.tar").exists());
+        assert!(remove_stale_pending(&state).is_empty());
+        assert!(is_pending_name(&pending) && !is_pending_name(&loc));
     }
 
     #[test]
