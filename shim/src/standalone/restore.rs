@@ -375,10 +375,8 @@ impl<I: ImageBackend> Standalone<I> {
             std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
         }
         // The checkpointed container's log carries on in the new log.
-        if let Some(saved) = &extracted.log
-            && !log.exists()
-        {
-            let _ = std::fs::copy(saved, &log);
+        if let Some(saved) = &extracted.log {
+            let _ = carry_log(saved, &log);
         }
         let image_name = base
             .info
@@ -485,9 +483,64 @@ impl<I: ImageBackend> Standalone<I> {
     }
 }
 
+/// Copies the checkpointed container's log `saved` into the new container log `log`, if
+/// nothing is there yet (not even a symlink, dangling or not: `O_CREAT | O_EXCL | O_NOFOLLOW`
+/// never follows one). The new log is the runtime's own file, mode 0640 (set with `fchmod`,
+/// whatever the umask), never the archive's mode. Returns whether it copied.
+fn carry_log(saved: &Path, log: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(saved)?;
+    if !src.metadata()?.is_file() {
+        return Ok(false);
+    }
+    let mut dst = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    dst.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    std::io::copy(&mut src, &mut dst)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The archive's log comes with mode 0777 and the new log's path is a dangling symlink
+    /// to a host file: the log is created 0640 without the archive's mode, and nothing is
+    /// written through the symlink.
+    #[test]
+    fn the_carried_log_has_its_own_mode_and_never_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let saved = t.path().join("saved.log");
+        std::fs::write(&saved, b"old lines\n").unwrap();
+        std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let log = t.path().join("new.log");
+        assert!(carry_log(&saved, &log).unwrap());
+        assert_eq!(std::fs::read(&log).unwrap(), b"old lines\n");
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+
+        let host = t.path().join("host-file");
+        let link = t.path().join("link.log");
+        std::os::unix::fs::symlink(&host, &link).unwrap();
+        assert!(!carry_log(&saved, &link).unwrap_or(false));
+        assert!(
+            !host.exists(),
+            "the log was written through a dangling symlink"
+        );
+    }
     use crate::domain::MountSpec;
     use crate::standalone::store::HolderRecord;
     use serde_json::json;
