@@ -160,6 +160,13 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `pid` is the process recorded as started at `start` (see [`start_time`]). A
+/// recorded start of 0 (not known when it was stored) matches no process: a pid alone may
+/// have been reused by any other process since.
+pub fn is_same_process(pid: i32, start: u64) -> bool {
+    start != 0 && pid > 0 && start_time(pid) == Some(start)
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), used to
 /// tell a process from a later one that reuses its pid.
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -167,4 +174,18 @@ pub fn start_time(pid: i32) -> Option<u64> {
     let (_, rest) = parse_stat(&stat)?;
     // `rest` starts at field 3 (state); start time is field 22.
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod same_process_tests {
+    use super::*;
+
+    #[test]
+    fn a_start_time_of_zero_matches_no_process() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap();
+        assert!(is_same_process(me, start));
+        assert!(!is_same_process(me, start + 1));
+        assert!(!is_same_process(me, 0), "start 0 matched a live process");
+    }
 }

@@ -320,8 +320,7 @@ impl Container {
 
     /// Running, paused (frozen) or stopped; a reused pid counts as stopped.
     pub fn status(&self) -> Status {
-        let alive = crate::proc::start_time(self.init_pid)
-            .is_some_and(|t| self.init_start == 0 || t == self.init_start)
+        let alive = crate::proc::is_same_process(self.init_pid, self.init_start)
             && crate::proc::task_state(self.init_pid)
                 .is_some_and(|s| s.state != 'Z' && s.state != 'X');
         if !alive {

@@ -18,9 +18,10 @@ use super::{ImageBackend, Standalone, create_private_dir, restore, spec};
 /// How long a killed container may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Whether a recorded init pid still runs (same start time, not a zombie).
+/// Whether a recorded init pid still runs (same start time, not a zombie); a recorded start
+/// of 0 matches nothing.
 pub(super) fn pid_alive(pid: i32, start: u64) -> bool {
-    cpengine::proc::start_time(pid).is_some_and(|t| start == 0 || t == start)
+    cpengine::proc::is_same_process(pid, start)
         && cpengine::proc::task_state(pid).is_some_and(|s| s.state != 'Z')
 }
 
@@ -553,5 +554,17 @@ mod stop_signal_tests {
         assert_eq!(super::parse_signal("15"), Ok(Signal::SIGTERM));
         assert!(super::parse_signal("SIGNOPE").is_err());
         assert!(super::parse_signal("99").is_err());
+    }
+}
+
+#[cfg(test)]
+mod pid_tests {
+    /// A record whose start time was stored as 0 does not make any live pid "the container".
+    #[test]
+    fn a_stored_start_of_zero_matches_no_process() {
+        let me = std::process::id() as i32;
+        let start = cpengine::proc::start_time(me).unwrap();
+        assert!(super::pid_alive(me, start));
+        assert!(!super::pid_alive(me, 0));
     }
 }
