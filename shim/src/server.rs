@@ -43,14 +43,33 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ShimError::fs("checking", path)(e)),
     }
-    // Created 0600 from the start: no window in which others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = listener.map_err(ShimError::fs("binding", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(ShimError::fs("setting the mode of", path))?;
-    Ok(listener)
+    // No window in which others could connect, and no process-wide umask (other threads
+    // create files meanwhile): the socket is bound in a fresh 0700 directory beside `path`,
+    // made 0600 there, then renamed into place (never over anything that appeared).
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let private = parent.join(format!(".cri-bind-{:08x}", rand::random::<u32>()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(ShimError::fs("creating", &private))?;
+    let staged = private.join("sock");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged).map_err(ShimError::fs("binding", path))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(ShimError::fs("setting the mode of", path))?;
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &staged,
+            nix::fcntl::AT_FDCWD,
+            path,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| ShimError::fs("moving the socket to", path)(e.into()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    result
 }
 
 /// Removes the socket when dropped.
@@ -119,5 +138,49 @@ mod tests {
             Err(ShimError::FailedPrecondition(_))
         ));
         assert!(f.exists());
+    }
+
+    /// Binding never changes the process-wide umask (other threads create files meanwhile):
+    /// a thread watching `Umask:` in /proc/self/status sees only the test's own value while
+    /// sockets are bound again and again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binding_leaves_the_process_umask_alone() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let umask = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()))
+                .unwrap()
+        };
+        let before = umask();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut other = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    other.insert(umask());
+                }
+                other
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            let sock = dir.path().join(format!("s{i}.sock"));
+            let l = bind(&sock).await.unwrap();
+            assert_eq!(
+                std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            drop(l);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = seen.join().unwrap();
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [before],
+            "the umask changed"
+        );
     }
 }
