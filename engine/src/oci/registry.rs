@@ -15,6 +15,8 @@
 //! Authentication: a request answered `401` with `WWW-Authenticate: Bearer realm=…,service=…,
 //! scope=…` gets a token from the realm (anonymously, or with the basic credentials if given)
 //! and is retried once with it; `WWW-Authenticate: Basic` is answered with the credentials.
+//! The realm must be https or the registry's own origin: credentials never go over plain http
+//! to a host the registry named.
 //!
 //! Transport: plain HTTP to loopback registries (`localhost`, `127.0.0.0/8`, `::1`) or when
 //! asked (`insecure`), HTTPS otherwise. The client is `reqwest` (hyper underneath, maintained,
@@ -340,6 +342,17 @@ impl Client {
         let mut url = reqwest::Url::parse(realm).map_err(|e| OciError::RegistryProtocol {
             reason: format!("token realm {realm:?}: {e}"),
         })?;
+        // The realm is the registry's word: the credentials go to it only over https, or
+        // to the registry's own origin (which the caller chose, plain http included).
+        let same_origin = reqwest::Url::parse(&self.base)
+            .is_ok_and(|b| b.origin() == url.origin() && b.scheme() == url.scheme());
+        if url.scheme() != "https" && !same_origin {
+            return Err(OciError::RegistryProtocol {
+                reason: format!(
+                    "token realm {realm:?} is neither https nor the registry's own origin"
+                ),
+            });
+        }
         url.query_pairs_mut()
             .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         let mut rb = self.http.get(url.clone());
@@ -954,6 +967,30 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, OciError::Token { .. }), "{err:?}");
+    }
+
+    /// A registry on plain http whose challenge names a token realm on another origin (here
+    /// `127.0.0.1` for a registry addressed as `localhost`) over plain http: refused, and the
+    /// credentials are never sent there.
+    #[tokio::test]
+    async fn a_plain_http_realm_on_another_host_gets_no_credentials() {
+        let (port, log, _) = fake_registry(false).await;
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).await.unwrap();
+        let opts = RegistryOptions {
+            credentials: Some(("u".into(), "p".into())),
+            ..Default::default()
+        };
+        let err = pull(&format!("localhost:{port}/team/app:v1"), &store, &opts)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OciError::Token { source, .. }
+                if matches!(**source, OciError::RegistryProtocol { .. })),
+            "{err:?}"
+        );
+        let log = log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.contains("/token")), "{log:?}");
     }
 
     #[tokio::test]
