@@ -202,6 +202,8 @@ pub enum ArchiveError {
     MemberTooLarge { name: String, size: u64, limit: u64 },
     #[error("archive members add up to more than {limit} bytes")]
     TotalTooLarge { limit: u64 },
+    #[error("archive member names add up to more than {limit} bytes")]
+    NamesTooLarge { limit: u64 },
     #[error("member {name} has {size} bytes, over the limit of {limit} for JSON")]
     JsonTooLarge { name: String, size: u64, limit: u64 },
     #[error("member name of {len} bytes is longer than the limit of {limit}")]

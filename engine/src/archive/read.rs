@@ -222,9 +222,23 @@ pub fn visit(
     visit_raw(path, opts, |m, _raw, r| f(m, r))
 }
 
+/// Cap on the bytes of member names a pass keeps in memory (the duplicate check, the member
+/// list of [`read_info`]): far above real archives, far below what `max_members` long names
+/// would take.
+const MAX_NAME_BYTES: u64 = 256 << 20;
+
 fn visit_raw(
     path: &Path,
     opts: &ReadOptions<'_>,
+    f: impl FnMut(&Member, &RawEntry, &mut dyn Read) -> Result<(), ArchiveError>,
+) -> Result<Compression, ArchiveError> {
+    visit_raw_capped(path, opts, MAX_NAME_BYTES, f)
+}
+
+fn visit_raw_capped(
+    path: &Path,
+    opts: &ReadOptions<'_>,
+    max_name_bytes: u64,
     mut f: impl FnMut(&Member, &RawEntry, &mut dyn Read) -> Result<(), ArchiveError>,
 ) -> Result<Compression, ArchiveError> {
     let lim = &opts.limits;
@@ -246,6 +260,7 @@ fn visit_raw(
     let mut count = 0u64;
     let mut sum = 0u64;
     let mut seen = HashSet::new();
+    let mut name_bytes = 0u64;
     while let Some(raw) = tar.next_entry().map_err(|e| tar_err(path, e))? {
         count += 1;
         if count > lim.max_members {
@@ -270,6 +285,12 @@ fn visit_raw(
         if sum > lim.max_total_bytes {
             return Err(ArchiveError::TotalTooLarge {
                 limit: lim.max_total_bytes,
+            });
+        }
+        name_bytes += name.len() as u64;
+        if name_bytes > max_name_bytes {
+            return Err(ArchiveError::NamesTooLarge {
+                limit: max_name_bytes,
             });
         }
         if !seen.insert(name.clone()) {
@@ -691,6 +712,30 @@ pub fn extract_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names kept in memory are capped in total, however many members are allowed.
+    #[test]
+    fn names_kept_in_memory_are_capped() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("a.tar");
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..100 {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_mode(0o600);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, format!("checkpoint/{i:0>60}"), &b""[..])
+                .unwrap();
+        }
+        std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+        let ok = visit_raw_capped(&p, &ReadOptions::default(), 1 << 20, |_, _, _| Ok(()));
+        assert!(ok.is_ok(), "{ok:?}");
+        let r = visit_raw_capped(&p, &ReadOptions::default(), 4096, |_, _, _| Ok(()));
+        assert!(
+            matches!(r, Err(ArchiveError::NamesTooLarge { limit: 4096 })),
+            "{r:?}"
+        );
+    }
 
     /// The inputs in `fuzz/regressions/archive_read/` (a regular file named `checkpoint`, a pax
     /// `size=-1`, a base-256 size of 2^64-1) are refused with an error, never a panic.

@@ -62,8 +62,15 @@ pub(crate) struct TarReader<R> {
     /// Padding after the current member's data.
     pad: u64,
     done: bool,
+    /// Cap on one extension header and on all the extension headers of one member together.
     max_ext: u64,
+    /// Cap on the extension headers of the whole stream (header blocks included).
+    max_ext_stream: u64,
+    ext_stream: u64,
 }
+
+/// Default cap on the extension headers (pax, GNU long names, global headers) of a stream.
+pub(crate) const MAX_EXT_STREAM: u64 = 1 << 30;
 
 impl<R: Read> TarReader<R> {
     pub fn new(r: R, max_ext: u64) -> Self {
@@ -73,7 +80,16 @@ impl<R: Read> TarReader<R> {
             pad: 0,
             done: false,
             max_ext,
+            max_ext_stream: MAX_EXT_STREAM,
+            ext_stream: 0,
         }
+    }
+
+    /// Overrides the stream-wide cap on extension headers.
+    #[cfg(test)]
+    pub fn with_ext_stream_cap(mut self, cap: u64) -> Self {
+        self.max_ext_stream = cap;
+        self
     }
 
     /// The next member, skipping whatever is left of the current one's data.
@@ -87,6 +103,7 @@ impl<R: Read> TarReader<R> {
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut entry_ext = 0u64;
         loop {
             let mut h = [0u8; BLOCK as usize];
             if !self.read_block(&mut h)? {
@@ -107,10 +124,21 @@ impl<R: Read> TarReader<R> {
             }
             match flag {
                 b'x' | b'g' | b'L' | b'K' => {
-                    if size > self.max_ext {
+                    // Each header, all of one member's together (a chain of headers before one
+                    // member, kept in memory until it comes), and all of the stream's (header
+                    // blocks counted, so a chain of empty ones is bounded too).
+                    entry_ext = entry_ext.saturating_add(size);
+                    if size > self.max_ext || entry_ext > self.max_ext {
                         return Err(TarError::ExtensionTooLarge {
-                            size,
+                            size: entry_ext,
                             limit: self.max_ext,
+                        });
+                    }
+                    self.ext_stream = self.ext_stream.saturating_add(BLOCK + size);
+                    if self.ext_stream > self.max_ext_stream {
+                        return Err(TarError::ExtensionTooLarge {
+                            size: self.ext_stream,
+                            limit: self.max_ext_stream,
                         });
                     }
                     let mut data = vec![0u8; size as usize];
@@ -436,5 +464,74 @@ mod tests {
             Err(TarError::BadHeader(_))
         ));
         assert_eq!(pad_len(u64::MAX), 1);
+    }
+
+    fn ext_header(flag: u8, data: &[u8]) -> Vec<u8> {
+        let mut h = encode(&Meta::new(
+            b"x",
+            TypeFlag::File,
+            0o600,
+            data.len() as u64,
+            0,
+        ));
+        h[156] = flag;
+        recheck(&mut h);
+        h.extend(data);
+        h.resize(padded(h.len() as u64) as usize, 0);
+        h
+    }
+
+    /// Many extension headers, each under the per-header cap, before one member: their sum
+    /// is capped per member; spread over many members, the stream's total is capped.
+    #[test]
+    fn extension_headers_are_capped_per_member_and_per_stream() {
+        let rec = format!("{} SCHILY.xattr.user.a={}\n", 100, "v".repeat(75));
+        assert_eq!(rec.len(), 100);
+        let mut one = Vec::new();
+        for _ in 0..200 {
+            one.extend(ext_header(b'x', rec.as_bytes()));
+        }
+        one.extend(encode(&Meta::new(b"f", TypeFlag::File, 0o600, 0, 0)));
+        assert!(matches!(
+            TarReader::new(&one[..], 4096).next_entry(),
+            Err(TarError::ExtensionTooLarge { limit: 4096, .. })
+        ));
+        let mut many = Vec::new();
+        for i in 0..200 {
+            many.extend(ext_header(b'x', rec.as_bytes()));
+            many.extend(encode(&Meta::new(
+                format!("f{i}").as_bytes(),
+                TypeFlag::File,
+                0o600,
+                0,
+                0,
+            )));
+        }
+        many.extend([0u8; 1024]);
+        let mut r = TarReader::new(&many[..], 4096).with_ext_stream_cap(64 << 10);
+        let mut n = 0;
+        let err = loop {
+            match r.next_entry() {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => panic!("200 members read under a 64 KiB stream cap"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(err, TarError::ExtensionTooLarge { limit: 65536, .. }),
+            "{err:?}"
+        );
+        assert!(n > 0 && n < 200);
+        // Empty global headers in a chain count their blocks.
+        let mut g = Vec::new();
+        for _ in 0..200 {
+            g.extend(ext_header(b'g', b""));
+        }
+        assert!(matches!(
+            TarReader::new(&g[..], 4096)
+                .with_ext_stream_cap(64 << 10)
+                .next_entry(),
+            Err(TarError::ExtensionTooLarge { .. })
+        ));
     }
 }
