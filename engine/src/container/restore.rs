@@ -683,6 +683,18 @@ pub(crate) fn free_bytes(dir: &Path) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Copies `r` into `w`, refusing more than `cap` bytes (a decompressed layer that would fill
+/// the disk) with [`ArchiveError::TotalTooLarge`](crate::archive::ArchiveError::TotalTooLarge),
+/// as the archive it holds would be; returns the bytes copied.
+fn copy_capped(r: impl std::io::Read, w: &mut impl std::io::Write, cap: u64) -> Result<u64> {
+    let n = std::io::copy(&mut r.take(cap.saturating_add(1)), w)
+        .map_err(Error::io("reading the checkpoint image's layer"))?;
+    if n > cap {
+        return Err(crate::archive::ArchiveError::TotalTooLarge { limit: cap }.into());
+    }
+    Ok(n)
+}
+
 /// Apply caps for a diff written into `dir`: its file system's free space.
 fn space_limits(dir: &Path) -> crate::rootfs::ApplyLimits {
     let mut l = crate::rootfs::ApplyLimits::default();
@@ -733,12 +745,13 @@ pub async fn open_source(
         }
         let mut layer = crate::oci::checkpoint_layer(&store, &record).await?;
         let tar = target.with_extension("layer.tar");
+        // The layer is decompressed to disk: at most what the extraction may write.
+        let cap = limits.max_total_bytes;
         let t2 = tar.clone();
         crate::blocking(move || {
             let mut f = std::fs::File::create(&t2)
                 .map_err(Error::io(format!("creating {}", t2.display())))?;
-            std::io::copy(&mut layer, &mut f)
-                .map_err(Error::io("reading the checkpoint image's layer"))?;
+            copy_capped(&mut layer, &mut f, cap)?;
             Ok(())
         })
         .await?;
@@ -846,4 +859,32 @@ pub async fn restore_archive(
     // The whole restore, extraction included.
     report.total += extract_time;
     Ok(report)
+}
+
+#[cfg(test)]
+mod copy_cap_tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A layer that decompresses past the cap stops there with a typed error.
+    #[test]
+    fn the_decompressed_layer_is_capped() {
+        let mut out = Vec::new();
+        let mut big = std::io::repeat(0).take(10 << 20);
+        let e = copy_capped(&mut big, &mut out, 1 << 20).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Archive(crate::archive::ArchiveError::TotalTooLarge { limit }) if limit == 1 << 20
+            ),
+            "{e:?}"
+        );
+        assert!(out.len() as u64 <= (1 << 20) + 1);
+        let mut small = std::io::repeat(1).take(1000);
+        assert_eq!(
+            copy_capped(&mut small, &mut Vec::new(), 1000).unwrap(),
+            1000
+        );
+    }
 }

@@ -738,12 +738,28 @@ pub async fn pull(
     let mut staging: Staging = store.blocking(|s| s.staging()).await?;
     let mut fetched: Vec<(PathBuf, String, u64)> = Vec::new();
     let (mut blobs_fetched, mut bytes_fetched) = (0, 0);
-    let wanted = std::iter::once((config_desc.digest().to_string(), config_desc.size())).chain(
-        manifest
-            .layers()
-            .iter()
-            .map(|l| (l.digest().to_string(), l.size())),
-    );
+    let wanted: Vec<(String, u64)> =
+        std::iter::once((config_desc.digest().to_string(), config_desc.size()))
+            .chain(
+                manifest
+                    .layers()
+                    .iter()
+                    .map(|l| (l.digest().to_string(), l.size())),
+            )
+            .collect();
+    // The sizes are the registry's word: what they add up to must fit in the store's free
+    // space before anything is downloaded (each download is then held to its size).
+    let declared = wanted
+        .iter()
+        .fold(0u64, |a, (_, size)| a.saturating_add(*size));
+    let free = crate::container::restore::free_bytes(store.dir());
+    if declared > free {
+        return Err(OciError::TooLarge {
+            what: "image blobs",
+            size: declared,
+            limit: free,
+        });
+    }
     for (d, size) in wanted {
         if store.blob_path(&d)?.exists() || fetched.iter().any(|(_, x, _)| *x == d) {
             continue;
@@ -899,6 +915,14 @@ mod tests {
     }
 
     async fn fake_registry(corrupt_layer: bool) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Fake>) {
+        fake_registry_declaring(corrupt_layer, None).await
+    }
+
+    /// A fake registry whose manifest may declare `layer_size` instead of the layer's size.
+    async fn fake_registry_declaring(
+        corrupt_layer: bool,
+        layer_size: Option<u64>,
+    ) -> (u16, Arc<Mutex<Vec<String>>>, Arc<Fake>) {
         let layer = b"not really a tar, the store does not look inside".to_vec();
         let config =
             serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
@@ -907,7 +931,8 @@ mod tests {
         let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
             "mediaType": media::OCI_MANIFEST,
             "config": {"mediaType": media::OCI_CONFIG, "digest": sha256_of(&config), "size": config.len()},
-            "layers": [{"mediaType": media::OCI_LAYER, "digest": sha256_of(&layer), "size": layer.len()}],
+            "layers": [{"mediaType": media::OCI_LAYER, "digest": sha256_of(&layer),
+                        "size": layer_size.unwrap_or(layer.len() as u64)}],
             "annotations": {"k": "v"}}))
         .unwrap();
         let fake = Arc::new(Fake {
@@ -991,6 +1016,28 @@ mod tests {
         );
         let log = log.lock().unwrap().clone();
         assert!(!log.iter().any(|l| l.contains("/token")), "{log:?}");
+    }
+
+    /// A manifest declaring a layer larger than the store's free space is refused before any
+    /// blob is downloaded (the download would otherwise run until the declared size).
+    #[tokio::test]
+    async fn a_declared_blob_size_beyond_the_free_space_is_refused_before_download() {
+        let (port, log, _) = fake_registry_declaring(false, Some(1 << 60)).await;
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).await.unwrap();
+        let opts = RegistryOptions {
+            credentials: Some(("u".into(), "p".into())),
+            ..Default::default()
+        };
+        let err = pull(&format!("127.0.0.1:{port}/team/app:v1"), &store, &opts)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OciError::TooLarge { what: "image blobs", size, .. } if size >= 1 << 60),
+            "{err:?}"
+        );
+        let log = log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.contains("/blobs/")), "{log:?}");
     }
 
     #[tokio::test]

@@ -610,3 +610,61 @@ async fn unpacked_layers_keep_whiteouts_and_opaque_dirs() {
         "a/gone a/kept o/old o/new"
     );
 }
+
+/// A layer that unpacks to more than the free space of the layer cache stops at that cap with
+/// the cap's own error (before the file system is full), and leaves no temp directory.
+#[tokio::test]
+async fn layer_unpacking_is_capped_at_the_free_space() {
+    let (root, store) = new_store().await;
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path();
+    let big = vec![7u8; 8 << 20];
+    let l1 = blob(dir, &layer_tar(&[("big", &big)]));
+    let config = blob(
+        dir,
+        &serde_json::to_vec(&json!({
+            "architecture": layout::host_platform().1, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [l1.0]},
+        }))
+        .unwrap(),
+    );
+    let manifest = blob(
+        dir,
+        &serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config.0, "size": config.1},
+            "layers": [{"mediaType": media::OCI_LAYER, "digest": l1.0, "size": l1.1}],
+        }))
+        .unwrap(),
+    );
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": media::OCI_MANIFEST, "digest": manifest.0, "size": manifest.1,
+             "annotations": {ann::REF_NAME: "big:1"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let rec = store.import(dir, None).await.unwrap();
+    let cache = root.path().join("layers");
+    fs::create_dir(&cache).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &cache,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m,mode=0700"),
+    )
+    .expect("mounting a small tmpfs as the layer cache (needs root)");
+    let r = unpack::layer_dirs(&store, &rec, &cache).await;
+    let left = fs::read_dir(&cache).unwrap().count();
+    nix::mount::umount2(&cache, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    match r {
+        Err(OciError::Unpack { reason, .. }) => {
+            assert!(reason.contains("writes more than"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(left, 0, "a temp directory was left in the cache");
+}

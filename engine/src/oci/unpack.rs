@@ -68,8 +68,12 @@ fn unpack_one(
     let result = store
         .open_layer(layer)
         .and_then(|r| {
-            crate::rootfs::apply_layer(&tmp, r, &crate::rootfs::ApplyLimits::default())
-                .map_err(|e| unpack_err(e.to_string()))
+            // A compressed layer must not fill the disk: at most the free space is written.
+            let mut limits = crate::rootfs::ApplyLimits::default();
+            limits.max_bytes = limits
+                .max_bytes
+                .min(crate::container::restore::free_bytes(&tmp));
+            crate::rootfs::apply_layer(&tmp, r, &limits).map_err(|e| unpack_err(e.to_string()))
         })
         .and_then(|_| match std::fs::rename(&tmp, dir) {
             Ok(()) => Ok(()),
