@@ -76,6 +76,10 @@ pub struct ContainerRestoreOptions {
     /// Overlay lower layers (top first) to use as the base when `base` is not given (an
     /// image's unpacked layers).
     pub base_layers: Vec<PathBuf>,
+    /// The base image the caller names (a reference or id in the image store), used when
+    /// neither `base` nor `base_layers` is given. Without it, only an image the checkpoint's
+    /// `config.dump` names exactly (a whole reference or id, never an id prefix) is used.
+    pub base_image: Option<String>,
     /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
     pub fault: Option<crate::fault::FaultPoint>,
     /// Lazy restore: the container runs as soon as its tasks exist, and a lazy-pages daemon
@@ -102,6 +106,7 @@ impl ContainerRestoreOptions {
             log_level: crate::options::DEFAULT_LOG_LEVEL,
             relay_exe: None,
             base_layers: Vec::new(),
+            base_image: None,
             fault: None,
             lazy_pages: false,
             binds: Default::default(),
@@ -775,6 +780,44 @@ pub async fn open_source(
     Ok((dir, extracted))
 }
 
+/// The base image of a restore from the image store: the one the caller names (`explicit`,
+/// any form the store resolves), else the one the checkpoint's `config.dump` names, matched
+/// exactly (a whole reference or id): an archive never picks an image by id prefix.
+pub(crate) async fn base_image_record(
+    store: &crate::oci::ImageStore,
+    explicit: Option<&str>,
+    config: &crate::archive::ConfigDump,
+) -> Result<crate::oci::ImageRecord> {
+    if let Some(name) = explicit {
+        return store.resolve(name).await.map_err(|e| {
+            Error::Invalid(format!("base image {name} is not in the image store ({e})"))
+        });
+    }
+    let names: Vec<&String> = [
+        &config.rootfs_image_name,
+        &config.rootfs_image,
+        &config.rootfs_image_ref,
+    ]
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect();
+    if names.is_empty() {
+        return Err(Error::Invalid(
+            "the checkpoint names no base image: pass --rootfs-image NAME or --rootfs-base DIR|TAR"
+                .into(),
+        ));
+    }
+    for name in &names {
+        if let Ok(r) = store.resolve_exact(name).await {
+            return Ok(r);
+        }
+    }
+    Err(Error::Invalid(format!(
+        "base image {} of the checkpoint is not in the image store by that exact name or id; import or pull it, or pass --rootfs-image NAME or --rootfs-base DIR|TAR",
+        names[0]
+    )))
+}
+
 /// Restores a container from an archive path or a checkpoint image reference. Without a base
 /// in `opts`, the base image named in the checkpoint's config.dump is looked up in the image
 /// store and its layers are used.
@@ -828,23 +871,9 @@ pub async fn restore_archive(
     let extract_time = t.elapsed();
     let mut opts = opts.clone();
     if opts.base.is_none() && opts.base_layers.is_empty() {
-        let name = [
-            &extracted.config.rootfs_image_name,
-            &extracted.config.rootfs_image,
-            &extracted.config.rootfs_image_ref,
-        ]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .cloned()
-        .ok_or_else(|| {
-            Error::Invalid("the checkpoint names no base image: pass --rootfs-base DIR|TAR".into())
-        })?;
         let store = crate::oci::ImageStore::open(&opts.state.lib).await?;
-        let record = store.resolve(&name).await.map_err(|e| {
-            Error::Invalid(format!(
-                "base image {name} of the checkpoint is not in the image store ({e}); import or pull it, or pass --rootfs-base DIR|TAR"
-            ))
-        })?;
+        let record =
+            base_image_record(&store, opts.base_image.as_deref(), &extracted.config).await?;
         opts.base_layers =
             crate::oci::unpack::layer_dirs(&store, &record, &opts.state.lib.join("layers")).await?;
     }

@@ -40,6 +40,7 @@ pub use reference::{Reference, ReferenceError};
 pub use registry::{PullOutcome, PushOutcome, RegistryOptions, pull, push};
 pub use store::{
     Compression, FsUsage, ImageRecord, ImageStore, LayerInfo, RemoveOutcome, RunConfig,
+    is_exact_name,
 };
 
 /// Media types cpengine reads and writes.

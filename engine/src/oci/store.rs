@@ -227,6 +227,18 @@ impl ImageStore {
         self.blocking(move |s| s.resolve_blocking(&r)).await
     }
 
+    /// [`resolve`](Self::resolve) for a name that came from untrusted input (an archive's
+    /// `config.dump`): a whole reference or a whole image id (64 hex digits, `sha256:`
+    /// optional) only, never an id prefix, which could pick any image of the store.
+    pub async fn resolve_exact(&self, reference_or_id: &str) -> OciResult<ImageRecord> {
+        if !is_exact_name(reference_or_id) {
+            return Err(OciError::ImageNotFound {
+                reference: reference_or_id.to_owned(),
+            });
+        }
+        self.resolve(reference_or_id).await
+    }
+
     pub(crate) fn resolve_blocking(&self, s: &str) -> OciResult<ImageRecord> {
         let records = self.read_records()?;
         Ok(records[resolve_in(&records, s)?].clone())
@@ -600,6 +612,18 @@ fn remove_stale_staging(tmp: &Path) {
 }
 
 /// The index of the record `s` names in `records`.
+/// Whether `s` names an image without an id prefix: a whole id, or a reference that is not
+/// (also) an id prefix. A name that is all hex digits resolves as an id prefix when no image
+/// has that name, so it is exact only at the full 64 digits.
+pub fn is_exact_name(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    let all_hex = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if all_hex {
+        return hex.len() == 64;
+    }
+    !s.starts_with("sha256:") && Reference::parse(s).is_ok()
+}
+
 fn resolve_in(records: &[ImageRecord], s: &str) -> OciResult<usize> {
     let not_found = || OciError::ImageNotFound {
         reference: s.to_owned(),

@@ -668,3 +668,34 @@ async fn layer_unpacking_is_capped_at_the_free_space() {
     }
     assert_eq!(left, 0, "a temp directory was left in the cache");
 }
+
+/// The base image a checkpoint's config.dump names is matched exactly: an id prefix (or a
+/// short hex name that is one) picks nothing, a whole name or id does, and the caller's own
+/// choice is resolved as the caller wrote it.
+#[tokio::test]
+async fn an_archive_named_base_image_is_matched_exactly() {
+    use crate::container::restore::base_image_record;
+    let (_root, store) = new_store().await;
+    let src = tempfile::tempdir().unwrap();
+    write_layout(src.path(), Some("example.com/hello:1"), None);
+    let rec = store.import(src.path(), None).await.unwrap();
+    let named = |n: &str| crate::archive::ConfigDump {
+        rootfs_image_name: n.to_string(),
+        ..Default::default()
+    };
+    let prefix = rec.id_hex()[..12].to_string();
+    for bad in [prefix.clone(), format!("sha256:{prefix}"), "e".into()] {
+        let r = base_image_record(&store, None, &named(&bad)).await;
+        assert!(matches!(r, Err(crate::Error::Invalid(_))), "{bad}: {r:?}");
+    }
+    for good in [
+        "example.com/hello:1".to_string(),
+        rec.id.clone(),
+        rec.id_hex().to_string(),
+    ] {
+        let r = base_image_record(&store, None, &named(&good)).await;
+        assert_eq!(r.unwrap().id, rec.id, "{good}");
+    }
+    let r = base_image_record(&store, Some(&prefix), &named("nothing/here:1")).await;
+    assert_eq!(r.unwrap().id, rec.id);
+}

@@ -344,15 +344,7 @@ impl<I: ImageBackend> Standalone<I> {
                 "spec.dump of {source_name} is not an OCI spec: {e}"
             ))
         })?;
-        let refs: Vec<String> = [
-            &extracted.config.rootfs_image_ref,
-            &extracted.config.rootfs_image_name,
-            &extracted.config.rootfs_image,
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect();
+        let refs = archive_base_refs(&extracted.config);
         let mut base = None;
         for r in &refs {
             if let Ok(img) = self.images.resolve(r).await {
@@ -483,6 +475,21 @@ impl<I: ImageBackend> Standalone<I> {
     }
 }
 
+/// The base image names a checkpoint's `config.dump` gives, in the order they are tried. The
+/// archive's word: a whole reference or id only, never an id prefix that could pick another
+/// tenant's image from the store.
+fn archive_base_refs(config: &cpengine::archive::ConfigDump) -> Vec<String> {
+    [
+        &config.rootfs_image_ref,
+        &config.rootfs_image_name,
+        &config.rootfs_image,
+    ]
+    .into_iter()
+    .filter(|s| !s.is_empty() && cpengine::oci::is_exact_name(s))
+    .cloned()
+    .collect()
+}
+
 /// Copies the checkpointed container's log `saved` into the new container log `log`, if
 /// nothing is there yet (not even a symlink, dangling or not: `O_CREAT | O_EXCL | O_NOFOLLOW`
 /// never follows one). The new log is the runtime's own file, mode 0640 (set with `fchmod`,
@@ -515,6 +522,24 @@ fn carry_log(saved: &Path, log: &Path) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id prefix in config.dump is not a name the shim looks up; whole names and ids are.
+    #[test]
+    fn archive_base_names_are_exact_only() {
+        let id = "a".repeat(64);
+        let c = cpengine::archive::ConfigDump {
+            rootfs_image_ref: "4b6f3953b87c".into(),
+            rootfs_image_name: "sha256:4b6f".into(),
+            rootfs_image: "docker.io/library/busybox:latest".into(),
+            ..Default::default()
+        };
+        assert_eq!(archive_base_refs(&c), ["docker.io/library/busybox:latest"]);
+        let c = cpengine::archive::ConfigDump {
+            rootfs_image_ref: format!("sha256:{id}"),
+            ..Default::default()
+        };
+        assert_eq!(archive_base_refs(&c), [format!("sha256:{id}")]);
+    }
 
     /// The archive's log comes with mode 0777 and the new log's path is a dangling symlink
     /// to a host file: the log is created 0640 without the archive's mode, and nothing is

@@ -19,9 +19,18 @@ pub struct Args {
     #[arg(long, requires = "source")]
     pub id: Option<String>,
     /// Base filesystem (directory or tarball) the container's rootfs diff applies to. Default:
-    /// the checkpoint's image, from the image store.
+    /// --rootfs-image, else the image the checkpoint names exactly, from the image store.
     #[arg(long, value_name = "DIR|TAR", requires = "source")]
     pub rootfs_base: Option<PathBuf>,
+    /// Base image (a reference or id in the image store) the container's rootfs diff applies
+    /// to, instead of the one the checkpoint names (which is only matched exactly).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "source",
+        conflicts_with = "rootfs_base"
+    )]
+    pub rootfs_image: Option<String>,
     /// Where the container's output goes (CRI log format).
     #[arg(long, value_name = "FILE", requires = "source")]
     pub log: Option<PathBuf>,
@@ -84,6 +93,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         a.id.ok_or_else(|| anyhow::anyhow!("restoring a container needs --id <NEW_ID>"))?;
     let mut o = ContainerRestoreOptions::new(id, state.clone());
     o.base = a.rootfs_base.map(Base::from_path);
+    o.base_image = a.rootfs_image;
     o.log_path = a.log;
     o.tcp_established = a.tcp_established;
     o.ext_unix_sk = a.ext_unix_sk;
