@@ -388,6 +388,16 @@ pub fn cases() -> Vec<Case> {
             "diff-dotdot.tar",
             with_diff(end(file(b"../../cpengine-evil", b"x")), None),
         ),
+        // A whiteout whose hidden name is `..` (or `.`): it must not empty the parent of the
+        // rootfs (or the rootfs).
+        r(
+            "diff-whiteout-dotdot.tar",
+            with_diff(end(file(b".wh...", b"")), None),
+        ),
+        r(
+            "diff-whiteout-dot.tar",
+            with_diff(end(file(b"etc/.wh..", b"")), None),
+        ),
         r(
             "diff-absolute.tar",
             with_diff(end(file(b"/etc/cpengine-evil", b"x")), None),

@@ -246,6 +246,8 @@ fn expect(file: &str, o: &Outcome, s: &Sentinel) {
         "pstree-truncated.tar" => matches!(o, O::Image(ImageError::Truncated { .. })),
         "pstree-oversized-entry.tar" => matches!(o, O::Image(ImageError::Oversized { .. })),
         "diff-dotdot.tar"
+        | "diff-whiteout-dotdot.tar"
+        | "diff-whiteout-dot.tar"
         | "diff-absolute.tar"
         | "diff-nul-name.tar"
         | "diff-hardlink-absolute.tar"
