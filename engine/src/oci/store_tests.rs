@@ -581,8 +581,16 @@ async fn unpacked_layers_keep_whiteouts_and_opaque_dirs() {
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let rec = store.import(dir, None).await.unwrap();
     let cache = root.path().join("layers");
+    // What an older cpengine left for the upper layer: its files, without the whiteouts.
+    let stale = cache.join(l2.0.replace(':', "-"));
+    fs::create_dir_all(stale.join("o")).unwrap();
+    fs::write(stale.join("o/new"), b"2").unwrap();
     let lowers = unpack::layer_dirs(&store, &rec, &cache).await.unwrap();
     assert_eq!(lowers.len(), 2);
+    assert!(
+        !lowers.contains(&stale),
+        "a stale unpacked layer was reused"
+    );
 
     let mnt = root.path().join("mnt");
     fs::create_dir(&mnt).unwrap();

@@ -1,7 +1,7 @@
 //! Image layers unpacked to directories, for overlay lower layers (a restored container's base,
 //! a shim container's rootfs). Each layer is unpacked once, with the safe extractor
 //! ([`crate::rootfs::apply_layer`]: everything resolved beneath the layer directory, OCI
-//! whiteouts kept as overlay whiteouts and opaque directories), into `<cache>/<digest>` via a temp directory renamed into place, so a crash never
+//! whiteouts kept as overlay whiteouts and opaque directories), into `<cache>/<digest>.v2` via a temp directory renamed into place, so a crash never
 //! leaves a half-unpacked layer that looks complete.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ pub async fn layer_dirs(
     let layers = store.layers(record).await?;
     let mut dirs = Vec::with_capacity(layers.len());
     for layer in &layers {
-        let key = layer.digest.replace(':', "-");
+        // `.v2`: unpacked with overlay whiteouts. A directory an older cpengine unpacked
+        // without them (files a later layer deleted would reappear) is never reused.
+        let key = format!("{}.v2", layer.digest.replace(':', "-"));
         let dir = cache.join(&key);
         if !dir.is_dir() {
             let store = store.clone();

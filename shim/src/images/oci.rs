@@ -5,7 +5,7 @@
 //! * `PullImage` answers from the store when the image is there, else pulls from the registry
 //!   the reference names (plain HTTP on loopback, HTTPS elsewhere), with the CRI credentials.
 //! * A container's rootfs layers are the image's layers unpacked once into
-//!   `<lib>/layers/<digest>` (shared with `cpengine restore`) by the engine's
+//!   `<lib>/layers/<digest>.v2` (shared with `cpengine restore`) by the engine's
 //!   [`cpengine::oci::unpack::layer_dirs`], which uses the safe layer extractor
 //!   ([`cpengine::rootfs::apply`]: every path resolved beneath the layer directory, OCI
 //!   whiteouts honoured) through a temp directory renamed into place.
