@@ -1218,3 +1218,48 @@ async fn stop_container_sends_the_image_stop_signal_first() {
     .await
     .unwrap();
 }
+
+/// grpc-core clients (Python grpcio, C++, Ruby) send the percent-encoded socket path as
+/// `:authority`; Go clients send `localhost`; grpc-java sends the raw path. All are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sending_the_socket_path_as_authority_are_served() {
+    use cpengine_integration::grpc_core;
+    let shim = Shim::start();
+    let encoded = grpc_core::authority_of(&shim.socket);
+    assert!(encoded.contains("%2F"), "{encoded}");
+    for authority in [encoded.as_str(), "localhost", "/a/raw/path.sock"] {
+        let v: pb::VersionResponse = grpc_core::unary(
+            &shim.socket,
+            authority,
+            "/runtime.v1.RuntimeService/Version",
+            &pb::VersionRequest::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Version with :authority {authority:?}: {e}"));
+        assert_eq!(v.runtime_name, "cpengine");
+        assert_eq!(v.runtime_api_version, "v1");
+        let s: pb::StatusResponse = grpc_core::unary(
+            &shim.socket,
+            authority,
+            "/runtime.v1.RuntimeService/Status",
+            &pb::StatusRequest::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Status with :authority {authority:?}: {e}"));
+        assert!(
+            s.status
+                .is_some_and(|st| st.conditions.iter().any(|c| c.r#type == "RuntimeReady")),
+            "no RuntimeReady condition"
+        );
+    }
+    // An unknown method still gets gRPC's answer, not a reset.
+    let e = grpc_core::unary::<_, pb::VersionResponse>(
+        &shim.socket,
+        &encoded,
+        "/runtime.v1.RuntimeService/NoSuchMethod",
+        &pb::VersionRequest::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.starts_with("grpc-status 12"), "{e}");
+}

@@ -74,7 +74,10 @@ where
     R: RuntimeService,
     I: ImageService,
 {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    // Every connection goes through the authority relay (see crate::authority).
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(crate::authority::relay));
     let rs = RuntimeServiceServer::from_arc(Arc::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
