@@ -1263,3 +1263,75 @@ async fn clients_sending_the_socket_path_as_authority_are_served() {
     .unwrap_err();
     assert!(e.starts_with("grpc-status 12"), "{e}");
 }
+
+/// `--listen unix:///…` (the kubelet's and crictl's endpoint form) serves that path, not a
+/// directory named `unix:` under the working directory; other schemes are refused before
+/// anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_takes_unix_endpoints_and_refuses_other_schemes() {
+    let dir = scratch("cpe-listen-");
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let sock = dir.path().join("run/x.sock");
+    let state = dir.path().join("state");
+    let log = std::fs::File::create(dir.path().join("shim.log")).unwrap();
+    let mut child = std::process::Command::new(shim_bin())
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--state-root")
+        .arg(&state)
+        .current_dir(&cwd)
+        .env("PATH", criu_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let up = wait_until(Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
+    let served = if up {
+        let (mut rt, _) = clients(&sock);
+        rt.version(pb::VersionRequest::default())
+            .await
+            .map(|v| v.into_inner().runtime_name)
+    } else {
+        Err(tonic::Status::unavailable("no socket"))
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    teardown_state(&state);
+    let shim_log = std::fs::read_to_string(dir.path().join("shim.log")).unwrap_or_default();
+    assert!(
+        up,
+        "nothing listens on {}; log:\n{shim_log}",
+        sock.display()
+    );
+    assert_eq!(served.unwrap(), "cpengine");
+    let in_cwd: Vec<_> = std::fs::read_dir(&cwd).unwrap().flatten().collect();
+    assert!(
+        in_cwd.is_empty(),
+        "created in the working directory: {in_cwd:?}"
+    );
+    // The log names the path served (colour codes may sit between `socket=` and the value).
+    assert!(
+        shim_log.contains(&sock.display().to_string()) && !shim_log.contains("unix://"),
+        "{shim_log}"
+    );
+
+    for bad in ["tcp://127.0.0.1:10250", "unix://relative.sock"] {
+        let state2 = dir.path().join("state-refused");
+        let out = std::process::Command::new(shim_bin())
+            .args(["--listen", bad])
+            .arg("--state-root")
+            .arg(&state2)
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(err.contains("--listen"), "{bad}: {err}");
+        assert!(!state2.exists(), "{bad}: state created");
+        assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "{bad}");
+    }
+}
