@@ -1335,3 +1335,84 @@ async fn listen_takes_unix_endpoints_and_refuses_other_schemes() {
         assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "{bad}");
     }
 }
+
+/// The standalone runtime's `Status` reports what it checked: ready on this machine; not ready,
+/// with the kubelet-visible reason and a message per failed check, when CRIU is not CRIU, runc
+/// is not in PATH, or the state root cannot be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_real_runtime_and_network_conditions() {
+    async fn conditions(shim: &Shim) -> Vec<pb::RuntimeCondition> {
+        let (mut rt, _) = shim.clients();
+        rt.status(pb::StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner()
+            .status
+            .expect("a status")
+            .conditions
+    }
+    fn get<'a>(cs: &'a [pb::RuntimeCondition], kind: &str) -> &'a pb::RuntimeCondition {
+        cs.iter()
+            .find(|c| c.r#type == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {cs:?}"))
+    }
+
+    let ready = Shim::start();
+    let cs = conditions(&ready).await;
+    let (rt, net) = (get(&cs, "RuntimeReady"), get(&cs, "NetworkReady"));
+    assert!(rt.status && rt.reason.is_empty(), "{rt:?}");
+    assert!(net.status && net.reason.is_empty(), "{net:?}");
+    assert!(net.message.contains("loopback"), "{net:?}");
+    drop(ready);
+
+    // /bin/true is found but does not answer CRIU's VERSION request; runc is not in PATH.
+    let dir = scratch("cpe-shim-notready-").keep();
+    let broken = Shim::start_with_env(
+        &dir,
+        &[],
+        &[("CPENGINE_CRIU", "/bin/true"), ("PATH", "/nonexistent-bin")],
+    );
+    let cs = conditions(&broken).await;
+    let rt = get(&cs, "RuntimeReady");
+    assert!(!rt.status, "{rt:?}");
+    assert_eq!(rt.reason, "CRIUNotUsable", "{rt:?}");
+    assert!(rt.message.contains("/bin/true"), "{rt:?}");
+    assert!(
+        rt.message
+            .contains("runc not found in PATH (/nonexistent-bin)"),
+        "{rt:?}"
+    );
+    assert!(!rt.message.contains("not writable"), "{rt:?}");
+    assert!(get(&cs, "NetworkReady").status, "{cs:?}");
+
+    // The state root made read-only under the running shim.
+    let state = dir.join("state");
+    let ro = |args: &[&str]| {
+        let (st, _, err) = run(std::process::Command::new("mount")
+            .args(args)
+            .arg(&state)
+            .arg(&state));
+        assert!(st.success(), "mount {args:?}: {err}");
+    };
+    ro(&["--bind"]);
+    ro(&["-o", "remount,bind,ro"]);
+    let cs = conditions(&broken).await;
+    let (st, _, err) = run(std::process::Command::new("umount").arg(&state));
+    assert!(st.success(), "umount: {err}");
+    let rt = get(&cs, "RuntimeReady");
+    assert!(!rt.status, "{rt:?}");
+    assert!(
+        rt.message.contains(&format!(
+            "state directory {} is not writable",
+            state.join("lib").display()
+        )),
+        "{rt:?}"
+    );
+    assert!(rt.message.contains("Read-only file system"), "{rt:?}");
+    // Writable again: only CRIU and runc remain.
+    let cs = conditions(&broken).await;
+    assert!(
+        !get(&cs, "RuntimeReady").message.contains("not writable"),
+        "{cs:?}"
+    );
+}
