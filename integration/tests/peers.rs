@@ -1,0 +1,192 @@
+//! Interop with the real peers on this machine: archives written by containerd's own
+//! `CheckpointContainer` restored by cpengine (CLI and standalone shim), a Podman-managed
+//! container checkpointed by `cpengine checkpoint`, and the proxy in front of Debian bookworm's
+//! containerd 1.6 (which has no `CheckpointContainer` of its own).
+
+use std::path::Path;
+use std::time::Duration;
+
+use cpengine_integration::cri::*;
+use cpengine_integration::*;
+use k8s_cri::v1 as pb;
+
+const COUNTER: &str = "echo kept > /root/note.txt; i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+
+/// The counter of a process tree's `/tmp/counter`, read through `/proc/<pid>/root`.
+fn counter_of(pid: i32) -> u64 {
+    read_counter(Path::new(&format!("/proc/{pid}/root/tmp/counter"))).unwrap_or(0)
+}
+
+/// Restores `archive` with `cpengine restore` into a fresh state root and checks the workload
+/// continues from the archived state: at least `at_least` (not restarted) and below `below`
+/// (not a later state), then counting on. Deletes the container afterwards.
+fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, below: u64, who: &str) {
+    let state = scratch("cpe-peer-cli-");
+    let hosts = state.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let id = format!("cli-{who}-{}", std::process::id());
+    let (st, out, err) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(state.path())
+        .arg("restore")
+        .arg(archive)
+        .args(["--id", &id, "--json"])
+        .arg("--rootfs-base")
+        .arg(base)
+        .arg("--log")
+        .arg(state.path().join("ctr.log")));
+    assert!(
+        st.success(),
+        "cpengine restore of the {who} archive:\n{err}\n{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("restore --json output ({e}): {out}"));
+    let pid = report["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid in {report}")) as i32;
+    let first = counter_of(pid);
+    let note = std::fs::read_to_string(format!("/proc/{pid}/root/root/note.txt"));
+    let counts = wait_until(Duration::from_secs(10), || counter_of(pid) > first + 2);
+    let (st, _, derr) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(state.path())
+        .args(["delete", "--force", &id]));
+    assert!(
+        first >= at_least && first < below,
+        "{who} archive restored by the CLI: counter {first}, archived between {at_least} and {below}"
+    );
+    assert!(
+        counts,
+        "the {who} container restored by the CLI does not count on"
+    );
+    assert_eq!(
+        note.unwrap(),
+        "kept\n",
+        "rootfs change of the {who} archive"
+    );
+    assert!(st.success(), "cpengine delete: {derr}");
+}
+
+/// containerd 2.1.9's own CheckpointContainer writes the archive; cpengine restores it, with
+/// the CLI and through the standalone shim's CRI, and the workload counts on from where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
+    use cpengine_integration::containerd::{BUSYBOX_IMAGE, Containerd};
+    let ctrd = Containerd::start();
+    let (mut c, _) = clients(&ctrd.socket);
+    let logs = scratch("cpe-peer-logs-");
+    let pod_cfg = pod_config("ctrd-pod", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        container_config("counter", BUSYBOX_IMAGE, COUNTER),
+    )
+    .await;
+    let (c2, id2) = (c.clone(), ctr.clone());
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (mut r, id) = (c2.clone(), id2.clone());
+            async move { counter_via_exec(&mut r, &id, "/tmp/counter").await >= 5 }
+        })
+        .await,
+        "the container does not count"
+    );
+    let dest = scratch("cpe-peer-ckpt-");
+    let archive = dest.path().join("checkpoint-ctrd-pod_default-counter.tar");
+    let before = counter_via_exec(&mut c, &ctr, "/tmp/counter").await;
+    c.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: archive.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("containerd's own CheckpointContainer");
+    let after = counter_via_exec(&mut c, &ctr, "/tmp/counter").await;
+    // It is containerd's archive (its members and its reduced config.dump), read by cpengine.
+    let info = cpengine::archive::read_info(&archive).expect("cpengine reads the archive");
+    assert_eq!(info.engine, cpengine::archive::EngineKind::Containerd);
+    assert_eq!(info.config.id, ctr);
+    assert_eq!(info.config.runtime, "io.containerd.runc.v2");
+    assert!(info.has_rootfs_diff);
+    // The original goes away (its pids must be free for the restore).
+    c.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+
+    // 1. The CLI, on the busybox tree the image was made from.
+    restore_with_the_cli(
+        &archive,
+        &ctrd.busybox_rootfs(),
+        before,
+        after + 1,
+        "containerd",
+    );
+
+    // 2. The standalone shim: CreateContainer with the archive as the image.
+    let shim = Shim::start();
+    let root = shim.state().lib.parent().unwrap().to_path_buf();
+    let (st, _, err) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(&root)
+        .args(["image", "import"])
+        .arg(ctrd.cache.join("busybox.oci.tar"))
+        .args(["--tag", BUSYBOX_IMAGE]));
+    assert!(st.success(), "cpengine image import: {err}");
+    let (mut s, _) = shim.clients();
+    let pod2_cfg = pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node);
+    let pod2 = run_pod(&mut s, pod2_cfg.clone()).await;
+    let hosts = logs.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let mut cfg = container_config("counter", &archive.display().to_string(), "unused");
+    cfg.command.clear();
+    cfg.log_path = "restored/0.log".into();
+    for dest in [
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+        "/dev/termination-log",
+    ] {
+        cfg.mounts.push(pb::Mount {
+            container_path: dest.into(),
+            host_path: hosts.display().to_string(),
+            ..Default::default()
+        });
+    }
+    let restored = create_start(&mut s, &pod2, &pod2_cfg, cfg).await;
+    assert_eq!(
+        status_of(&mut s, &restored).await.state,
+        pb::ContainerState::ContainerRunning as i32
+    );
+    let first = counter_via_exec(&mut s, &restored, "/tmp/counter").await;
+    assert!(
+        first >= before && first <= after + 1,
+        "restored counter {first}; archived between {before} and {after}"
+    );
+    let (s2, r2) = (s.clone(), restored.clone());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (mut r, id) = (s2.clone(), r2.clone());
+            async move { counter_via_exec(&mut r, &id, "/tmp/counter").await > first + 2 }
+        })
+        .await,
+        "the container restored by the shim does not count on"
+    );
+    let note = exec(&mut s, &restored, &["cat", "/root/note.txt"])
+        .await
+        .unwrap();
+    assert_eq!(note.stdout, b"kept\n");
+    s.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod2,
+    })
+    .await
+    .unwrap();
+}
