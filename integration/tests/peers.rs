@@ -190,3 +190,149 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     .await
     .unwrap();
 }
+
+/// The proxy in front of Debian bookworm's containerd 1.6.20: the pod and container lifecycle
+/// passes through, `CheckpointContainer` (which 1.6 answers `Unimplemented`) is served by the
+/// engine on containerd's runc container, and the archive restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_adds_checkpoint_to_containerd_1_6() {
+    use cpengine_integration::containerd::{BUSYBOX_IMAGE, Containerd, Version};
+    let ctrd = Containerd::start_version(Version::V1_6_20);
+    let (mut direct, _) = clients(&ctrd.socket);
+    let dir = scratch("cpe-proxy16-").keep();
+    let proxy = Shim::start_in(
+        &dir,
+        &[
+            "--upstream",
+            &format!("unix://{}", ctrd.socket.display()),
+            "--upstream-runc-root",
+            &ctrd.runc_root.display().to_string(),
+        ],
+    );
+    let (mut rt, mut img) = proxy.clients();
+    let v = rt
+        .version(pb::VersionRequest::default())
+        .await
+        .expect("Version through the proxy")
+        .into_inner();
+    assert_eq!(v.runtime_name, "containerd", "{v:?}");
+    assert!(v.runtime_version.contains("1.6.20"), "{v:?}");
+    let images = img
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .expect("ListImages through the proxy")
+        .into_inner()
+        .images;
+    assert!(
+        images
+            .iter()
+            .any(|i| i.repo_tags.iter().any(|t| t == BUSYBOX_IMAGE)),
+        "{images:?}"
+    );
+
+    let logs = scratch("cpe-proxy16-logs-");
+    let pod_cfg = pod_config("old-ctrd-pod", logs.path(), pb::NamespaceMode::Node);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", BUSYBOX_IMAGE, COUNTER),
+    )
+    .await;
+    let listed = direct
+        .list_containers(pb::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(
+        listed.iter().any(|c| c.id == ctr),
+        "containerd does not know {ctr}"
+    );
+    let (r2, id2) = (rt.clone(), ctr.clone());
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (mut r, id) = (r2.clone(), id2.clone());
+            async move { counter_via_exec(&mut r, &id, "/tmp/counter").await >= 5 }
+        })
+        .await,
+        "the container does not count"
+    );
+
+    let dest = scratch("cpe-proxy16-ckpt-");
+    let theirs = direct
+        .checkpoint_container(pb::CheckpointContainerRequest {
+            container_id: ctr.clone(),
+            location: dest.path().join("by-containerd.tar").display().to_string(),
+            timeout: 60,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(theirs.code(), tonic::Code::Unimplemented, "{theirs:?}");
+
+    let archive = dest
+        .path()
+        .join("checkpoint-old-ctrd-pod_default-counter.tar");
+    let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: archive.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("CheckpointContainer through the proxy");
+    let after = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerRunning as i32,
+        "the checkpoint leaves the container running"
+    );
+    let info = cpengine::archive::read_info(&archive).expect("the archive reads back");
+    assert_eq!(info.config.id, ctr);
+    assert_eq!(info.config.name, "counter");
+    assert_eq!(info.config.runtime, "io.containerd.runc.v2");
+    assert_eq!(info.config.rootfs_image_name, BUSYBOX_IMAGE);
+
+    // The rest of the lifecycle, through the proxy.
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("StopContainer");
+    assert_eq!(
+        status_of(&mut rt, &ctr).await.state,
+        pb::ContainerState::ContainerExited as i32
+    );
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("RemovePodSandbox");
+    let pods = direct
+        .list_pod_sandbox(pb::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+
+    restore_with_the_cli(
+        &archive,
+        &ctrd.busybox_rootfs(),
+        before,
+        after + 1,
+        "proxy-1.6",
+    );
+}
