@@ -336,3 +336,71 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
         "proxy-1.6",
     );
 }
+
+/// A container run by Podman 4.3 (its conmon, its runc under /run/runc) checkpointed with
+/// `cpengine checkpoint`, left running, and restored with `cpengine restore` once Podman's copy
+/// is gone: it counts on from the archived state.
+#[test]
+fn a_podman_managed_container_is_checkpointed_and_restored_by_cpengine() {
+    use cpengine_integration::podman::Podman;
+    let p = Podman::new();
+    let cache = cpengine_integration::containerd::prepare();
+    let base = cache.join("busybox-rootfs");
+    let work = scratch("cpe-peer-podman-");
+    let tarball = work.path().join("busybox.tar");
+    let (st, _, err) = run(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&base)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    assert!(st.success(), "tar: {err}");
+    let image = "localhost/cpe-peer-busybox:latest";
+    p.ok(&[
+        "import",
+        "--change",
+        r#"CMD ["/bin/sh"]"#,
+        tarball.to_str().unwrap(),
+        image,
+    ]);
+    let name = format!("cpe-peer-{}", std::process::id());
+    p.ok(&["run", "-d", "--name", &name, image, "sh", "-c", COUNTER]);
+    let inspect = p.ok(&["inspect", &name, "--format", "{{.Id}} {{.State.Pid}}"]);
+    let mut f = inspect.split_whitespace();
+    let (id, pid) = (
+        f.next().expect("id").to_string(),
+        f.next().expect("pid").parse::<i32>().expect("pid"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || counter_of(pid) >= 5),
+        "the podman container does not count"
+    );
+    let state = scratch("cpe-peer-podman-state-");
+    let archive = work.path().join("podman-by-cpengine.tar");
+    let before = counter_of(pid);
+    let (st, out, err) = run(std::process::Command::new(cpengine_bin())
+        .arg("--state-root")
+        .arg(state.path())
+        .args(["checkpoint", "--runc-root", "/run/runc", "-o"])
+        .arg(&archive)
+        .arg(&id));
+    assert!(
+        st.success(),
+        "cpengine checkpoint of the podman container:\n{err}\n{out}"
+    );
+    let after = counter_of(pid);
+    let info = cpengine::archive::read_info(&archive).expect("the archive reads back");
+    assert_eq!(info.config.id, id);
+    assert!(info.has_rootfs_diff && info.checkpoint_size > 0);
+    // Left running, still Podman's.
+    assert!(
+        wait_until(Duration::from_secs(10), || counter_of(pid) > after + 2),
+        "the podman container stopped counting after the checkpoint"
+    );
+    let (_, status, _) = run(p
+        .cmd()
+        .args(["inspect", &name, "--format", "{{.State.Status}}"]));
+    assert_eq!(status.trim(), "running");
+    p.ok(&["rm", "-f", "-t", "0", &name]);
+    restore_with_the_cli(&archive, &base, before, after + 1, "podman");
+}
