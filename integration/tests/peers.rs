@@ -240,15 +240,25 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
         container_config("counter", BUSYBOX_IMAGE, COUNTER),
     )
     .await;
-    let listed = direct
+    let listed = rt
         .list_containers(pb::ListContainersRequest::default())
         .await
-        .unwrap()
+        .expect("ListContainers through the proxy")
         .into_inner()
         .containers;
     assert!(
         listed.iter().any(|c| c.id == ctr),
-        "containerd does not know {ctr}"
+        "containerd does not list {ctr}"
+    );
+    let pods = rt
+        .list_pod_sandbox(pb::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox through the proxy")
+        .into_inner()
+        .items;
+    assert!(
+        pods.iter().any(|p| p.id == pod),
+        "containerd does not list {pod}"
     );
     let (r2, id2) = (rt.clone(), ctr.clone());
     assert!(
