@@ -34,15 +34,59 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
+    let mut v = unary_calls(socket, authority, path, req, 1).await?;
+    v.pop().ok_or_else(|| "no answer".to_string())
+}
+
+type Conn = Codec<tokio::net::UnixStream, Bytes>;
+
+async fn send(c: &mut Conn, f: Frame<Bytes>) -> Result<(), String> {
+    std::future::poll_fn(|cx| c.poll_ready(cx))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.buffer(f).map_err(|e| format!("buffer: {e}"))?;
+    std::future::poll_fn(|cx| c.flush(cx))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `calls` calls of [`unary`] one after the other on one connection (streams 1, 3, 5, …): from
+/// the second on, the header compression refers to the authority by its table index.
+pub async fn unary_calls<Req, Resp>(
+    socket: &Path,
+    authority: &str,
+    path: &str,
+    req: &Req,
+    calls: u32,
+) -> Result<Vec<Resp>, String>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
     let mut io = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     io.write_all(PREFACE).await.map_err(|e| e.to_string())?;
-    let mut c: Codec<_, Bytes> = Codec::new(io);
-    let send = |c: &mut Codec<tokio::net::UnixStream, Bytes>, f: Frame<Bytes>| {
-        c.buffer(f).map_err(|e| format!("buffer: {e}"))
-    };
-    let id = StreamId::from(1);
+    let mut c: Conn = Codec::new(io);
+    send(&mut c, Settings::default().into()).await?;
+    let mut out = Vec::new();
+    for n in 0..calls {
+        out.push(call(&mut c, StreamId::from(1 + 2 * n), authority, path, req).await?);
+    }
+    Ok(out)
+}
+
+async fn call<Req, Resp>(
+    c: &mut Conn,
+    id: StreamId,
+    authority: &str,
+    path: &str,
+    req: &Req,
+) -> Result<Resp, String>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
     let uri: http::Uri = format!("http://localhost{path}")
         .parse()
         .map_err(|e| format!("uri: {e}"))?;
@@ -61,21 +105,8 @@ where
     msg.put_slice(&body);
     let mut data = Data::new(id, msg.freeze());
     data.set_end_stream(true);
-    std::future::poll_fn(|cx| c.poll_ready(cx))
-        .await
-        .map_err(|e| e.to_string())?;
-    send(&mut c, Settings::default().into())?;
-    std::future::poll_fn(|cx| c.poll_ready(cx))
-        .await
-        .map_err(|e| e.to_string())?;
-    send(&mut c, Headers::new(id, pseudo, fields).into())?;
-    std::future::poll_fn(|cx| c.poll_ready(cx))
-        .await
-        .map_err(|e| e.to_string())?;
-    send(&mut c, data.into())?;
-    std::future::poll_fn(|cx| c.flush(cx))
-        .await
-        .map_err(|e| e.to_string())?;
+    send(c, Headers::new(id, pseudo, fields).into()).await?;
+    send(c, data.into()).await?;
 
     let mut answer = BytesMut::new();
     let mut grpc_status: Option<(String, String)> = None;
@@ -113,13 +144,7 @@ where
             _ => None,
         };
         if let Some(r) = reply {
-            std::future::poll_fn(|cx| c.poll_ready(cx))
-                .await
-                .map_err(|e| e.to_string())?;
-            send(&mut c, r)?;
-            std::future::poll_fn(|cx| c.flush(cx))
-                .await
-                .map_err(|e| e.to_string())?;
+            send(c, r).await?;
         }
     }
     match grpc_status {

@@ -1220,7 +1220,8 @@ async fn stop_container_sends_the_image_stop_signal_first() {
 }
 
 /// grpc-core clients (Python grpcio, C++, Ruby) send the percent-encoded socket path as
-/// `:authority`; Go clients send `localhost`; grpc-java sends the raw path. All are served.
+/// `:authority`; Go clients send `localhost`; grpc-java sends the raw path. All are served, on
+/// fresh connections and on one connection carrying several calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_sending_the_socket_path_as_authority_are_served() {
     use cpengine_integration::grpc_core;
@@ -1252,6 +1253,19 @@ async fn clients_sending_the_socket_path_as_authority_are_served() {
             "no RuntimeReady condition"
         );
     }
+    // Several calls on one connection, as a grpc-core channel makes them: from the second on
+    // the authority travels as an index into the header table.
+    let vs: Vec<pb::VersionResponse> = grpc_core::unary_calls(
+        &shim.socket,
+        &encoded,
+        "/runtime.v1.RuntimeService/Version",
+        &pb::VersionRequest::default(),
+        5,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("5 Version calls on one connection: {e}"));
+    assert_eq!(vs.len(), 5);
+    assert!(vs.iter().all(|v| v.runtime_name == "cpengine"), "{vs:?}");
     // An unknown method still gets gRPC's answer, not a reset.
     let e = grpc_core::unary::<_, pb::VersionResponse>(
         &shim.socket,
