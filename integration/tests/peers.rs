@@ -18,9 +18,11 @@ fn counter_of(pid: i32) -> u64 {
 }
 
 /// Restores `archive` with `cpengine restore` into a fresh state root and checks the workload
-/// continues from the archived state: at least `at_least` (not restarted) and below `below`
-/// (not a later state), then counting on. Deletes the container afterwards.
-fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, below: u64, who: &str) {
+/// continues from the archived state: at least `at_least`, the counter read before the
+/// checkpoint (a restarted workload would start again at 1), then counting on. No upper bound:
+/// the original is gone, and how far the restored one has counted when it is first read
+/// depends on the machine's load. Deletes the container afterwards.
+fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, who: &str) {
     let state = scratch("cpe-peer-cli-");
     let hosts = state.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
@@ -52,8 +54,8 @@ fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, below: u64, 
         .arg(state.path())
         .args(["delete", "--force", &id]));
     assert!(
-        first >= at_least && first < below,
-        "{who} archive restored by the CLI: counter {first}, archived between {at_least} and {below}"
+        first >= at_least,
+        "{who} archive restored by the CLI: counter {first}, archived at {at_least} or later"
     );
     assert!(
         counts,
@@ -103,7 +105,6 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     })
     .await
     .expect("containerd's own CheckpointContainer");
-    let after = counter_via_exec(&mut c, &ctr, "/tmp/counter").await;
     // It is containerd's archive (its members and its reduced config.dump), read by cpengine.
     let info = cpengine::archive::read_info(&archive).expect("cpengine reads the archive");
     assert_eq!(info.engine, cpengine::archive::EngineKind::Containerd);
@@ -123,13 +124,7 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     .unwrap();
 
     // 1. The CLI, on the busybox tree the image was made from.
-    restore_with_the_cli(
-        &archive,
-        &ctrd.busybox_rootfs(),
-        before,
-        after + 1,
-        "containerd",
-    );
+    restore_with_the_cli(&archive, &ctrd.busybox_rootfs(), before, "containerd");
 
     // 2. The standalone shim: CreateContainer with the archive as the image.
     let shim = Shim::start();
@@ -167,9 +162,10 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
         pb::ContainerState::ContainerRunning as i32
     );
     let first = counter_via_exec(&mut s, &restored, "/tmp/counter").await;
+    // Not restarted (it would start again at 1); no upper bound, as for the CLI.
     assert!(
-        first >= before && first <= after + 1,
-        "restored counter {first}; archived between {before} and {after}"
+        first >= before,
+        "restored counter {first}; archived at {before} or later"
     );
     let (s2, r2) = (s.clone(), restored.clone());
     assert!(
@@ -292,7 +288,6 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
     })
     .await
     .expect("CheckpointContainer through the proxy");
-    let after = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
     assert_eq!(
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerRunning as i32,
@@ -338,13 +333,7 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
         .items;
     assert!(pods.is_empty(), "{pods:?}");
 
-    restore_with_the_cli(
-        &archive,
-        &ctrd.busybox_rootfs(),
-        before,
-        after + 1,
-        "proxy-1.6",
-    );
+    restore_with_the_cli(&archive, &ctrd.busybox_rootfs(), before, "proxy-1.6");
 }
 
 /// A container run by Podman 4.3 (its conmon, its runc under /run/runc) checkpointed with
@@ -412,5 +401,5 @@ fn a_podman_managed_container_is_checkpointed_and_restored_by_cpengine() {
         .args(["inspect", &name, "--format", "{{.State.Status}}"]));
     assert_eq!(status.trim(), "running");
     p.ok(&["rm", "-f", "-t", "0", &name]);
-    restore_with_the_cli(&archive, &base, before, after + 1, "podman");
+    restore_with_the_cli(&archive, &base, before, "podman");
 }

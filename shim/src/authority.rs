@@ -9,12 +9,15 @@
 //! So each accepted connection is relayed through [`relay`]: frames from the client are decoded
 //! with h2's own frame codec (HPACK state included), an `:authority` that does not parse is
 //! replaced by `localhost`, and the frames are encoded again towards the server over an
-//! in-memory pipe. The server's bytes go back to the client unchanged. Every other field is
-//! kept; nothing but the value of an unparsable `:authority` changes.
+//! in-memory pipe. The server's bytes go back to the client unchanged. Every header field and
+//! payload is kept; besides an unparsable `:authority`, only what h2's encoder cannot write
+//! is dropped: HEADERS priority fields (deprecated by RFC 9113) and padding. A padded DATA
+//! frame's padding counts against the client's flow-control window but is not seen by the
+//! server, so it is not credited back; gRPC clients do not pad.
 
 use bytes::Bytes;
 use h2::Codec;
-use h2::frame::{BytesStr, Frame};
+use h2::frame::{BytesStr, Data, Frame, Headers};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_stream::StreamExt;
 
@@ -136,17 +139,40 @@ where
     });
     enc.set_max_send_frame_size(MAX_FRAME);
     while let Some(frame) = dec.next().await {
-        let mut frame = frame.map_err(|e| RelayError::Decode(e.to_string()))?;
-        if let Frame::Headers(h) = &mut frame {
-            let pseudo = h.pseudo_mut();
-            if pseudo.authority.as_deref().is_some_and(|a| !is_valid(a)) {
-                tracing::trace!(authority = ?pseudo.authority, "replacing an unparsable :authority");
-                pseudo.authority = Some(
-                    BytesStr::try_from(Bytes::from_static(LOCALHOST.as_bytes()))
-                        .map_err(|e| RelayError::Encode(e.to_string()))?,
-                );
+        let frame = frame.map_err(|e| RelayError::Decode(e.to_string()))?;
+        let frame = match frame {
+            // Rebuilt rather than passed on: a decoded frame keeps its PADDED and PRIORITY
+            // flags, which the encoder would write without the padding or priority fields.
+            Frame::Headers(h) => {
+                if h.is_over_size() {
+                    return Err(RelayError::Decode("header list over size".into()));
+                }
+                let (id, end) = (h.stream_id(), h.is_end_stream());
+                let (mut pseudo, fields) = h.into_parts();
+                if pseudo.authority.as_deref().is_some_and(|a| !is_valid(a)) {
+                    tracing::trace!(authority = ?pseudo.authority, "replacing an unparsable :authority");
+                    pseudo.authority = Some(
+                        BytesStr::try_from(Bytes::from_static(LOCALHOST.as_bytes()))
+                            .map_err(|e| RelayError::Encode(e.to_string()))?,
+                    );
+                }
+                let mut out = Headers::new(id, pseudo, fields);
+                if end {
+                    out.set_end_stream();
+                }
+                Frame::Headers(out)
             }
-        }
+            Frame::Data(d) => {
+                let (id, end) = (d.stream_id(), d.is_end_stream());
+                if d.is_padded() {
+                    tracing::debug!("a padded DATA frame is relayed without its padding");
+                }
+                let mut out = Data::new(id, d.into_payload());
+                out.set_end_stream(end);
+                Frame::Data(out)
+            }
+            other => other,
+        };
         std::future::poll_fn(|cx| enc.poll_ready(cx)).await?;
         enc.buffer(frame)
             .map_err(|e| RelayError::Encode(e.to_string()))?;
@@ -159,6 +185,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame: 9-byte head and payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Raw frames as a grpc-core client could send them (with PADDED and PRIORITY flags, which
+    /// the relay must not pass on half-written) reach an h2 server with the authority replaced
+    /// and the body intact.
+    #[tokio::test]
+    async fn the_relay_replaces_the_authority_and_keeps_the_request() {
+        let (mut client, relay_in) = tokio::io::duplex(1 << 16);
+        let server_io = relay(relay_in);
+        let authority = b"tmp%2Ffoo%2Fcri.sock";
+        // HPACK: :method POST, :scheme http (static indexes), :path and :authority as literals.
+        let mut block = vec![0x83, 0x86, 0x44, 2, b'/', b'x', 0x41, authority.len() as u8];
+        block.extend_from_slice(authority);
+        // HEADERS, END_HEADERS | PADDED | PRIORITY: pad length, dependency, weight, block, pad.
+        let mut h = vec![2, 0, 0, 0, 0, 15];
+        h.extend_from_slice(&block);
+        h.extend_from_slice(&[0, 0]);
+        // DATA, END_STREAM | PADDED.
+        let d = [3, b'h', b'e', b'l', b'l', b'o', 0, 0, 0];
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(4, 0, 0, &[]));
+        bytes.extend(frame(1, 0x4 | 0x8 | 0x20, 1, &h));
+        bytes.extend(frame(0, 0x1 | 0x8, 1, &d));
+        client.write_all(&bytes).await.unwrap();
+
+        let mut conn = h2::server::handshake(server_io).await.unwrap();
+        let (req, _respond) = conn.accept().await.expect("a request").unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(req.uri().authority().map(|a| a.as_str()), Some(LOCALHOST));
+        assert_eq!(req.uri().path(), "/x");
+        let mut body = req.into_body();
+        let data = body.data().await.expect("a body").unwrap();
+        assert_eq!(&data[..], b"hello");
+        assert!(body.is_end_stream());
+    }
 
     #[test]
     fn what_the_http2_layer_refuses() {
