@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Provides containerd 2.1.9 for the shim's proxy-mode tests and the comparison runs, without
-# installing it: Debian forky's `containerd` package (it needs only libc6 >= 2.34 and runc,
-# both present on bookworm) is fetched from the Debian mirror this machine's apt sources name,
-# checked against the sha256 in that mirror's forky Packages index, and unpacked with
-# `dpkg-deb -x` into a cache directory. forky is never added as an apt source.
+# Provides containerd for the shim's proxy-mode tests and the comparison runs, without
+# installing it, unpacked with `dpkg-deb -x` into a cache directory:
+#
+#   scripts/containerd.sh          containerd 2.1.9: Debian forky's `containerd` package (it needs
+#                                  only libc6 >= 2.34 and runc, both present on bookworm), fetched
+#                                  from the Debian mirror this machine's apt sources name and
+#                                  checked against the sha256 in that mirror's forky Packages
+#                                  index. forky is never added as an apt source.
+#   scripts/containerd.sh 1.6.20   containerd 1.6.20: Debian bookworm's own `containerd` package
+#                                  (a CRI runtime without CheckpointContainer), fetched with
+#                                  `apt-get download` from this machine's apt sources and checked
+#                                  against the sha256 pinned below. Never installed.
 #
 # Also builds, once, what a private containerd needs to run CRI pods offline: a tiny static
 # `pause` binary and two OCI image archives made from busybox-static (the pinned sandbox image
@@ -12,18 +19,26 @@
 # Idempotent: prints the cache directory on stdout; everything else goes to stderr.
 #
 # Environment:
-#   CPENGINE_CONTAINERD_DIR   cache directory (default /var/cache/cpengine/containerd-2.1.9)
+#   CPENGINE_CONTAINERD_DIR   cache directory (default /var/cache/cpengine/containerd-VERSION)
 set -euo pipefail
 
-VERSION=2.1.9
-SUITE=forky
+VERSION=${1:-2.1.9}
+case "$VERSION" in
+  2.1.9) SUITE=forky ;;
+  1.6.20)
+    SUITE=bookworm
+    DEB_VERSION=1.6.20~ds1-1+deb12u3
+    DEB_SHA256=8669d264eeb0fcdb4a0b1ba436ab88ec5dafde4a66e1278ec279d830db4c2216
+    ;;
+  *) printf '[containerd] error: unsupported version %s (2.1.9 or 1.6.20)\n' "$VERSION" >&2; exit 2 ;;
+esac
 DIR=${CPENGINE_CONTAINERD_DIR:-/var/cache/cpengine/containerd-${VERSION}}
 
 log() { printf '[containerd] %s\n' "$*" >&2; }
 die() { printf '[containerd] error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
-for p in curl xz dpkg-deb sha256sum gcc busybox tar; do
+for p in curl xz dpkg-deb sha256sum gcc busybox tar apt-get; do
   command -v "$p" >/dev/null || die "$p is required (scripts/setup.sh installs it)"
 done
 
@@ -37,6 +52,25 @@ chmod 0700 "$DIR"
 # 1. containerd itself.
 if [ -x "$DIR/usr/bin/containerd" ] && "$DIR/usr/bin/containerd" --version 2>/dev/null | grep -q " $VERSION"; then
   log "containerd $VERSION already unpacked in $DIR"
+elif [ "$SUITE" = bookworm ]; then
+  # This machine's own suite: apt-get download fetches the .deb from its apt sources (apt checks
+  # it against the signed index); the pinned sha256 makes sure it is the version tested.
+  work=$(mktemp -d /var/tmp/cpengine-containerd.XXXXXX)
+  trap 'rm -rf "$work"' EXIT
+  log "fetching containerd=$DEB_VERSION with apt-get download"
+  get() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "containerd=$DEB_VERSION" >/dev/null 2>&1); }
+  if ! get; then
+    apt-get update -qq || die "apt-get update failed"
+    get || die "apt-get download containerd=$DEB_VERSION failed"
+  fi
+  deb=$(find "$work" -maxdepth 1 -name 'containerd_*.deb' | head -n1)
+  [ -n "$deb" ] || die "apt-get download left no containerd .deb"
+  echo "$DEB_SHA256  $deb" | sha256sum -c --quiet - || die "sha256 mismatch for $(basename "$deb") (expected $DEB_SHA256)"
+  rm -rf "${DIR:?}/usr"
+  dpkg-deb -x "$deb" "$DIR"
+  "$DIR/usr/bin/containerd" --version | grep -q " $VERSION" \
+    || die "unpacked containerd does not report version $VERSION"
+  log "unpacked $("$DIR/usr/bin/containerd" --version) into $DIR"
 else
   mirror=$(debian_mirror) || die "no Debian mirror found in the apt configuration"
   work=$(mktemp -d /var/tmp/cpengine-containerd.XXXXXX)

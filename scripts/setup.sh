@@ -101,6 +101,9 @@ esac
 # containerd 2.1.9 (Debian forky's package, unpacked into a cache, not installed) for the shim's
 # proxy-mode tests and the comparison runs.
 "$(dirname "$0")/containerd.sh" >/dev/null || die "scripts/containerd.sh failed"
+# containerd 1.6.20 (Debian bookworm's own package, unpacked the same way) for the proxy test in
+# front of a containerd without CheckpointContainer.
+"$(dirname "$0")/containerd.sh" 1.6.20 >/dev/null || die "scripts/containerd.sh 1.6.20 failed"
 
 # Rust toolchain pinned by rust-toolchain.toml (rustup installs it on first use if allowed).
 if [ "${CPENGINE_SETUP_NO_RUST:-0}" != 1 ]; then

@@ -1,4 +1,5 @@
-//! A private containerd 2.1.9 for tests: unpacked by `scripts/containerd.sh` (never installed),
+//! A private containerd for tests — 2.1.9 (Debian forky's package) or Debian bookworm's own
+//! 1.6.20, which has no `CheckpointContainer` — unpacked by `scripts/containerd.sh` (never installed),
 //! run with its own root, state, socket and runc root, the runc v2 shim with cgroupfs, CDI and
 //! NRI off, `restrict_oom_score_adj` (this host refuses negative OOM adjustments), and the
 //! locally built sandbox and busybox images imported. Everything it started is torn down on
@@ -16,34 +17,52 @@ pub const PAUSE_IMAGE: &str = "localhost/cpengine-pause:1";
 /// The workload image imported into the private containerd.
 pub const BUSYBOX_IMAGE: &str = "localhost/busybox:latest";
 
-/// Runs `scripts/containerd.sh` and returns its cache directory (containerd, images).
+/// Which containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// 2.1.9 (Debian forky), config version 3.
+    V2_1_9,
+    /// 1.6.20 (Debian bookworm), config version 2; answers `Unimplemented` to
+    /// `CheckpointContainer`.
+    V1_6_20,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V2_1_9 => "2.1.9",
+            Version::V1_6_20 => "1.6.20",
+        }
+    }
+}
+
+/// Runs `scripts/containerd.sh` and returns its cache directory (containerd 2.1.9, images).
 pub fn prepare() -> PathBuf {
+    prepare_version(Version::V2_1_9)
+}
+
+/// Runs `scripts/containerd.sh VERSION` and returns its cache directory.
+pub fn prepare_version(v: Version) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/containerd.sh");
-    let (st, out, err) = run(Command::new("bash").arg(&script));
-    assert!(st.success(), "scripts/containerd.sh failed:\n{err}");
+    let (st, out, err) = run(Command::new("bash").arg(&script).arg(v.as_str()));
+    assert!(
+        st.success(),
+        "scripts/containerd.sh {} failed:\n{err}",
+        v.as_str()
+    );
     PathBuf::from(out.trim())
 }
 
-/// A running private containerd.
-#[derive(Debug)]
-pub struct Containerd {
-    pub dir: PathBuf,
-    pub cache: PathBuf,
-    pub socket: PathBuf,
-    /// Where its runc keeps the CRI containers' state (`<Root>/k8s.io`).
-    pub runc_root: PathBuf,
-    child: Option<Child>,
-}
-
-impl Containerd {
-    pub fn start() -> Self {
-        crate::init();
-        require_program("runc");
-        let cache = prepare();
-        let dir = scratch("cpe-ctrd-").keep();
-        let socket = dir.join("containerd.sock");
-        let runc = dir.join("runc");
-        let config = format!(
+/// The private configuration of each version (same settings, two config formats).
+fn config(v: Version, dir: &Path, socket: &Path, runc: &Path) -> String {
+    let (root, state, sock, runc) = (
+        dir.join("root").display().to_string(),
+        dir.join("state").display().to_string(),
+        socket.display().to_string(),
+        runc.display().to_string(),
+    );
+    match v {
+        Version::V2_1_9 => format!(
             r#"version = 3
 root = '{root}'
 state = '{state}'
@@ -59,7 +78,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri']
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      sandbox = '{pause}'
+      sandbox = '{PAUSE_IMAGE}'
 
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
@@ -75,13 +94,64 @@ disabled_plugins = ['io.containerd.nri.v1.nri']
   [plugins.'io.containerd.grpc.v1.cri']
     stream_server_address = '127.0.0.1'
     stream_server_port = '0'
-"#,
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = socket.display(),
-            pause = PAUSE_IMAGE,
-            runc = runc.display(),
-        );
+"#
+        ),
+        Version::V1_6_20 => format!(
+            r#"version = 2
+root = '{root}'
+state = '{state}'
+
+[grpc]
+  address = '{sock}'
+
+[ttrpc]
+  address = '{sock}.ttrpc'
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = '{PAUSE_IMAGE}'
+    restrict_oom_score_adj = true
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = 'overlayfs'
+      default_runtime_name = 'runc'
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+          Root = '{runc}'
+"#
+        ),
+    }
+}
+
+/// A running private containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub cache: PathBuf,
+    pub socket: PathBuf,
+    /// Where its runc keeps the CRI containers' state (`<Root>/k8s.io`).
+    pub runc_root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd 2.1.9.
+    pub fn start() -> Self {
+        Self::start_version(Version::V2_1_9)
+    }
+
+    /// Starts containerd `v`.
+    pub fn start_version(v: Version) -> Self {
+        crate::init();
+        require_program("runc");
+        let cache = prepare_version(v);
+        let dir = scratch("cpe-ctrd-").keep();
+        let socket = dir.join("containerd.sock");
+        let runc = dir.join("runc");
+        let config = config(v, &dir, &socket, &runc);
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let child = Command::new(cache.join("usr/bin/containerd"))

@@ -39,6 +39,7 @@ pub struct Shim {
     pub log: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Shim {
@@ -50,6 +51,12 @@ impl Shim {
 
     /// Starts a shim with state under `dir` and extra arguments (e.g. `--upstream …`).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Shim::start_in`] with environment variables set after the default `PATH` (which they
+    /// may replace).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         crate::init();
         require_program("runc");
         let mut s = Self {
@@ -58,6 +65,10 @@ impl Shim {
             log: dir.join("shim.log"),
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -84,6 +95,7 @@ impl Shim {
             .args(&self.extra_args)
             .env("PATH", criu_path())
             .env("RUST_LOG", "info,cpengine_shim=debug,cpengine=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

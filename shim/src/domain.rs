@@ -307,7 +307,8 @@ pub struct Condition {
 /// Every method is one CRI call; an implementation must be safe to call concurrently.
 pub trait RuntimeBackend: Send + Sync + 'static {
     fn version(&self) -> RuntimeVersion;
-    fn conditions(&self) -> Vec<Condition>;
+    /// `Status`'s conditions, checked at the call.
+    fn conditions(&self) -> impl Future<Output = Vec<Condition>> + Send;
 
     fn run_pod(&self, spec: PodSpec) -> impl Future<Output = Result<String>> + Send;
     fn stop_pod(&self, id: &str) -> impl Future<Output = Result<()>> + Send;

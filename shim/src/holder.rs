@@ -103,7 +103,7 @@ fn enter(spec: &HolderSpec) -> std::io::Result<()> {
 }
 
 /// Sets IFF_UP on `lo` in the current network namespace.
-fn loopback_up() -> std::io::Result<()> {
+pub(crate) fn loopback_up() -> std::io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -18,6 +18,7 @@
 //! types ([`domain`]) and call the backend traits; errors are [`ShimError`]
 //! variants mapped to gRPC codes in one place.
 
+pub mod authority;
 pub mod checkpoint;
 pub mod cri;
 pub mod domain;

@@ -10,8 +10,9 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "cpengine-shim", version, about)]
 struct Cli {
-    /// The CRI socket to serve (created 0600, its directory 0700; a stale socket is replaced).
-    #[arg(long, default_value = cpengine_shim::DEFAULT_SOCKET)]
+    /// The CRI socket to serve: unix:///path or a path (created 0600, its directory 0700; a
+    /// stale socket is replaced). Other schemes are refused.
+    #[arg(long, default_value = cpengine_shim::DEFAULT_SOCKET, value_parser = parse_listen)]
     listen: PathBuf,
     /// Where pods, containers and images are kept (default /var/lib/cpengine and
     /// /run/cpengine; a directory given here holds both, as lib/ and run/).
@@ -37,6 +38,10 @@ struct Cli {
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+fn parse_listen(s: &str) -> Result<PathBuf, String> {
+    cpengine_shim::server::listen_path(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(verbose: u8) {
@@ -133,5 +138,11 @@ mod tests {
             c.upstream.as_deref(),
             Some("unix:///run/containerd/containerd.sock")
         );
+        assert_eq!(c.listen, PathBuf::from("/tmp/x.sock"));
+        let c = Cli::try_parse_from(["cpengine-shim", "--listen", "unix:///run/x.sock"]).unwrap();
+        assert_eq!(c.listen, PathBuf::from("/run/x.sock"));
+        let e =
+            Cli::try_parse_from(["cpengine-shim", "--listen", "tcp://127.0.0.1:9"]).unwrap_err();
+        assert!(e.to_string().contains("is not supported"), "{e}");
     }
 }

@@ -13,6 +13,34 @@ use crate::error::{Result, ShimError};
 /// Largest CRI message accepted or sent (ListContainers of a busy node, ExecSync output).
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// Parses `--listen`: `unix:///abs/path` (the form of the kubelet's
+/// `--container-runtime-endpoint` and crictl's `--runtime-endpoint`), gRPC's `unix:/abs/path`,
+/// or a bare path. Any other scheme is refused: the shim serves unix sockets only.
+pub fn listen_path(s: &str) -> Result<PathBuf> {
+    let path = if let Some(rest) = s.strip_prefix("unix://") {
+        rest
+    } else if let Some(rest) = s.strip_prefix("unix:") {
+        rest
+    } else if let Some((scheme, _)) = s.split_once("://") {
+        return Err(ShimError::InvalidArgument(format!(
+            "--listen {s:?}: scheme {scheme:?} is not supported; give unix:///absolute/path or a path"
+        )));
+    } else {
+        s
+    };
+    if path.is_empty() {
+        return Err(ShimError::InvalidArgument(format!(
+            "--listen {s:?} names no socket path"
+        )));
+    }
+    if s.starts_with("unix:") && !path.starts_with('/') {
+        return Err(ShimError::InvalidArgument(format!(
+            "--listen {s:?}: a unix: endpoint needs an absolute path (unix:///run/x.sock)"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// Binds the CRI socket: the parent directory is created 0700, a stale socket (nobody
 /// answering) is removed, a live one is an error, and the new socket is made 0600.
 pub async fn bind(path: &Path) -> Result<UnixListener> {
@@ -93,7 +121,10 @@ where
     R: RuntimeService,
     I: ImageService,
 {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    // Every connection goes through the authority relay (see crate::authority).
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(crate::authority::relay));
     let rs = RuntimeServiceServer::from_arc(Arc::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -111,6 +142,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_accepts_unix_endpoints_and_paths_and_refuses_other_schemes() {
+        for (arg, want) in [
+            ("unix:///run/x.sock", "/run/x.sock"),
+            ("unix:/run/x.sock", "/run/x.sock"),
+            ("/run/cpengine/cri.sock", "/run/cpengine/cri.sock"),
+            ("relative/cri.sock", "relative/cri.sock"),
+        ] {
+            assert_eq!(listen_path(arg).unwrap(), PathBuf::from(want), "{arg}");
+        }
+        for arg in [
+            "tcp://127.0.0.1:1234",
+            "npipe:////./pipe/x",
+            "http://localhost",
+            "unix://",
+            "unix://relative.sock",
+            "",
+        ] {
+            let e = listen_path(arg).unwrap_err();
+            assert!(matches!(e, ShimError::InvalidArgument(_)), "{arg}: {e}");
+            assert!(e.to_string().contains("--listen"), "{arg}: {e}");
+        }
+        assert!(
+            listen_path("tcp://127.0.0.1:1")
+                .unwrap_err()
+                .to_string()
+                .contains("\"tcp\" is not supported")
+        );
+    }
 
     #[tokio::test]
     async fn socket_is_private_and_stale_ones_are_replaced() {

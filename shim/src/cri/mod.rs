@@ -127,6 +127,7 @@ impl<R: RuntimeBackend> RuntimeService for CriRuntime<R> {
         let conditions = self
             .backend
             .conditions()
+            .await
             .into_iter()
             .map(|c| pb::RuntimeCondition {
                 r#type: c.kind,

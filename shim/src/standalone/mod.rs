@@ -15,6 +15,7 @@
 
 mod container;
 mod exec;
+pub mod health;
 mod pod;
 pub mod reaper;
 pub mod restore;
@@ -128,21 +129,8 @@ impl<I: ImageBackend> RuntimeBackend for Standalone<I> {
         }
     }
 
-    fn conditions(&self) -> Vec<Condition> {
-        vec![
-            Condition {
-                kind: "RuntimeReady".into(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            },
-            Condition {
-                kind: "NetworkReady".into(),
-                status: true,
-                reason: String::new(),
-                message: "host network; pod network namespaces have loopback only (no CNI)".into(),
-            },
-        ]
+    async fn conditions(&self) -> Vec<Condition> {
+        health::conditions(&self.cfg).await
     }
 
     async fn run_pod(&self, spec: PodSpec) -> Result<String> {
