@@ -23,6 +23,7 @@ pub mod containerd;
 pub mod corpus;
 pub mod cri;
 pub mod faults;
+pub mod imgedit;
 pub mod podman;
 pub mod registry;
 pub mod runc;
