@@ -519,9 +519,11 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
             .is_symlink()
     );
 
-    // Deadlines shorter than this checkpoint (200 MiB of new files in the rootfs make the
-    // archive slow to write): DEADLINE_EXCEEDED at the deadline, and the jobs, which go on in
-    // the background, discard their archives.
+    // Deadlines no checkpoint of this container can meet, however fast the machine: it writes
+    // the 200 MiB of new files into the archive, and starting CRIU alone takes tens of
+    // milliseconds. DEADLINE_EXCEEDED, and the jobs, which go on in the background, discard
+    // their archives (checked below, once a checkpoint without a deadline has waited for
+    // them). How soon the answer comes is not asserted: that is a measure, for the benches.
     let e = exec(
         &mut rt,
         &ctr,
@@ -536,20 +538,14 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
     .await
     .unwrap();
     assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
-    for ms in [30u64, 150, 400] {
+    for ms in [1u64, 10, 30] {
         let mut req = tonic::Request::new(ckpt(&ctr, ok_loc.display().to_string(), 0));
         req.set_timeout(Duration::from_millis(ms));
-        let t = std::time::Instant::now();
         let e = rt.checkpoint_container(req).await.unwrap_err();
         assert_eq!(
             e.code(),
             tonic::Code::DeadlineExceeded,
             "deadline {ms} ms: {e:?}"
-        );
-        assert!(
-            t.elapsed() < Duration::from_millis(ms + 500),
-            "answered after {:?}",
-            t.elapsed()
         );
     }
     // A checkpoint without a deadline waits for the abandoned ones (same container) and
