@@ -523,7 +523,10 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
     // the 200 MiB of new files into the archive, and starting CRIU alone takes tens of
     // milliseconds. DEADLINE_EXCEEDED, and the jobs, which go on in the background, discard
     // their archives (checked below, once a checkpoint without a deadline has waited for
-    // them). How soon the answer comes is not asserted: that is a measure, for the benches.
+    // them). The client enforces the same deadline itself (tonic's channel), so the answer is
+    // the server's DEADLINE_EXCEEDED or the client's own expiry, whichever comes first (the
+    // server side alone is proven in the shim's unit test of `race`). How soon the answer
+    // comes is not asserted: that is a measure, for the benches.
     let e = exec(
         &mut rt,
         &ctr,
@@ -538,13 +541,13 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
     .await
     .unwrap();
     assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
-    for ms in [1u64, 10, 30] {
+    for ms in [10u64, 30, 60] {
         let mut req = tonic::Request::new(ckpt(&ctr, ok_loc.display().to_string(), 0));
         req.set_timeout(Duration::from_millis(ms));
         let e = rt.checkpoint_container(req).await.unwrap_err();
-        assert_eq!(
-            e.code(),
-            tonic::Code::DeadlineExceeded,
+        let client_expiry = e.code() == tonic::Code::Cancelled && e.message() == "Timeout expired";
+        assert!(
+            e.code() == tonic::Code::DeadlineExceeded || client_expiry,
             "deadline {ms} ms: {e:?}"
         );
     }

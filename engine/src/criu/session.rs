@@ -203,7 +203,8 @@ impl Session {
     }
 
     /// Sends `req`, answers hooks with `handler` until the final reply, and checks the reply.
-    /// The whole exchange is bounded by `timeout`; on expiry the worker is killed.
+    /// The whole exchange is bounded by `timeout`; on expiry the request is aborted (see
+    /// [`Session::abort`]).
     pub async fn request(
         &mut self,
         req: CriuReq,
@@ -661,5 +662,33 @@ fn channel_err(e: ChannelError, req_type: CriuReqType) -> CriuError {
             req_type,
             reason: format!("undecodable packet: {e}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_task_is_not_exiting_and_a_waiting_shell_waits() {
+        assert!(!is_exiting(std::process::id() as i32));
+        assert!(!waits_for_a_child(std::process::id()));
+        // bash waits for a foreground command in wait4 (dash's `wait` sleeps in sigsuspend).
+        let mut sh = std::process::Command::new("bash")
+            .args(["-c", "sleep 30; :"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let mut seen = false;
+        for _ in 0..500 {
+            if waits_for_a_child(pid) {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert!(seen, "sh waiting for its child was not seen in wait4");
     }
 }
