@@ -393,3 +393,64 @@ async fn setup_namespaces_and_post_restore_carry_the_pid() {
     assert_eq!(pids, [41, 42]);
     assert!(ex.hook_at("post-restore").unwrap() >= ex.hook_at("setup-namespaces").unwrap());
 }
+
+/// A fake `criu` that runs `body` (a shell script; `$D` is its own directory).
+fn fake_criu(body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("criu");
+    std::fs::write(&bin, format!("#!/bin/sh\nD=$(dirname \"$0\")\n{body}\n")).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, bin)
+}
+
+/// Waits for a file the fake writes.
+async fn written(path: &std::path::Path) -> String {
+    for _ in 0..1000 {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} was never written", path.display());
+}
+
+#[tokio::test]
+async fn the_worker_runs_out_of_the_oom_killers_reach() {
+    let (dir, bin) = fake_criu(
+        "cat /proc/$$/oom_score_adj > \"$D/score.tmp\"; mv \"$D/score.tmp\" \"$D/score\"",
+    );
+    let s = Session::spawn(&bin, cpengine::criu::SpawnSpec::default()).unwrap();
+    let score = written(&dir.path().join("score")).await;
+    s.finish().await;
+    // Lowering the score needs CAP_SYS_RESOURCE (bit 24): without it (as on a host whose
+    // bounding set lacks it) the worker keeps ours.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let expect = if eff & (1 << 24) != 0 {
+        cpengine::criu::WORKER_OOM_SCORE_ADJ.to_string()
+    } else {
+        std::fs::read_to_string("/proc/self/oom_score_adj").unwrap()
+    };
+    assert_eq!(score.trim(), expect.trim());
+}
+
+#[tokio::test]
+async fn a_dropped_session_lets_its_worker_stop_by_itself() {
+    // The fake reads its socket until our end goes away, then says so: a SIGKILL (what a
+    // cancelled request used to send) would leave no such word.
+    let (dir, bin) =
+        fake_criu("cat <&3 >/dev/null; echo eof > \"$D/eof.tmp\"; mv \"$D/eof.tmp\" \"$D/eof\"");
+    let s = Session::spawn(&bin, cpengine::criu::SpawnSpec::default()).unwrap();
+    let pid = s.worker_pid().unwrap();
+    // Started, and still there: the drop is what ends it.
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    drop(s);
+    assert_eq!(written(&dir.path().join("eof")).await, "eof\n");
+}

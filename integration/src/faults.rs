@@ -70,28 +70,49 @@ impl Rng {
 /// Counts of one scenario, printed at its end.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Faults injected at hooks (or fixed moments): CRIU was really killed there.
     pub at_hooks: usize,
+    /// Faults injected at random delays: CRIU was really killed.
     pub random: usize,
-    /// Random trials whose operation finished before the kill came.
+    /// Hook faults that injected nothing: the operation never reached the hook.
+    pub not_reached: usize,
+    /// Random trials whose operation finished before the kill came (nothing injected).
     pub finished_first: usize,
     /// Trials after which a repair was actually needed (frozen cgroup, network lock, staging,
     /// half-restored tasks…) and done.
     pub repairs: usize,
-    /// Random SIGKILLs of CRIU that landed while its parasite was inside the workload, which
-    /// then died of the planted breakpoint (see [`died_of_parasite_trap`]).
+    /// Random SIGKILLs of CRIU that landed in its parasite phase and after which the workload
+    /// died of CRIU's planted breakpoint (SIGTRAP; see [`Death::is_breakpoint_trap`]).
     pub parasite_casualties: usize,
+    /// Helper processes of killed CRIUs left behind (see [`kill_orphaned_criu_helpers`]).
+    pub criu_orphans: usize,
 }
 
 impl Tally {
     pub fn report(&self, scenario: &str) {
         eprintln!(
-            "faults: {scenario}: {} faults injected ({} at hooks or fixed moments, {} at random delays, {} of which came after the operation had finished), {} needed a repair; workload killed by criu's own breakpoint (external SIGKILL mid-injection): {}; every other fault survived",
+            "faults: {scenario}: {} faults injected ({} at hooks or fixed moments, {} at random delays), {} needed a repair; not injected: {} hooks never reached, {} random kills that came after the operation had finished; workload killed by criu's own breakpoint after the test SIGKILLed criu in its parasite phase: {} of {} random kills; helper processes of killed criu workers left behind (and killed by the suite): {}; every other fault survived",
             self.at_hooks + self.random,
             self.at_hooks,
             self.random,
-            self.finished_first,
             self.repairs,
-            self.parasite_casualties
+            self.not_reached,
+            self.finished_first,
+            self.parasite_casualties,
+            self.random,
+            self.criu_orphans
+        );
+    }
+
+    /// Bounds the casualties: CRIU's parasite phase is a part of a dump, so a kill at a random
+    /// moment lands in it only sometimes; casualties in more than half of the random kills (plus
+    /// one, so that a short run never fails by chance) mean tasks die of something else.
+    pub fn assert_casualties_bounded(&self, scenario: &str) {
+        assert!(
+            self.parasite_casualties <= self.random / 2 + 1,
+            "{scenario}: the workload died after {} of {} random kills of criu: {self:?}",
+            self.parasite_casualties,
+            self.random
         );
     }
 }
@@ -166,13 +187,42 @@ pub fn children_named(parent: i32, comm: &str) -> Vec<i32> {
     out
 }
 
+/// Kills and reaps the processes a SIGKILLed CRIU had forked (its kernel-feature probes stop
+/// or sleep in children of their own), which the suite inherits as a subreaper; returns how
+/// many there were. Call only while no CRIU of this process is at work.
+pub fn kill_orphaned_criu_helpers() -> usize {
+    let orphans = children_named(std::process::id() as i32, "criu");
+    for &p in &orphans {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if !orphans.is_empty() {
+        crate::kill_and_reap(&orphans);
+    }
+    orphans.len()
+}
+
 /// Reaps every exited child of this process (the suite is a subreaper: CRIU workers whose
 /// engine was killed end up as our children).
+/// How each one ended is recorded for [`death_of`].
 pub fn reap_zombies() {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     while let Ok(s) = waitpid(None::<nix::unistd::Pid>, Some(WaitPidFlag::WNOHANG)) {
-        if matches!(s, WaitStatus::StillAlive) {
-            break;
+        let status = match s {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(pid, code) => Some((pid, (code & 0xff) << 8)),
+            WaitStatus::Signaled(pid, sig, core) => {
+                Some((pid, sig as i32 | if core { 0x80 } else { 0 }))
+            }
+            _ => None,
+        };
+        if let Some((pid, st)) = status {
+            REAPED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pid.as_raw(), st);
         }
     }
 }
@@ -241,16 +291,154 @@ pub fn kill_relays_under(state_root: &Path) {
     reap_zombies();
 }
 
-/// Whether the kernel logged that one of `pids` died on a breakpoint trap (`trap int3`): what
-/// happens to a task when CRIU is SIGKILLed while its parasite code is inside the task (the
-/// breakpoint CRIU planted in the task's code then runs without a tracer). No engine can undo
-/// that; the suite counts such casualties of an external SIGKILL separately and fails on any
-/// other death.
-pub fn died_of_parasite_trap(pids: &[i32]) -> bool {
-    let out = std::process::Command::new("dmesg")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .any(|l| l.contains("trap int3") && pids.iter().any(|p| l.contains(&format!("[{p}]"))))
+/// How a task of the workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Killed by this signal (`core` when it dumped core).
+    Signal { signal: i32, core: bool },
+    /// Exited with this code.
+    Exit(i32),
+    /// Gone, and reaped by someone else than this suite: how it ended is unknown.
+    Unknown,
+}
+
+impl Death {
+    fn from_wait_status(status: i32) -> Self {
+        if status & 0x7f == 0 {
+            Self::Exit((status >> 8) & 0xff)
+        } else {
+            Self::Signal {
+                signal: status & 0x7f,
+                core: status & 0x80 != 0,
+            }
+        }
+    }
+
+    /// The death of a task whose breakpoint trap went unhandled: CRIU plants `int3` in a task's
+    /// code (and at the end of its parasite) and catches it as the task's tracer; a CRIU that is
+    /// SIGKILLed meanwhile leaves the trap to the task, which dies of SIGTRAP.
+    pub fn is_breakpoint_trap(&self) -> bool {
+        matches!(self, Self::Signal { signal, .. } if *signal == libc::SIGTRAP)
+    }
+}
+
+impl std::fmt::Display for Death {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Signal { signal, core } => {
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string());
+                write!(
+                    f,
+                    "killed by {name}{}",
+                    if *core { " (core dumped)" } else { "" }
+                )
+            }
+            Self::Exit(c) => write!(f, "exited with code {c}"),
+            Self::Unknown => write!(f, "gone, reaped elsewhere (its status is unknown)"),
+        }
+    }
+}
+
+/// Wait statuses of the children [`reap_zombies`] reaped, by pid, so that a death can still be
+/// explained after the zombie is gone.
+static REAPED: std::sync::Mutex<BTreeMap<i32, i32>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// How `pid` ended, or `None` while it lives. A zombie's wait status is read from
+/// `/proc/<pid>/stat` (field 52, `exit_code`): the workload's children are zombies of the
+/// workload (which never waits) and the workload and orphans are zombies of this suite (a
+/// subreaper) until reaped; a task [`reap_zombies`] reaped is looked up in what it recorded.
+pub fn death_of(pid: i32) -> Option<Death> {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3 (state); field 52 is fields[49].
+        match fields.first() {
+            Some(&"Z") | Some(&"X") => {}
+            Some(_) => return None,
+            None => return Some(Death::Unknown),
+        }
+        return Some(
+            fields
+                .get(49)
+                .and_then(|v| v.parse().ok())
+                .map_or(Death::Unknown, Death::from_wait_status),
+        );
+    }
+    let reaped = REAPED.lock().unwrap_or_else(|e| e.into_inner());
+    Some(
+        reaped
+            .get(&pid)
+            .copied()
+            .map_or(Death::Unknown, Death::from_wait_status),
+    )
+}
+
+/// The tasks of `pids` that are dead, with how each died.
+pub fn deaths(pids: &[i32]) -> Vec<(i32, Death)> {
+    pids.iter()
+        .filter_map(|&p| death_of(p).map(|d| (p, d)))
+        .collect()
+}
+
+/// Whether the operation failed because CRIU was SIGKILLed: the fault was really injected
+/// (a kill that came after CRIU had finished, or a hook never reached, injects nothing).
+pub fn criu_was_killed(e: &cpengine::Error) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    matches!(
+        e.criu(),
+        Some(cpengine::criu::CriuError::Closed { status: Some(s), .. })
+            if s.signal() == Some(libc::SIGKILL)
+    )
+}
+
+/// Whether CRIU's log `log` shows it was killed in its parasite phase: it had started
+/// injecting its parasite into a task (`Parasite syscall_ip`, the first step of infection,
+/// which already plants code in the task) and had not yet let the tasks go (`Unfreezing
+/// tasks`, logged once every task is cured). Only then can the task be left with CRIU's
+/// breakpoint and no tracer.
+pub fn killed_in_parasite_phase(log: &Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.contains("Parasite syscall_ip") && !text.contains("Unfreezing tasks")
+}
+
+/// The kernel log from a point on: [`KernelLog::mark`] at a trial's start, then
+/// [`KernelLog::since`] reads only what the kernel logged after it (never an older line that
+/// happens to name a reused pid).
+#[derive(Debug)]
+pub struct KernelLog(std::fs::File);
+
+impl KernelLog {
+    pub fn mark() -> Self {
+        use std::io::Seek;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .expect("open /dev/kmsg (the suite runs as root)");
+        f.seek(std::io::SeekFrom::End(0))
+            .expect("seek /dev/kmsg to its end");
+        Self(f)
+    }
+
+    /// The messages logged since the mark (one record per read; stops when none is left).
+    pub fn since(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m);
+                    out.push(msg.lines().next().unwrap_or_default().to_string());
+                }
+                // EPIPE: records were overwritten meanwhile; the next read goes on.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
 }

@@ -24,6 +24,7 @@ pub mod corpus;
 pub mod cri;
 pub mod faults;
 pub mod grpc_core;
+pub mod imgedit;
 pub mod podman;
 pub mod registry;
 pub mod runc;

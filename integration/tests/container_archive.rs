@@ -252,6 +252,23 @@ async fn without_leave_running_the_container_is_gone_after_the_checkpoint() {
     assert!(!c.root.join(&id).exists(), "runc state not deleted");
 }
 
+/// Whether `e` says a disk was full: an ENOSPC anywhere in its chain of causes, or CRIU's
+/// failure whose log says so.
+fn out_of_space(e: &cpengine::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    e.criu()
+        .and_then(|c| c.log())
+        .is_some_and(|l| format!("{l:?}").contains("No space left on device"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
     let engine = engine().await;
@@ -279,9 +296,10 @@ async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
     .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 
-    // Disk full: a 64 KiB tmpfs for staging and destination (CRIU's images do not fit), then
-    // a 200 KiB one for the destination only, with staging elsewhere (the archive does not fit,
-    // after the container was already resumed).
+    // Disk full: a tmpfs for staging and destination, then one for the destination only, with
+    // staging elsewhere (the archive does not fit, after the container was already resumed).
+    // Each is filled up first, so that nothing fits whatever the archive's size (a 200 KiB
+    // tmpfs once held this whole archive).
     struct Umount(std::path::PathBuf);
     impl Drop for Umount {
         fn drop(&mut self) {
@@ -298,6 +316,17 @@ async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
             .unwrap();
         assert!(st.success());
         mounts.push(Umount(full.clone()));
+        {
+            use std::io::Write;
+            let mut filler = std::fs::File::create(full.join("filler")).unwrap();
+            let block = [0u8; 4096];
+            let e = loop {
+                if let Err(e) = filler.write_all(&block).and_then(|()| filler.sync_all()) {
+                    break e;
+                }
+            };
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        }
         let staging = scratch("cpe-stg-");
         let mut o = ContainerCheckpointOptions::new(full.join("c.tar"));
         o.state = Some(state.clone());
@@ -305,9 +334,27 @@ async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
             o.staging_dir = Some(staging.path().to_path_buf());
         }
         let err = checkpoint(&engine, &ctr, &o).await.unwrap_err();
-        eprintln!("disk full ({size}, separate staging {separate_staging}): {err}");
+        eprintln!("disk full ({size}, separate staging {separate_staging}): {err:?}");
         assert!(
-            std::fs::read_dir(&full).unwrap().next().is_none(),
+            out_of_space(&err),
+            "the error does not say the disk is full: {err:?}"
+        );
+        if separate_staging {
+            // Only the archive's own write can fail.
+            assert!(
+                matches!(err, Error::Archive(archive::ArchiveError::Write { .. })),
+                "{err:?}"
+            );
+        } else {
+            // The staging directory's first file fails (the engine names only what it wrote).
+            assert!(
+                matches!(&err, Error::Io { what, .. } if what.starts_with("writing ")),
+                "{err:?}"
+            );
+        }
+        assert_eq!(
+            cpengine_integration::faults::names_in(&full),
+            ["filler"],
             "something was left on the full disk"
         );
         assert!(
@@ -534,18 +581,55 @@ async fn inspect_shows_the_summary_and_deep_views_of_a_container_archive() {
         tree.contains("sh -c") && tree.contains("secret=cpe-needle"),
         "{tree}"
     );
+    // The shell's own descriptors, read from the images: its stdout and stderr are the one
+    // pipe runc was given (RuncContainer::run), and its root is the container's "/".
+    let fds = &v["file_descriptors"];
+    let shell = fds
+        .as_array()
+        .and_then(|a| {
+            a.iter().find(|p| {
+                p["command"]
+                    .as_str()
+                    .is_some_and(|c| c == "sh" || c.starts_with("sh "))
+            })
+        })
+        .unwrap_or_else(|| panic!("no sh among the processes' files: {fds}"));
+    let fd = |n: &str| {
+        shell["open_files"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["fd"] == n))
+            .unwrap_or_else(|| panic!("fd {n} missing: {shell}"))
+            .clone()
+    };
+    let (out1, out2) = (fd("1"), fd("2"));
+    assert_eq!(out1["type"], "PIPE", "{shell}");
     assert!(
-        v["file_descriptors"].to_string().contains("/tmp/counter")
-            || v["file_descriptors"].to_string().contains("pipe"),
-        "{}",
-        v["file_descriptors"]
+        out1["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("pipe:[")),
+        "{shell}"
     );
+    assert_eq!(
+        out1["path"], out2["path"],
+        "stdout and stderr are one pipe: {shell}"
+    );
+    assert_eq!(fd("root")["path"], "/", "{shell}");
     assert!(v["mounts"].to_string().contains("/proc"), "{}", v["mounts"]);
     let hits = v["search"]["hits"].as_array().map_or(0, Vec::len);
     assert!(hits >= 1, "secret not found in memory: {}", v["search"]);
-    let (st, _, err) = run(Command::new(cpengine_bin())
+    let (st, json, err) = run(Command::new(cpengine_bin())
         .arg("inspect")
         .arg(&output)
         .args(["--search", "cpe-not-there-9", "--json"]));
     assert!(st.success(), "{err}");
+    // A search that found nothing did search: the shell's memory was read, and no hit.
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let search = &v["search"];
+    assert_eq!(search["pattern"], "cpe-not-there-9", "{search}");
+    assert_eq!(search["hits"].as_array().map(Vec::len), Some(0), "{search}");
+    assert!(
+        search["processes_searched"].as_u64().unwrap_or(0) >= 1
+            && search["bytes_scanned"].as_u64().unwrap_or(0) > 0,
+        "nothing was searched: {search}"
+    );
 }

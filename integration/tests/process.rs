@@ -75,6 +75,7 @@ async fn dump_and_restore_a_tree_continues_its_counters() {
 async fn open_file_and_pipe_survive_restore() {
     let engine = engine().await;
     let mut w = Workload::start(&["--pipe"]);
+    let root_pid = w.pid;
     assert!(w.advances_past("pipe", 2), "pipe traffic before dump");
 
     let images = scratch("cpe-img-");
@@ -100,16 +101,33 @@ async fn open_file_and_pipe_survive_restore() {
         w.advances_past("pipe", p.max(piped_at_dump)),
         "pipe no longer carries data"
     );
-    let files = std::fs::read_dir(images.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect::<Vec<_>>();
+    // The images hold both: the root's counter file open for writing and one pipe shared by
+    // the root and its writer child (not merely some fdinfo image, which every dump has).
+    let set = cpengine::inspect::ImageSet::open(images.path()).expect("open images");
+    let procs = set.file_descriptors().expect("fd tables");
+    let root = procs
+        .iter()
+        .find(|p| p.pid == root_pid as u32)
+        .unwrap_or_else(|| panic!("root {root_pid} not in the images: {procs:?}"));
     assert!(
-        files
-            .iter()
-            .any(|f| f == "pipes-data.img" || f == "pipes.img" || f.starts_with("fdinfo")),
-        "{files:?}"
+        root.open_files.iter().any(|f| f.kind == "REG"
+            && f.path == w.dir.join("counter").display().to_string()
+            && f.flags.as_deref().is_some_and(|fl| fl.contains("O_RDWR"))),
+        "the counter file is not among the root's open files: {:?}",
+        root.open_files
+    );
+    let pipe = root
+        .open_files
+        .iter()
+        .find(|f| f.kind == "PIPE")
+        .unwrap_or_else(|| panic!("no pipe among the root's files: {:?}", root.open_files));
+    assert!(
+        procs.iter().any(|p| p.pid != root.pid
+            && p.open_files
+                .iter()
+                .any(|f| f.kind == "PIPE" && f.path == pipe.path)),
+        "no other task holds the root's pipe {}: {procs:?}",
+        pipe.path
     );
 }
 

@@ -334,7 +334,14 @@ fn apply_honours_oci_whiteouts_and_stays_inside() {
     write(&root.join("etc/gone"), b"x");
     write(&root.join("opq/old"), b"x");
     std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
-    let outside = t.path().join("outside-marker");
+    // A second absolute symlink, to a host directory that exists: followed on the host, a write
+    // through it lands in `outside`; resolved in the rootfs, under root/<same path>.
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let outside_in_root = root.join(outside.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&outside_in_root).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    let marker = format!("cpe-outside-marker-{}", std::process::id());
     // A containerd-style gzip layer: whiteout, opaque marker, a file through an absolute
     // symlink (must land inside the rootfs) and a deletion through it.
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -351,7 +358,8 @@ fn apply_honours_oci_whiteouts_and_stays_inside() {
     add(&mut b, "etc/.wh.gone", b"");
     add(&mut b, "opq/.wh..wh..opq", b"");
     add(&mut b, "opq/new", b"n");
-    add(&mut b, "escape/tmp-outside-marker", b"n");
+    add(&mut b, &format!("escape/{marker}"), b"n");
+    add(&mut b, &format!("out/{marker}"), b"n");
     let gz = b.into_inner().unwrap().finish().unwrap();
     let rep = rootfs::apply(&root, &gz[..], &["/escape/etc".into()]).unwrap();
     assert_eq!(rep.compression, archive::Compression::Gzip);
@@ -359,11 +367,24 @@ fn apply_honours_oci_whiteouts_and_stays_inside() {
     assert!(!root.join("etc/gone").exists());
     assert!(!root.join("opq/old").exists());
     assert!(root.join("opq/new").exists());
+    // Each write landed inside the rootfs, and not where following the symlink on the host
+    // would have put it.
     assert!(
-        root.join("tmp-outside-marker").exists(),
+        root.join(&marker).exists(),
         "absolute symlink resolved in the rootfs"
     );
-    assert!(!outside.exists());
+    assert!(
+        !Path::new("/").join(&marker).exists(),
+        "written through the symlink into the host's /"
+    );
+    assert!(
+        outside_in_root.join(&marker).exists(),
+        "absolute symlink resolved in the rootfs"
+    );
+    assert!(
+        !outside.join(&marker).exists(),
+        "written through the symlink outside the rootfs"
+    );
     assert!(
         !root.join("etc").exists(),
         "deleted through the in-root symlink"

@@ -519,9 +519,14 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
             .is_symlink()
     );
 
-    // Deadlines shorter than this checkpoint (200 MiB of new files in the rootfs make the
-    // archive slow to write): DEADLINE_EXCEEDED at the deadline, and the jobs, which go on in
-    // the background, discard their archives.
+    // Deadlines no checkpoint of this container can meet, however fast the machine: it writes
+    // the 200 MiB of new files into the archive, and starting CRIU alone takes tens of
+    // milliseconds. DEADLINE_EXCEEDED, and the jobs, which go on in the background, discard
+    // their archives (checked below, once a checkpoint without a deadline has waited for
+    // them). The client enforces the same deadline itself (tonic's channel), so the answer is
+    // the server's DEADLINE_EXCEEDED or the client's own expiry, whichever comes first (the
+    // server side alone is proven in the shim's unit test of `race`). How soon the answer
+    // comes is not asserted: that is a measure, for the benches.
     let e = exec(
         &mut rt,
         &ctr,
@@ -536,20 +541,14 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
     .await
     .unwrap();
     assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
-    for ms in [30u64, 150, 400] {
+    for ms in [10u64, 30, 60] {
         let mut req = tonic::Request::new(ckpt(&ctr, ok_loc.display().to_string(), 0));
         req.set_timeout(Duration::from_millis(ms));
-        let t = std::time::Instant::now();
         let e = rt.checkpoint_container(req).await.unwrap_err();
-        assert_eq!(
-            e.code(),
-            tonic::Code::DeadlineExceeded,
-            "deadline {ms} ms: {e:?}"
-        );
+        let client_expiry = e.code() == tonic::Code::Cancelled && e.message() == "Timeout expired";
         assert!(
-            t.elapsed() < Duration::from_millis(ms + 500),
-            "answered after {:?}",
-            t.elapsed()
+            e.code() == tonic::Code::DeadlineExceeded || client_expiry,
+            "deadline {ms} ms: {e:?}"
         );
     }
     // A checkpoint without a deadline waits for the abandoned ones (same container) and
@@ -877,7 +876,7 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         let loc = dest.path().join(format!(
             "checkpoint-counter-pod_default-counter-engine-{round}.tar"
         ));
-        // The counter just before the first archive: its state is at least this.
+        // The counter just before the first checkpoint: its archive holds at least this.
         let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
         let t = std::time::Instant::now();
         rt.checkpoint_container(pb::CheckpointContainerRequest {
@@ -1062,9 +1061,11 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
     );
     let first = counter_via_exec(&mut srt, &restored, "/tmp/counter").await;
     // The first archive's state: not restarted, and not the state the original reached later.
+    // (Read after the checkpoint, as it once was, the lower bound could be passed by the
+    // counting done meanwhile, during containerd's own checkpoint.)
     assert!(
         first >= at_checkpoint && first < at_end,
-        "restored counter {first}; checkpointed at {at_checkpoint} or later, original later at {at_end}"
+        "restored counter {first}; counter {at_checkpoint} just before the checkpoint, original later at {at_end}"
     );
     let srt2 = srt.clone();
     let r2 = restored.clone();

@@ -28,19 +28,29 @@ async fn state_line(
     rt: &mut pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     id: &str,
 ) -> (String, u64) {
-    let r = exec(rt, id, &["cat", "/tmp/state"]).await.expect("exec");
-    let text = String::from_utf8_lossy(&r.stdout).trim().to_string();
-    let started = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("started="))
-        .unwrap_or_default()
-        .to_string();
-    let count = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("count="))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (started, count)
+    // The container rewrites /tmp/state with `>` (truncate, then write): a read can fall in
+    // between. Read until a whole line is there; a state without both fields is a failure,
+    // never an empty value that would compare equal to another empty one.
+    let mut last = String::new();
+    for _ in 0..100 {
+        let r = exec(rt, id, &["cat", "/tmp/state"]).await.expect("exec");
+        let text = String::from_utf8_lossy(&r.stdout).trim().to_string();
+        let field = |name: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        if let (Some(started), Some(count)) = (
+            field("started="),
+            field("count=").and_then(|c| c.parse().ok()),
+        ) {
+            return (started, count);
+        }
+        last = text;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no complete state line in /tmp/state of {id}: last read {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +127,7 @@ async fn walkthrough_cri_steps_against_the_standalone_shim() {
     })
     .await
     .expect("PullImage from the registry");
-    let script = "started=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); echo \"started=$started count=$i\" > /tmp/state; sleep 0.2; done";
+    let script = "started=$(cat /proc/sys/kernel/random/uuid); i=0; while :; do i=$((i+1)); echo \"started=$started count=$i\" > /tmp/state; sleep 0.2; done";
     let ctr = rt
         .create_container(pb::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),

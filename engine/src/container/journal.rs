@@ -178,23 +178,42 @@ fn owner_alive(e: &InFlight) -> bool {
 }
 
 /// Stops an orphaned CRIU worker and waits until it is gone (its tasks are detached from it
-/// by the kernel when it dies).
-fn stop_worker(pid: u32, start: u64) -> bool {
+/// by the kernel when it dies). A checkpoint's worker first gets `grace` to abort by itself:
+/// its client is gone, so it fails at its next hook or reply and cures and resumes the tasks
+/// it holds; a SIGKILL while its parasite is inside a task would kill the task (see
+/// `criu::Session::abort`). A restore's worker is killed at once: its tasks are killed anyway.
+fn stop_worker(pid: u32, start: u64, grace: std::time::Duration) -> bool {
     let pid = pid as i32;
     if start == 0 || !same_process(pid, start) {
         return false;
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    for _ in 0..500 {
+    let gone = |pid: i32| {
         // Our child only if the dead engine was our ancestor's child; reap if we can.
         let _ = nix::sys::wait::waitpid(
             nix::unistd::Pid::from_raw(pid),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
-        if crate::proc::task_state(pid).is_none_or(|s| s.state == 'Z' || s.state == 'X') {
+        !same_process(pid, start)
+            || crate::proc::task_state(pid).is_none_or(|s| s.state == 'Z' || s.state == 'X')
+    };
+    let until = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < until {
+        if gone(pid) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(
+        pid,
+        ?grace,
+        "an orphaned criu did not stop by itself; killing it"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    for _ in 0..500 {
+        if gone(pid) {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -253,7 +272,7 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
             unlocked: None,
             removed: Vec::new(),
         };
-        if stop_worker(entry.criu_pid, entry.criu_start) {
+        if stop_worker(entry.criu_pid, entry.criu_start, crate::criu::ABORT_GRACE) {
             rec.killed_criu = Some(entry.criu_pid);
         }
         if let Some(f) = &entry.freezer
@@ -316,7 +335,7 @@ fn recover_restore(state: &StateRoot, id: &str, entry: &InFlight) -> Option<Reco
         unlocked: None,
         removed: Vec::new(),
     };
-    if stop_worker(entry.criu_pid, entry.criu_start) {
+    if stop_worker(entry.criu_pid, entry.criu_start, std::time::Duration::ZERO) {
         rec.killed_criu = Some(entry.criu_pid);
     }
     let killed = crate::cgroups::kill_all(&entry.cgroups);

@@ -20,7 +20,7 @@ use criu_proto::rpc::{CriuFeatures, CriuReq, CriuReqType};
 pub use channel::{Channel, ChannelError, MAX_PACKET, Packet};
 pub use error::{CriuError, LogExcerpt};
 pub use notify::{Ack, AckAll, Notification, NotifyHandler};
-pub use session::{Exchange, HookTiming, Session, SpawnSpec};
+pub use session::{ABORT_GRACE, Exchange, HookTiming, Session, SpawnSpec, WORKER_OOM_SCORE_ADJ};
 
 /// Where CRIU is looked for, in order, after `$CPENGINE_CRIU`. `/usr/local/sbin` first: that is
 /// where the project's setup installs a CRIU that works on current kernels, while distribution

@@ -14,6 +14,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use criu_proto::rpc::{CriuOpts, CriuReq, CriuReqType, CriuResp};
@@ -110,20 +111,22 @@ impl Session {
         let pairs: Vec<(RawFd, RawFd)> = staged.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
         drop(theirs);
 
+        // Not `kill_on_drop`: a request future dropped mid-dump (a cancelled caller) must not
+        // SIGKILL CRIU while its parasite may be inside a task. Dropping the session closes our
+        // end of the socket instead, and CRIU aborts the request itself (see `Drop`).
         let mut cmd = Command::new(binary);
-        cmd.arg("swrk")
-            .arg(SOCKET_FD.to_string())
-            .kill_on_drop(true);
+        cmd.arg("swrk").arg(SOCKET_FD.to_string());
         let [stdin, stdout, stderr] = spec.stdio;
         cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from));
         cmd.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
         let capture = stderr.is_none();
         cmd.stderr(stderr.map_or_else(Stdio::piped, Stdio::from));
         // SAFETY: the closure runs between fork and exec; it only calls dup2 on fds that are
-        // open in the child (the staged copies) and reads a Vec allocated before the fork. It
-        // neither allocates nor takes locks.
+        // open in the child (the staged copies), open/write/close on a static path and buffer,
+        // and reads a Vec allocated before the fork. It neither allocates nor takes locks.
         unsafe {
             cmd.pre_exec(move || {
+                protect_from_oom_killer();
                 for &(from, to) in &pairs {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -159,6 +162,9 @@ impl Session {
         };
         let channel = Channel::new(ours).map_err(spawn_err)?;
         tracing::debug!(binary = %binary.display(), pid = child.id(), "started criu swrk");
+        if let Some(pid) = child.id() {
+            warn_once_if_oom_killable(pid);
+        }
         Ok(Self {
             channel,
             child: Some(child),
@@ -197,7 +203,8 @@ impl Session {
     }
 
     /// Sends `req`, answers hooks with `handler` until the final reply, and checks the reply.
-    /// The whole exchange is bounded by `timeout`; on expiry the worker is killed.
+    /// The whole exchange is bounded by `timeout`; on expiry the request is aborted (see
+    /// [`Session::abort`]).
     pub async fn request(
         &mut self,
         req: CriuReq,
@@ -224,20 +231,26 @@ impl Session {
             _ => None,
         };
         let worker = self.worker_pid();
+        let root = AtomicI32::new(0);
+        let broke_deadlock = AtomicBool::new(false);
         let exchange = Self::exchange(
             &self.channel,
-            self.fault.as_ref(),
-            worker,
+            self.fault.as_ref().zip(worker),
             &req,
             handler,
             &mut hooks,
             started,
+            &root,
         );
-        let outcome = tokio::time::timeout(
-            timeout,
-            until_worker_exits(exchange, self.child.as_mut(), req_type),
-        )
-        .await;
+        let watched = async {
+            tokio::select! {
+                r = until_worker_exits(exchange, self.child.as_mut(), req_type) => r,
+                () = break_failed_restore_deadlock(worker, &root, &broke_deadlock) => {
+                    unreachable!("the deadlock watch never returns")
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, watched).await;
         if let Some(t) = timed_fault {
             t.abort();
         }
@@ -257,18 +270,32 @@ impl Session {
                 hooks,
                 elapsed: started.elapsed(),
             }),
+            Err(_) if broke_deadlock.load(Ordering::Relaxed) => {
+                let _ = self.wait_exit(Duration::from_secs(2)).await;
+                let _ = self.stderr_tail().await;
+                Err(CriuError::Failed {
+                    req_type,
+                    errno: None,
+                    errmsg: Some(
+                        "the restore failed; criu killed the restored tasks and then waited \
+                         for them forever, and was stopped (see its log for the failure)"
+                            .into(),
+                    ),
+                    log: self.log.as_deref().and_then(LogExcerpt::read),
+                })
+            }
             Err(e) => Err(self.explain(e, req_type).await),
         }
     }
 
     async fn exchange(
         channel: &Channel,
-        fault: Option<&FaultPoint>,
-        worker: Option<u32>,
+        fault: Option<(&FaultPoint, u32)>,
         req: &CriuReq,
         handler: &mut dyn NotifyHandler,
         hooks: &mut Vec<HookTiming>,
         started: Instant,
+        root: &AtomicI32,
     ) -> Result<CriuResp, CriuError> {
         let req_type = req.r#type();
         channel
@@ -284,8 +311,12 @@ impl Session {
             if resp.r#type == CriuReqType::Notify as i32 {
                 let notify = resp.notify.unwrap_or_default();
                 let script = notify.script.unwrap_or_default();
-                if fault.is_some_and(|f| f.fires_at(&script))
-                    && let Some(pid) = worker
+                // The restored root (`setup-namespaces`, `post-restore`), for the deadlock watch.
+                if let Some(pid) = notify.pid.filter(|&p| p > 0) {
+                    root.store(pid, Ordering::Relaxed);
+                }
+                if let Some((f, pid)) = fault
+                    && f.fires_at(&script)
                 {
                     tracing::warn!(pid, %script, "fault injection: killing criu at a hook");
                     kill_pid(pid);
@@ -382,10 +413,18 @@ impl Session {
 
     /// Stops the request the gentle way first: the socket is shut down, so CRIU aborts at its
     /// next hook or reply, curing and resuming the tasks it holds; only a CRIU that has not
-    /// exited after [`ABORT_GRACE`] is killed. A SIGKILL while CRIU's parasite code is inside a
-    /// task (the breakpoint it plants in the task's code is then executed without a tracer,
-    /// and the task dies of SIGTRAP) can kill the workload, so the engine never sends one
-    /// first.
+    /// exited after [`ABORT_GRACE`] is killed.
+    ///
+    /// Why never SIGKILL first: while CRIU works inside a task (from the first code it plants
+    /// there until the task is cured and detached), the task runs CRIU's code under CRIU's
+    /// ptrace, and that code ends in a breakpoint (`int3`) CRIU itself catches; the bytes it
+    /// swapped into the task's text to run system calls there are put back only by CRIU. A
+    /// CRIU killed in that window leaves the task detached with the breakpoint pending or
+    /// still ahead of it, and the task dies of SIGTRAP (the kernel logs nothing when the trap
+    /// was taken while still traced). Nothing outside CRIU can undo that, which is why the
+    /// engine only ever lets CRIU abort by itself, and why CRIU runs with `oom_score_adj`
+    /// -1000 (see [`protect_from_oom_killer`]). An external SIGKILL of CRIU (an operator, a
+    /// fault-injection test) in that window remains a hazard inherent to CRIU.
     pub async fn abort(&mut self) {
         self.channel.shutdown();
         if self.wait_exit(ABORT_GRACE).await.is_none() {
@@ -416,6 +455,65 @@ impl Session {
     /// The binary this session runs.
     pub fn binary(&self) -> &Path {
         &self.binary
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped with its worker still running (its request was cancelled): our end of
+    /// the socket is shut down so CRIU aborts the request itself at its next hook or reply,
+    /// curing and resuming the tasks it holds; it is not killed (see [`Session::abort`]). The
+    /// dropped `Child` is reaped by tokio once it exits.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            tracing::warn!(
+                pid = child.id(),
+                "criu request abandoned; closing its socket so that criu aborts by itself"
+            );
+            self.channel.shutdown();
+        }
+    }
+}
+
+/// The worker's `oom_score_adj`: the OOM killer never picks CRIU. Killed while its parasite is
+/// inside a task, CRIU would take the task with it (see [`Session::abort`]); the memory it
+/// holds is small next to the workload's.
+pub const WORKER_OOM_SCORE_ADJ: &str = "-1000";
+
+/// Sets [`WORKER_OOM_SCORE_ADJ`] for the calling process. Runs between fork and exec: raw
+/// system calls only, errors ignored (lowering the score needs CAP_SYS_RESOURCE; without it
+/// CRIU runs with the score it inherited).
+fn protect_from_oom_killer() {
+    // SAFETY: open/write/close on a NUL-terminated static path and a static buffer; the fd is
+    // closed before returning and nothing else uses it.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            let v = WORKER_OOM_SCORE_ADJ.as_bytes();
+            let _ = libc::write(fd, v.as_ptr().cast(), v.len());
+            libc::close(fd);
+        }
+    }
+}
+
+/// Says once per process when CRIU could not be given [`WORKER_OOM_SCORE_ADJ`] (the engine
+/// lacks CAP_SYS_RESOURCE), so an operator knows the OOM killer may pick it.
+fn warn_once_if_oom_killable(pid: u32) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let Ok(score) = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")) else {
+        return;
+    };
+    if score.trim() != WORKER_OOM_SCORE_ADJ && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            pid,
+            score = score.trim(),
+            "criu runs without oom_score_adj {WORKER_OOM_SCORE_ADJ} (cpengine lacks CAP_SYS_RESOURCE): \
+             the OOM killer may pick it mid-dump, which kills the task its parasite is in"
+        );
     }
 }
 
@@ -460,6 +558,80 @@ where
     }
 }
 
+/// How long CRIU must have been seen waiting for an exiting restored root before the wait is
+/// taken for the deadlock [`break_failed_restore_deadlock`] breaks.
+const DEADLOCK_AFTER: Duration = Duration::from_secs(1);
+
+/// Watches a restore for CRIU's deadlock after a failure, and breaks it; never returns.
+///
+/// When a restore fails once every task exists (e.g. CRIU's restorer cannot set credentials the
+/// images ask for: "Unable to restore capabilities"), CRIU SIGKILLs the restored root — the
+/// init of the restored pid namespace — and waits for it (`wait4`). That root is not CRIU's
+/// child but ours (`rst_sibling`), and CRIU is still the ptrace tracer of every restored task.
+/// The dying init waits, as any pid namespace's init does, until every task of its namespace
+/// has been reaped; but its children are zombies a tracer holds: only CRIU can reap them, and
+/// CRIU waits for the init. Nothing moves until CRIU dies (its tracees are released then), so
+/// a failed restore would wait for the whole request timeout.
+///
+/// CRIU kills the root only when the restore has failed (a successful restore detaches and
+/// replies without waiting for anything), so a root that is exiting while CRIU sleeps in
+/// `wait4` for [`DEADLOCK_AFTER`] means exactly that: CRIU is SIGKILLed (it holds no parasite
+/// in a task that is to live: the tasks are being killed), its tracees are released, the init
+/// finishes exiting, and the request fails with CRIU's log.
+async fn break_failed_restore_deadlock(worker: Option<u32>, root: &AtomicI32, fired: &AtomicBool) {
+    let Some(worker) = worker else {
+        return std::future::pending().await;
+    };
+    let mut since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = root.load(Ordering::Relaxed);
+        let stuck = r > 0 && is_exiting(r) && waits_for_a_child(worker);
+        if !stuck {
+            since = None;
+            continue;
+        }
+        let at = *since.get_or_insert_with(Instant::now);
+        if at.elapsed() >= DEADLOCK_AFTER {
+            tracing::warn!(
+                criu = worker,
+                root = r,
+                "the restore failed and criu waits forever for the restored root it killed; stopping criu"
+            );
+            fired.store(true, Ordering::Relaxed);
+            kill_pid(worker);
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Whether `pid` has begun to exit (`PF_EXITING` in the flags of `/proc/<pid>/stat`).
+fn is_exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Field 9 (flags) is the 7th after the command name's closing parenthesis.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|f| f & PF_EXITING != 0)
+}
+
+/// Whether `pid` sleeps in `wait4`/`waitid`: its wait channel is `do_wait`, or (where the
+/// kernel hides wait channels) the system call it is blocked in is one of those.
+fn waits_for_a_child(pid: u32) -> bool {
+    if std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.trim() == "do_wait") {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| {
+        s.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<libc::c_long>().ok())
+            .is_some_and(|n| n == libc::SYS_wait4 || n == libc::SYS_waitid)
+    })
+}
+
 fn kill_pid(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(
@@ -490,5 +662,33 @@ fn channel_err(e: ChannelError, req_type: CriuReqType) -> CriuError {
             req_type,
             reason: format!("undecodable packet: {e}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_task_is_not_exiting_and_a_waiting_shell_waits() {
+        assert!(!is_exiting(std::process::id() as i32));
+        assert!(!waits_for_a_child(std::process::id()));
+        // bash waits for a foreground command in wait4 (dash's `wait` sleeps in sigsuspend).
+        let mut sh = std::process::Command::new("bash")
+            .args(["-c", "sleep 30; :"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let mut seen = false;
+        for _ in 0..500 {
+            if waits_for_a_child(pid) {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert!(seen, "sh waiting for its child was not seen in wait4");
     }
 }
