@@ -180,20 +180,8 @@ pub async fn restore(
     let started = Instant::now();
     let id = opts.id.as_str();
     validate_id(id)?;
-    // Two restores under one id must not race between the check and the record.
-    let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
-    let record_path = opts.state.container_record(id);
-    if record_path.exists() {
-        return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
-    }
-    if opts.base.is_none() && opts.base_layers.is_empty() {
-        return Err(Error::Invalid(
-            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
-        ));
-    }
-    // Every bind mount's host source is decided before anything is created.
-    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
-    // The images against the live request's policy, before anything is mounted or started.
+    // The images against the live request's policy, before anything is mounted,
+    // started or locked (read-only: no lock needed).
     let t = Instant::now();
     let verification = {
         let (dir, spec, policy) = (
@@ -214,6 +202,19 @@ pub async fn restore(
         );
     }
     let verify_time = t.elapsed();
+    // Two restores under one id must not race between the check and the record.
+    let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
+    let record_path = opts.state.container_record(id);
+    if record_path.exists() {
+        return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
+    }
+    if opts.base.is_none() && opts.base_layers.is_empty() {
+        return Err(Error::Invalid(
+            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
+        ));
+    }
+    // Every bind mount's host source is decided before anything is created.
+    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
     // If this process dies before the record is written, the next engine start undoes what is

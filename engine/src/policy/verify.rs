@@ -15,8 +15,9 @@
 //! - `mountpoints-*.img`: a mount the restore supplies (`ext_key`, or `ext_mount` keyed by its
 //!   mountpoint) must be one the restore planned ([`VerifyPlan::ext_keys`]); any other mount
 //!   is made by CRIU from the image, so its file system must be in [`ALLOWED_FS`] (never
-//!   devtmpfs, never a block-device file system) with `nosuid` (and `nodev` where runc sets
-//!   it); mountpoints and roots may not contain `..`.
+//!   devtmpfs, never a block-device file system). Mount flags (`nosuid`, `nodev`) are not
+//!   required: runc's own read-only re-binds (`/proc/sys`, masked tmpfs) lack them, and what
+//!   these file systems can hold is checked instead; mountpoints and roots may not contain `..`.
 //! - `tmpfs-*.tar.gz.img` (the contents CRIU untars as root into tmpfs mounts): only the
 //!   standard character devices, no block devices, no set-id files, no `..` or absolute
 //!   names, at most [`RestorePolicy::max_tmpfs_bytes`] together.
@@ -63,8 +64,6 @@ pub const STANDARD_CHAR_DEVICES: &[(&str, u64, u64)] = &[
     ("ptmx", 5, 2),
 ];
 
-const MS_NOSUID: u32 = 2;
-const MS_NODEV: u32 = 4;
 /// Cap on the entries of one image read here (threads, mounts, files).
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -166,7 +165,7 @@ pub fn verify(
         v.threads += 1;
     }
     v.tasks = check_namespaces(images_dir, &names, policy)?;
-    let mnt_ids = check_mounts(images_dir, &names, policy, plan, &mut v)?;
+    let mnt_ids = check_mounts(images_dir, &names, plan, &mut v)?;
     v.tmpfs_entries = check_tmpfs(images_dir, &names, policy)?;
     v.files = check_files(images_dir, &names, &mnt_ids)?;
     Ok(v)
@@ -434,40 +433,44 @@ fn check_namespaces(
     }
     let root_ns = ns_ids(&root);
     for t in &tasks {
+        // CRIU takes the namespaces from ids-<pid>.img and the rest from the core's copy:
+        // both are checked, and at least one must be there.
         let core_name = format!("core-{}.img", t.pid);
-        let ids = if names.contains(&core_name) {
-            read_one::<CoreEntry>(dir, &core_name, magic::CORE)?.ids
-        } else {
-            None
-        };
-        let (image, ids) = match ids {
-            Some(ids) => (core_name, ids),
-            None => {
-                let legacy = format!("ids-{}.img", t.pid);
-                if !names.contains(&legacy) {
-                    return Err(refuse(&core_name, format!("task {} ids", t.pid), "missing"));
+        let legacy = format!("ids-{}.img", t.pid);
+        let mut sources = Vec::new();
+        if names.contains(&legacy) {
+            sources.push((
+                legacy.clone(),
+                read_one::<TaskKobjIdsEntry>(dir, &legacy, magic::IDS)?,
+            ));
+        }
+        if names.contains(&core_name)
+            && let Some(ids) = read_one::<CoreEntry>(dir, &core_name, magic::CORE)?.ids
+        {
+            sources.push((core_name.clone(), ids));
+        }
+        if sources.is_empty() {
+            return Err(refuse(&legacy, format!("task {} ids", t.pid), "missing"));
+        }
+        for (image, ids) in sources {
+            for ((ns, id), (_, host)) in ns_ids(&ids).into_iter().zip(root_ns) {
+                let Some(id) = id else {
+                    return Err(refuse(
+                        &image,
+                        format!("task {} ids.{}_ns_id", t.pid, ns.name()),
+                        "missing",
+                    ));
+                };
+                if Some(id) == host && !policy.host_namespaces.contains(&ns) {
+                    return Err(refuse(
+                        &image,
+                        format!("task {} ids.{}_ns_id", t.pid, ns.name()),
+                        format!(
+                            "is the host's {} namespace (inventory.img root_ids), and the request does not ask for it",
+                            ns.name()
+                        ),
+                    ));
                 }
-                let ids = read_one::<TaskKobjIdsEntry>(dir, &legacy, magic::IDS)?;
-                (legacy, ids)
-            }
-        };
-        for ((ns, id), (_, host)) in ns_ids(&ids).into_iter().zip(root_ns) {
-            let Some(id) = id else {
-                return Err(refuse(
-                    &image,
-                    format!("task {} ids.{}_ns_id", t.pid, ns.name()),
-                    "missing",
-                ));
-            };
-            if Some(id) == host && !policy.host_namespaces.contains(&ns) {
-                return Err(refuse(
-                    &image,
-                    format!("task {} ids.{}_ns_id", t.pid, ns.name()),
-                    format!(
-                        "is the host's {} namespace (inventory.img root_ids), and the request does not ask for it",
-                        ns.name()
-                    ),
-                ));
             }
         }
     }
@@ -484,7 +487,6 @@ fn has_parent_dir(p: &str) -> bool {
 fn check_mounts(
     dir: &Path,
     names: &[String],
-    policy: &RestorePolicy,
     plan: &VerifyPlan,
     v: &mut Verdict,
 ) -> Result<BTreeSet<i64>, PolicyViolation> {
@@ -492,6 +494,7 @@ fn check_mounts(
     for name in names.iter().filter(|n| is_numbered(n, "mountpoints-")) {
         let mounts: Vec<MntEntry> = read_all(dir, name, Header::Common(magic::MNTS))?;
         let own: BTreeSet<u32> = mounts.iter().map(|m| m.mnt_id).collect();
+        let mut root_seen = false;
         for m in &mounts {
             v.mounts += 1;
             ids.insert(i64::from(m.mnt_id));
@@ -515,9 +518,18 @@ fn check_mounts(
                 }
                 continue;
             }
-            // The root of the namespace comes from the restore's own root (--root).
-            let is_root = !own.contains(&m.parent_mnt_id) || m.mountpoint == "/";
-            if is_root {
+            // The root of the namespace comes from the restore's own root (--root): exactly
+            // one mount, at /, whose parent is outside the namespace. Any other mount with a
+            // parent outside it is refused, not taken for a second root.
+            if !own.contains(&m.parent_mnt_id) {
+                if m.mountpoint.trim_start_matches('.') != "/" || root_seen {
+                    return Err(refuse(
+                        name,
+                        field("parent_mnt_id"),
+                        format!("{} is not a mount of the namespace", m.parent_mnt_id),
+                    ));
+                }
+                root_seen = true;
                 continue;
             }
             let fs = Fstype::try_from(m.fstype as i32).unwrap_or(Fstype::Unsupported);
@@ -536,24 +548,6 @@ fn check_mounts(
                         },
                         m.source
                     ),
-                ));
-            }
-            if m.flags & MS_NOSUID == 0 && !policy.privileged {
-                return Err(refuse(
-                    name,
-                    field("flags"),
-                    format!("{:#x} lacks nosuid", m.flags),
-                ));
-            }
-            let needs_nodev = matches!(
-                fs,
-                Fstype::Proc | Fstype::Sysfs | Fstype::Mqueue | Fstype::Cgroup | Fstype::Cgroup2
-            );
-            if needs_nodev && m.flags & MS_NODEV == 0 && !policy.privileged {
-                return Err(refuse(
-                    name,
-                    field("flags"),
-                    format!("{:#x} lacks nodev", m.flags),
                 ));
             }
         }
