@@ -15,6 +15,7 @@ pub mod verify;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+pub use caps::Capability as Cap;
 pub use verify::{PolicyViolation, Verdict, VerifyPlan, verify};
 
 /// The capabilities a container runtime gives a container unless told otherwise (the OCI
