@@ -41,6 +41,10 @@ pub struct Args {
     /// one). The checkpoint's threads may hold only the capabilities allowed.
     #[arg(long = "cap-add", value_name = "CAP", requires = "source", value_parser = cpengine::policy::parse_cap)]
     pub cap_add: Vec<cpengine::policy::CapSet>,
+    /// Allow threads without no_new_privs (containers a runtime started without it, such as
+    /// Podman's by default).
+    #[arg(long, requires = "source")]
+    pub allow_new_privs: bool,
     /// Allow a privileged container: every capability, no no_new_privs, any /dev device.
     #[arg(long, requires = "source")]
     pub privileged: bool,
