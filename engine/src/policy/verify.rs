@@ -764,3 +764,356 @@ fn check_spec_devices(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use criu_proto::image::ImageWriter;
+    use criu_proto::images::{SeccompFilter, ThreadCoreEntry};
+
+    fn write<M: criu_proto::prost::Message>(dir: &Path, name: &str, header: Header, e: &[M]) {
+        let mut w = ImageWriter::new(Vec::new(), header).unwrap();
+        for m in e {
+            w.write(m).unwrap();
+        }
+        std::fs::write(dir.join(name), w.into_inner()).unwrap();
+    }
+
+    fn ids(ns: u32) -> TaskKobjIdsEntry {
+        TaskKobjIdsEntry {
+            pid_ns_id: Some(ns),
+            net_ns_id: Some(ns + 1),
+            ipc_ns_id: Some(ns + 2),
+            uts_ns_id: Some(ns + 3),
+            mnt_ns_id: Some(ns + 4),
+            ..Default::default()
+        }
+    }
+
+    fn creds() -> CredsEntry {
+        CredsEntry {
+            cap_bnd: vec![0x2000_0420, 0],
+            cap_eff: vec![0x2000_0420, 0],
+            no_new_privs: Some(1),
+            ..Default::default()
+        }
+    }
+
+    /// A minimal image set of one task within the default policy.
+    fn images(creds: CredsEntry) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        write(
+            p,
+            "inventory.img",
+            Header::Single(magic::INVENTORY),
+            &[InventoryEntry {
+                img_version: 2,
+                root_ids: Some(ids(100)),
+                ..Default::default()
+            }],
+        );
+        write(
+            p,
+            "pstree.img",
+            Header::Common(magic::PSTREE),
+            &[PstreeEntry {
+                pid: 1,
+                threads: vec![1],
+                ..Default::default()
+            }],
+        );
+        write(p, "ids-1.img", Header::Common(magic::IDS), &[ids(10)]);
+        write(
+            p,
+            "core-1.img",
+            Header::Common(magic::CORE),
+            &[CoreEntry {
+                mtype: 1,
+                thread_core: Some(ThreadCoreEntry {
+                    creds: Some(creds),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        );
+        d
+    }
+
+    fn check(d: &Path, p: &RestorePolicy) -> Result<Verdict, PolicyViolation> {
+        let spec = serde_json::json!({});
+        verify(d, &spec, p, &VerifyPlan::for_container(&spec, p))
+    }
+
+    #[test]
+    fn within_the_default_policy() {
+        let d = images(creds());
+        let v = check(d.path(), &RestorePolicy::default()).unwrap();
+        assert_eq!((v.threads, v.tasks), (1, 1));
+    }
+
+    #[test]
+    fn each_capability_set_is_checked() {
+        for set in 0..5 {
+            let mut c = creds();
+            let words = vec![1 << 21, 0];
+            match set {
+                0 => c.cap_inh = words,
+                1 => c.cap_prm = words,
+                2 => c.cap_eff = words,
+                3 => c.cap_bnd = words,
+                _ => c.cap_amb = words,
+            }
+            let d = images(c);
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert!(e.detail.contains("CAP_SYS_ADMIN"), "{e}");
+            assert!(e.field.starts_with("thread 1 creds.cap_"), "{e}");
+            // --cap-add SYS_ADMIN allows it.
+            let mut p = RestorePolicy::default();
+            p.capabilities.insert(caps::Capability::CAP_SYS_ADMIN);
+            check(d.path(), &p).unwrap();
+        }
+        // A third word (capabilities 64 and up) is never within a policy.
+        let mut c = creds();
+        c.cap_eff = vec![0, 0, 1];
+        let d = images(c);
+        assert!(check(d.path(), &RestorePolicy::default().privileged()).is_err());
+    }
+
+    #[test]
+    fn uid_gid_and_no_new_privs() {
+        let mut c = creds();
+        c.no_new_privs = None;
+        let d = images(c);
+        let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+        assert_eq!(e.field, "thread 1 creds.no_new_privs");
+        let mut c = creds();
+        c.uid = 1000;
+        c.euid = 0;
+        let d = images(c);
+        let mut p = RestorePolicy::default();
+        p.uid = Some(1000);
+        let e = check(d.path(), &p).unwrap_err();
+        assert_eq!(e.field, "thread 1 creds.euid");
+        p.uid = None;
+        p.gid = Some(5);
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "thread 1 creds.gid");
+    }
+
+    #[test]
+    fn seccomp_required_needs_a_filter_that_exists() {
+        let d = images(creds());
+        let mut p = RestorePolicy::default();
+        p.seccomp = SeccompRequirement::Required;
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "thread 1 seccomp_mode"
+        );
+        let core = CoreEntry {
+            mtype: 1,
+            thread_core: Some(ThreadCoreEntry {
+                creds: Some(creds()),
+                seccomp_mode: Some(SeccompMode::Filter as i32),
+                seccomp_filter: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        write(d.path(), "core-1.img", Header::Common(magic::CORE), &[core]);
+        let one = SeccompEntry {
+            seccomp_filters: vec![SeccompFilter {
+                filter: vec![0; 8],
+                ..Default::default()
+            }],
+        };
+        write(
+            d.path(),
+            "seccomp.img",
+            Header::Common(magic::SECCOMP),
+            &[one],
+        );
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "thread 1 seccomp_filter"
+        );
+        let two = SeccompEntry {
+            seccomp_filters: vec![SeccompFilter::default(), SeccompFilter::default()],
+        };
+        write(
+            d.path(),
+            "seccomp.img",
+            Header::Common(magic::SECCOMP),
+            &[two],
+        );
+        check(d.path(), &p).unwrap();
+    }
+
+    #[test]
+    fn host_namespaces_only_when_requested() {
+        let d = images(creds());
+        let mut host = ids(100);
+        host.pid_ns_id = Some(11);
+        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[host]);
+        let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+        assert_eq!(
+            (e.image.as_str(), e.field.as_str()),
+            ("ids-1.img", "task 1 ids.net_ns_id")
+        );
+        let mut p = RestorePolicy::default();
+        p.host_namespaces = Namespace::ALL.into_iter().collect();
+        check(d.path(), &p).unwrap();
+        // No inventory root ids: nothing to decide from, refused.
+        write(
+            d.path(),
+            "inventory.img",
+            Header::Single(magic::INVENTORY),
+            &[InventoryEntry::default()],
+        );
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "root_ids");
+    }
+
+    fn mnt(id: u32, parent: u32, point: &str, fs: Fstype) -> MntEntry {
+        MntEntry {
+            fstype: fs as u32,
+            mnt_id: id,
+            parent_mnt_id: parent,
+            root: "/".into(),
+            mountpoint: point.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mounts() {
+        let d = images(creds());
+        let good = vec![
+            mnt(1, 0, "/", Fstype::Overlayfs),
+            mnt(2, 1, "/proc", Fstype::Proc),
+            MntEntry {
+                ext_key: Some("/dev/null".into()),
+                ..mnt(3, 1, "/dev/null", Fstype::Devtmpfs)
+            },
+        ];
+        write(
+            d.path(),
+            "mountpoints-9.img",
+            Header::Common(magic::MNTS),
+            &good,
+        );
+        assert_eq!(
+            check(d.path(), &RestorePolicy::default()).unwrap().mounts,
+            3
+        );
+        for (bad, field) in [
+            (mnt(4, 1, "/x", Fstype::Devtmpfs), "mount 4 (/x) fstype"),
+            (mnt(4, 1, "/x", Fstype::Auto), "mount 4 (/x) fstype"),
+            (
+                mnt(4, 77, "/", Fstype::Devtmpfs),
+                "mount 4 (/) parent_mnt_id",
+            ),
+            (
+                mnt(4, 1, "/a/../../x", Fstype::Tmpfs),
+                "mount 4 (/a/../../x) mountpoint/root",
+            ),
+            (
+                MntEntry {
+                    ext_key: Some("/etc".into()),
+                    ..mnt(4, 1, "/x", Fstype::Tmpfs)
+                },
+                "mount 4 (/x) ext_key",
+            ),
+        ] {
+            let mut m = good.clone();
+            m.push(bad);
+            write(
+                d.path(),
+                "mountpoints-9.img",
+                Header::Common(magic::MNTS),
+                &m,
+            );
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    fn tmpfs(d: &Path, entries: &[(&str, tar::EntryType, u32, (u32, u32), usize)]) {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (path, kind, mode, dev, size) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(path).unwrap();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_size(*size as u64);
+            h.set_device_major(dev.0).unwrap();
+            h.set_device_minor(dev.1).unwrap();
+            h.set_cksum();
+            b.append(&h, vec![0u8; *size].as_slice()).unwrap();
+        }
+        let bytes = b.into_inner().unwrap().finish().unwrap();
+        std::fs::write(d.join("tmpfs-dev-5.tar.gz.img"), bytes).unwrap();
+    }
+
+    #[test]
+    fn tmpfs_contents() {
+        use tar::EntryType as T;
+        let d = images(creds());
+        tmpfs(
+            d.path(),
+            &[
+                ("null", T::Char, 0o666, (1, 3), 0),
+                ("ptmx", T::Char, 0o666, (5, 2), 0),
+                ("shm", T::Directory, 0o1777, (0, 0), 0),
+                ("f", T::Regular, 0o755, (0, 0), 10),
+            ],
+        );
+        assert_eq!(
+            check(d.path(), &RestorePolicy::default())
+                .unwrap()
+                .tmpfs_entries,
+            4
+        );
+        for (entry, want) in [
+            (("sda", T::Block, 0o660, (8, 0), 0), "block device 8:0"),
+            (("null", T::Char, 0o666, (1, 1), 0), "character device 1:1"),
+            (
+                ("sub/null", T::Char, 0o666, (1, 3), 0),
+                "character device 1:3",
+            ),
+            (("su", T::Regular, 0o2755, (0, 0), 0), "set-id"),
+        ] {
+            tmpfs(d.path(), &[entry]);
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert!(e.detail.contains(want), "{e}");
+        }
+        // A requested device is allowed.
+        tmpfs(d.path(), &[("sda", T::Block, 0o660, (8, 0), 0)]);
+        let mut p = RestorePolicy::default();
+        p.devices = vec!["/dev/sda".into()];
+        check(d.path(), &p).unwrap();
+        // The size cap counts the uncompressed stream.
+        tmpfs(d.path(), &[("big", T::Regular, 0o644, (0, 0), 1 << 20)]);
+        let mut p = RestorePolicy::default();
+        p.max_tmpfs_bytes = 1 << 19;
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "tar");
+        p.max_tmpfs_bytes = 2 << 20;
+        check(d.path(), &p).unwrap();
+    }
+
+    #[test]
+    fn spec_devices_and_trust() {
+        let d = images(creds());
+        let spec =
+            serde_json::json!({"linux": {"devices": [{"path": "/dev/null"}, {"path": "/etc"}]}});
+        let p = RestorePolicy::default();
+        let e = verify(d.path(), &spec, &p, &VerifyPlan::for_container(&spec, &p)).unwrap_err();
+        assert_eq!(
+            (e.image.as_str(), e.field.as_str()),
+            ("spec.dump", "linux.devices[1].path")
+        );
+        let mut p = RestorePolicy::default();
+        p.trust_archive = true;
+        let v = verify(d.path(), &spec, &p, &VerifyPlan::default()).unwrap();
+        assert!(v.trusted_unverified);
+    }
+}
