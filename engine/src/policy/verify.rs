@@ -766,6 +766,8 @@ fn check_spec_devices(
 }
 
 #[cfg(test)]
+// Tests start from the default policy and change the one field each case is about.
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
     use criu_proto::image::ImageWriter;
@@ -1036,7 +1038,10 @@ mod tests {
         }
     }
 
-    fn tmpfs(d: &Path, entries: &[(&str, tar::EntryType, u32, (u32, u32), usize)]) {
+    /// Path, kind, mode, device numbers, size.
+    type TarEntry<'a> = (&'a str, tar::EntryType, u32, (u32, u32), usize);
+
+    fn tmpfs(d: &Path, entries: &[TarEntry<'_>]) {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut b = tar::Builder::new(gz);
         for (path, kind, mode, dev, size) in entries {
