@@ -566,3 +566,114 @@ async fn the_unedited_and_the_trusted_archive_restore() {
         .await
         .unwrap();
 }
+
+/// The shim's restore at CreateContainer: a hostile archive is refused at StartContainer
+/// with PERMISSION_DENIED naming the field, nothing of the container runs or stays mounted;
+/// with `--restore-mode checkpoint-only` a checkpoint is not even created as a container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_refuses_a_hostile_archive_and_honours_the_restore_mode() {
+    use cpengine_integration::cri::*;
+    use k8s_cri::v1 as pb;
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("hostile", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", script),
+    )
+    .await;
+    let dest = scratch("cpe-kubelet-checkpoints-");
+    let loc = kubelet_location(dest.path(), "hostile", "default", "counter");
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: loc.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("CheckpointContainer");
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+
+    // Raised capabilities in the archive's init core.
+    let u = Unpacked::new(&loc);
+    u.edit::<CoreEntry>(&u.init_core(), |e| {
+        let c = e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap();
+        c.cap_eff = all_caps();
+        c.cap_prm = all_caps();
+    });
+    let edited = dest.path().join("edited.tar");
+    u.pack(&edited);
+    let pod2_cfg = pod_config("hostile-restored", logs.path(), pb::NamespaceMode::Pod);
+    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let mut cfg = container_config("counter", &edited.display().to_string(), "unused");
+    cfg.command.clear();
+    let id = rt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod2.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod2_cfg.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    let e = rt
+        .start_container(pb::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("a hostile archive must not start");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("creds.cap_prm has") && e.message().contains("CAP_SYS_ADMIN"),
+        "{e:?}"
+    );
+    let s = status_of(&mut rt, &id).await;
+    assert_ne!(
+        s.state,
+        pb::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let state = shim.state();
+    assert_eq!(
+        mounts_under(&state.container_run_dir(&id)),
+        Vec::<PathBuf>::new()
+    );
+    for cg in restore_cgroups(&id) {
+        assert!(!cg.exists(), "cgroup {} left", cg.display());
+    }
+    assert!(!state.container_record(&id).exists(), "engine record left");
+    drop(shim);
+
+    // checkpoint-only: CreateContainer naming a checkpoint is refused before anything.
+    let dir = scratch("cpe-shim-").keep();
+    let shim = Shim::start_in(&dir, &["--restore-mode", "checkpoint-only"]);
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let pod3 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
+    cfg.command.clear();
+    let e = rt
+        .create_container(pb::CreateContainerRequest {
+            pod_sandbox_id: pod3,
+            config: Some(cfg),
+            sandbox_config: Some(pod2_cfg),
+        })
+        .await
+        .expect_err("restore is switched off");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("--restore-mode checkpoint-only"),
+        "{e:?}"
+    );
+}
