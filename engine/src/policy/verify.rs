@@ -20,7 +20,7 @@
 //!   these file systems can hold is checked instead; mountpoints and roots may not contain `..`.
 //! - `tmpfs-*.tar.gz.img` (the contents CRIU untars as root into tmpfs mounts): only the
 //!   standard character devices, no block devices, no set-id files, no `..` or absolute
-//!   names, at most [`RestorePolicy::max_tmpfs_bytes`] together.
+//!   names or hard-link targets, at most [`RestorePolicy::max_tmpfs_bytes`] together.
 //! - `files.img` (and the older `reg-files.img`/`unixsk.img`): file and socket paths with a
 //!   `..` component, and files on a mount the mount images do not have, are refused.
 //! - `spec.dump`'s `linux.devices` (the restore maps each to the host's node): only the
@@ -629,6 +629,19 @@ fn check_tmpfs_entry<R: Read>(
         ));
     }
     let h = e.header();
+    if h.entry_type().is_hard_link()
+        && let Ok(Some(target)) = e.link_name()
+        && (target.is_absolute()
+            || target
+                .components()
+                .any(|c| matches!(c, Component::ParentDir)))
+    {
+        return Err(refuse(
+            image,
+            format!("entry {shown} link"),
+            format!("{} is outside the tmpfs", target.display()),
+        ));
+    }
     let mode = h.mode().unwrap_or(0);
     let ty = h.entry_type();
     if ty.is_file() && mode & 0o6000 != 0 && !policy.privileged {
@@ -1090,6 +1103,20 @@ mod tests {
             tmpfs(d.path(), &[entry]);
             let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
             assert!(e.detail.contains(want), "{e}");
+        }
+        // A hard link out of the tmpfs.
+        {
+            let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut b = tar::Builder::new(gz);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Link);
+            h.set_size(0);
+            h.set_mode(0o644);
+            b.append_link(&mut h, "shadow", "../../etc/shadow").unwrap();
+            let bytes = b.into_inner().unwrap().finish().unwrap();
+            std::fs::write(d.path().join("tmpfs-dev-5.tar.gz.img"), bytes).unwrap();
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert_eq!(e.field, "entry shadow link", "{e}");
         }
         // A requested device is allowed.
         tmpfs(d.path(), &[("sda", T::Block, 0o660, (8, 0), 0)]);
