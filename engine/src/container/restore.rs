@@ -180,6 +180,8 @@ pub async fn restore(
     let started = Instant::now();
     let id = opts.id.as_str();
     validate_id(id)?;
+    // Every bind mount's host source is decided before anything is created.
+    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
     // The images against the live request's policy, before anything is mounted,
     // started or locked (read-only: no lock needed).
     let t = Instant::now();
@@ -213,8 +215,6 @@ pub async fn restore(
             "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
         ));
     }
-    // Every bind mount's host source is decided before anything is created.
-    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
     // If this process dies before the record is written, the next engine start undoes what is
