@@ -13,6 +13,8 @@ fn main() {
         "proto/fdinfo.proto",
         "proto/files.proto",
         "proto/sockets.proto",
+        "proto/mnt.proto",
+        "proto/seccomp.proto",
     ];
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes cpengine's parsers of untrusted input with cargo-fuzz (libFuzzer + AddressSanitizer,
 # nightly toolchain): CRIU images and the inspection built on them, the archive reader, safe
-# extraction and rootfs apply, the JSON members, and CRIU's swrk replies. See fuzz/.
+# extraction and rootfs apply, the JSON members, CRIU's swrk replies, and the restore verifier
+# (policy checks of CRIU images). See fuzz/.
 #
 #   scripts/fuzz.sh --ci             every target for FUZZ_SECONDS (default 30) each: CI
 #   scripts/fuzz.sh [TARGET] [SECS]  one target (or all) for SECS seconds (default 600)
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(criu_image archive_read archive_extract json_members swrk_reply)
+TARGETS=(criu_image archive_read archive_extract json_members swrk_reply restore_verify)
 
 ci=0
 if [ "${1:-}" = "--ci" ]; then
@@ -57,6 +58,10 @@ seed() {
     criu_image)
       # pstree with one task (pid 1), then an empty core file.
       printf '\x19\x43\x56\x54\x30\x30\x27\x50\x08\x00\x00\x00\x08\x01\x10\x00\x18\x01\x20\x01\xffIMG\x19\x43\x56\x54\x47\x38\x05\x55' >"$dir/pstree" ;;
+    restore_verify)
+      # Policy knobs 0, then inventory (version 2, root_ids with net ns 7), pstree with pid 1,
+      # and a core of pid 1 (x86_64, empty creds).
+      printf '\x00\x16\x31\x31\x58\x0e\x00\x00\x00\x08\x02\x1a\x0a\x08\x01\x10\x01\x18\x01\x20\x01\x30\x07\xffIMG\x19\x43\x56\x54\x30\x30\x27\x50\x08\x00\x00\x00\x08\x01\x10\x00\x18\x01\x20\x01\xffIMG\x19\x43\x56\x54\x47\x38\x05\x55\x02\x00\x00\x00\x08\x01' >"$dir/seed" ;;
   esac
 }
 

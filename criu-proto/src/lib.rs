@@ -4,7 +4,9 @@
 //!   `SOCK_SEQPACKET` packet): `CriuReq`, `CriuResp`, `CriuOpts` and friends.
 //! * [`images`] — the image entries cpengine decodes: `stats-dump`, `stats-restore`,
 //!   `inventory.img`, `pstree.img`, and for inspection `core-*`, `mm-*`, `pagemap-*`, `fs-*`,
-//!   `ids-*`, `fdinfo-*`, `files.img` (with its file and socket kinds) and `tty-info.img`.
+//!   `ids-*`, `fdinfo-*`, `files.img` (with its file and socket kinds) and `tty-info.img`;
+//!   for restore verification the credentials and seccomp mode of every thread,
+//!   `mountpoints-*` and `seccomp.img`.
 //! * [`image`] — how image files are framed: magic numbers, then `u32` little-endian
 //!   length-prefixed protobuf entries. Readers enforce a size cap before allocating.
 //!
@@ -41,6 +43,8 @@ pub mod images {
         StatsEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, TimerfdEntry, TtyFileEntry,
         TtyInfoEntry, TtyPtyEntry, TtyType, UnixSkEntry, VmaEntry,
     };
+    /// Restore verification: mounts, seccomp filters.
+    pub use crate::generated::{Fstype, MntEntry, SeccompEntry, SeccompFilter, SeccompMode};
 }
 
 /// The encoded `FileDescriptorSet` of this crate's `.proto` files (for drift checks and tools).

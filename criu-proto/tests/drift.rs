@@ -193,6 +193,11 @@ fn image_entries_match_upstream() {
         "pidfd_entry",
         "ns_file_entry",
         "ext_file_entry",
+        "mnt_entry",
+        "fstype",
+        "seccomp_entry",
+        "seccomp_filter",
+        "seccomp_mode",
     ] {
         assert!(ours.contains_key(name), "{name} not declared in our protos");
         assert!(upstream.contains_key(name), "{name} not found upstream");
@@ -229,6 +234,8 @@ const UPSTREAM_IMAGE_PROTOS: &[&str] = &[
     "sk-unix.proto",
     "packet-sock.proto",
     "sk-netlink.proto",
+    "mnt.proto",
+    "seccomp.proto",
 ];
 
 /// Nested messages and enums (such as `core_entry.march`) are compared too: the shapes of

@@ -44,6 +44,8 @@ pub enum Error {
     Io { what: String, source: io::Error },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    PolicyViolation(#[from] crate::policy::PolicyViolation),
     #[error("work directory {}", path.display())]
     WorkDir { path: PathBuf, source: io::Error },
     #[error("checkpoint of pid {pid} failed")]

@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod netlock;
 pub mod oci;
 pub mod options;
+pub mod policy;
 pub mod privilege;
 pub mod proc;
 pub mod process;

@@ -502,7 +502,13 @@ async fn a_podman_checkpoint_restores_with_cpengine() {
     let r = restore_archive(
         &engine,
         export.to_str().unwrap(),
-        &restore_opts(&id, &state, &base),
+        &{
+            // Podman runs containers without no_new_privs: the request (here the test, on the
+            // CLI --allow-new-privs) must allow that, or the restore policy refuses them.
+            let mut o = restore_opts(&id, &state, &base);
+            o.policy.no_new_privs = false;
+            o
+        },
         false,
     )
     .await

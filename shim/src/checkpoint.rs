@@ -142,6 +142,8 @@ pub struct Checkpointer {
     state: StateRoot,
     /// Directories a checkpoint location may be in (`--checkpoint-dir`).
     allowed: Vec<PathBuf>,
+    /// What the admin allows of checkpoint/restore (`--restore-mode`).
+    mode: crate::restore_mode::RestoreMode,
 }
 
 /// The hidden name the archive is written under until it is committed.
@@ -238,11 +240,24 @@ pub(crate) fn remove_stale_pending(state: &StateRoot) -> Vec<PathBuf> {
 
 impl Checkpointer {
     pub fn new(state: StateRoot, allowed: Vec<PathBuf>) -> Arc<Self> {
+        Self::with_mode(state, allowed, Default::default())
+    }
+
+    pub fn with_mode(
+        state: StateRoot,
+        allowed: Vec<PathBuf>,
+        mode: crate::restore_mode::RestoreMode,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine: tokio::sync::OnceCell::new(),
             state,
             allowed,
+            mode,
         })
+    }
+
+    pub fn mode(&self) -> crate::restore_mode::RestoreMode {
+        self.mode
     }
 
     /// Checks a CRI checkpoint location: a well-formed absolute file path
@@ -250,6 +265,12 @@ impl Checkpointer {
     /// below one (after resolving symlinks in the directory part), and that does not exist yet
     /// (the archive is created there exclusively, never over an existing file).
     pub fn location(&self, location: &str) -> Result<PathBuf> {
+        if !self.mode.allows_checkpoint() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "checkpointing is switched off on this node (--restore-mode {})",
+                self.mode.name()
+            )));
+        }
         let p = validate_location(location)?;
         check_allowed(&p, &self.allowed)?;
         if std::fs::symlink_metadata(&p).is_ok() {

@@ -136,6 +136,8 @@ fn engine_code(e: &cpengine::Error) -> tonic::Code {
         }
         E::Locate(_) => tonic::Code::FailedPrecondition,
         E::IdInUse { .. } => tonic::Code::Unavailable,
+        // The checkpoint would give the container more than the request allows.
+        E::PolicyViolation(_) => tonic::Code::PermissionDenied,
         E::Dump { source, .. } | E::Restore { source, .. } | E::Criu(source) => match source {
             cpengine::criu::CriuError::Timeout { .. } => tonic::Code::DeadlineExceeded,
             _ => tonic::Code::Internal,

@@ -27,6 +27,7 @@ pub mod holder;
 pub mod images;
 pub mod locks;
 pub mod proxy;
+pub mod restore_mode;
 pub mod server;
 pub mod standalone;
 
@@ -60,6 +61,8 @@ pub struct ShimConfig {
     pub exe: PathBuf,
     /// Directories CRI checkpoint locations must be in.
     pub checkpoint_dirs: Vec<PathBuf>,
+    /// What the CRI allows of checkpoint/restore (default: verified restores).
+    pub restore_mode: restore_mode::RestoreMode,
 }
 
 /// Serves the CRI until `shutdown` resolves. The socket is removed on the way out; pods and
@@ -70,8 +73,11 @@ pub async fn run(
 ) -> Result<()> {
     let listener = server::bind(&cfg.listen).await?;
     let _guard = server::SocketGuard(cfg.listen.clone());
-    let checkpointer =
-        checkpoint::Checkpointer::new(cfg.state.clone(), cfg.checkpoint_dirs.clone());
+    let checkpointer = checkpoint::Checkpointer::with_mode(
+        cfg.state.clone(),
+        cfg.checkpoint_dirs.clone(),
+        cfg.restore_mode,
+    );
     checkpointer.recover();
     // Locate CRIU now rather than in the first CheckpointContainer (a missing CRIU is logged,
     // and reported again by the calls that need it).

@@ -35,6 +35,11 @@ struct Cli {
     /// are allowed too). Archives hold every memory page of a workload: nowhere else.
     #[arg(long = "checkpoint-dir", value_name = "DIR", default_value = cpengine_shim::checkpoint::KUBELET_CHECKPOINT_DIR)]
     checkpoint_dirs: Vec<PathBuf>,
+    /// Checkpoint/restore through the CRI: `off` (neither), `checkpoint-only` (no restore at
+    /// CreateContainer), `verified` (restores checked against the request's security context
+    /// before they start).
+    #[arg(long, value_enum, default_value_t)]
+    restore_mode: cpengine_shim::restore_mode::RestoreMode,
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -89,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         runc: cli.runc,
         exe: std::env::current_exe()?,
         checkpoint_dirs: cli.checkpoint_dirs,
+        restore_mode: cli.restore_mode,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -88,6 +88,9 @@ pub struct ContainerRestoreOptions {
     pub lazy_pages: bool,
     /// Where the checkpoint's bind mounts get their host sources (see [`super::binds`]).
     pub binds: super::binds::BindMounts,
+    /// What the restored container may have, from the live request (see [`crate::policy`]);
+    /// the checkpoint's images are verified against it before anything is created.
+    pub policy: crate::policy::RestorePolicy,
 }
 
 impl ContainerRestoreOptions {
@@ -110,6 +113,7 @@ impl ContainerRestoreOptions {
             fault: None,
             lazy_pages: false,
             binds: Default::default(),
+            policy: Default::default(),
         }
     }
 }
@@ -123,6 +127,9 @@ pub struct ContainerRestoreReport {
     pub log_path: PathBuf,
     /// Pid of the process relaying the container's output into `log_path`.
     pub relay_pid: i32,
+    /// What the verification of the images against the policy covered (or that it was
+    /// skipped because the caller trusts the archive).
+    pub verification: crate::policy::Verdict,
     pub criu: RestoreReport,
     pub phases: Vec<Phase>,
     #[serde(rename = "total_ms", serialize_with = "crate::report::ser_duration_ms")]
@@ -178,6 +185,30 @@ pub async fn restore(
     let started = Instant::now();
     let id = opts.id.as_str();
     validate_id(id)?;
+    // Every bind mount's host source is decided before anything is created.
+    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
+    // The images against the live request's policy, before anything is mounted,
+    // started or locked (read-only: no lock needed).
+    let t = Instant::now();
+    let verification = {
+        let (dir, spec, policy) = (
+            ckpt.images_dir.clone(),
+            ckpt.spec.clone(),
+            opts.policy.clone(),
+        );
+        crate::blocking(move || {
+            let plan = crate::policy::VerifyPlan::for_container(&spec, &policy);
+            Ok(crate::policy::verify(&dir, &spec, &policy, &plan)?)
+        })
+        .await?
+    };
+    if verification.trusted_unverified {
+        tracing::warn!(
+            container = id,
+            "restoring WITHOUT verifying the checkpoint: the caller trusts the archive (--trust-archive)"
+        );
+    }
+    let verify_time = t.elapsed();
     // Two restores under one id must not race between the check and the record.
     let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
     let record_path = opts.state.container_record(id);
@@ -189,8 +220,6 @@ pub async fn restore(
             "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
         ));
     }
-    // Every bind mount's host source is decided before anything is created.
-    let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
     // If this process dies before the record is written, the next engine start undoes what is
@@ -210,7 +239,7 @@ pub async fn restore(
             .map_err(Error::io(format!("creating {}", d.display())))?;
         cleanup.dirs.push(d.clone());
     }
-    let mut phases = Vec::new();
+    let mut phases = vec![Phase::new("verify images", verify_time)];
 
     // 1. rootfs
     let t = Instant::now();
@@ -452,6 +481,7 @@ pub async fn restore(
         rootfs,
         log_path,
         relay_pid,
+        verification,
         criu,
         phases,
         total: started.elapsed(),

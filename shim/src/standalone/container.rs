@@ -123,6 +123,14 @@ impl<I: ImageBackend> Standalone<I> {
             tracing::warn!(container = %spec.name, "tty requested; the container gets pipes (no terminal)");
         }
         if let Some(source) = restore::detect(&spec.image.image, self.images.as_ref()).await? {
+            let mode = self.checkpointer.mode();
+            if !mode.allows_restore() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "image {} is a checkpoint, and restoring checkpoints is switched off on this node (--restore-mode {})",
+                    spec.image.image,
+                    mode.name()
+                )));
+            }
             return self.create_restored(pod, spec, source).await;
         }
         let image = self.images.resolve(&spec.image.image).await?;

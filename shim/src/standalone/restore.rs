@@ -438,6 +438,8 @@ impl<I: ImageBackend> Standalone<I> {
         opts.log_path = Some(rec.log_path.clone());
         opts.relay_exe = Some(self.cfg.exe.clone());
         opts.binds.map = plan.binds.clone();
+        // What the restored container may have comes from the live request, never the archive.
+        opts.policy = restore_policy(&rec.spec.security, &pod);
         let dumped = DumpedNamespaces::read(&ckpt.images_dir)?;
         if let Some(h) = pod.holder {
             let holder = h.holder();
@@ -517,6 +519,35 @@ fn carry_log(saved: &Path, log: &Path) -> std::io::Result<bool> {
     dst.set_permissions(std::fs::Permissions::from_mode(0o640))?;
     std::io::copy(&mut src, &mut dst)?;
     Ok(true)
+}
+
+/// The restore policy of a CRI request: its container security context and its pod's
+/// namespace options, decided by [`cpengine::policy::RestorePolicy::from_security`]. Seccomp
+/// is not required: the standalone runtime does not apply seccomp profiles to the containers
+/// it creates either.
+pub fn restore_policy(sec: &Security, pod: &PodRecord) -> cpengine::policy::RestorePolicy {
+    use cpengine::policy::Namespace;
+    let mut host = std::collections::BTreeSet::new();
+    if pod.spec.namespaces.network == NsMode::Node {
+        // A pod on the host's network has the host's UTS namespace too.
+        host.extend([Namespace::Net, Namespace::Uts]);
+    }
+    if pod.spec.namespaces.ipc == NsMode::Node {
+        host.insert(Namespace::Ipc);
+    }
+    if sec.pid_mode.unwrap_or(pod.spec.namespaces.pid) == NsMode::Node {
+        host.insert(Namespace::Pid);
+    }
+    cpengine::policy::RestorePolicy::from_security(&cpengine::policy::SecurityRequest {
+        privileged: sec.privileged,
+        add_capabilities: sec.add_capabilities.clone(),
+        drop_capabilities: sec.drop_capabilities.clone(),
+        no_new_privs: sec.no_new_privs,
+        run_as_user: sec.run_as_user.and_then(|u| u32::try_from(u).ok()),
+        run_as_group: sec.run_as_group.and_then(|g| u32::try_from(g).ok()),
+        seccomp_confined: false,
+        host_namespaces: host,
+    })
 }
 
 #[cfg(test)]
@@ -683,5 +714,42 @@ mod tests {
         );
         std::fs::write(dir.path().join("netns-10.img"), b"").unwrap();
         assert!(DumpedNamespaces::read(dir.path()).unwrap().net);
+    }
+
+    #[test]
+    fn the_policy_comes_from_the_request() {
+        let mut p = pod(None);
+        let sec = Security {
+            add_capabilities: vec!["CAP_SYS_PTRACE".into()],
+            drop_capabilities: vec!["NET_RAW".into()],
+            run_as_user: Some(1000),
+            no_new_privs: true,
+            ..Default::default()
+        };
+        let pol = restore_policy(&sec, &p);
+        assert!(
+            pol.capabilities
+                .contains(cpengine::policy::Cap::CAP_SYS_PTRACE)
+        );
+        assert!(
+            !pol.capabilities
+                .contains(cpengine::policy::Cap::CAP_NET_RAW)
+        );
+        assert!(
+            !pol.capabilities
+                .contains(cpengine::policy::Cap::CAP_SYS_ADMIN)
+        );
+        assert_eq!(pol.uid, Some(1000));
+        assert!(pol.no_new_privs && pol.host_namespaces.is_empty() && !pol.trust_archive);
+        p.spec.namespaces.network = NsMode::Node;
+        let pol = restore_policy(&Security::default(), &p);
+        assert!(
+            pol.host_namespaces
+                .contains(&cpengine::policy::Namespace::Net)
+        );
+        assert!(
+            !pol.host_namespaces
+                .contains(&cpengine::policy::Namespace::Pid)
+        );
     }
 }

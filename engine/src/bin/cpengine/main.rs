@@ -210,4 +210,17 @@ mod tests {
     fn pid_must_be_a_number() {
         assert!(Cli::try_parse_from(["cpengine", "dump", "abc", "--images-dir", "/x"]).is_err());
     }
+
+    #[test]
+    fn restore_policy_flags() {
+        let base = ["cpengine", "restore", "a.tar", "--id", "x"];
+        let with = |extra: &[&'static str]| {
+            Cli::try_parse_from(base.iter().copied().chain(extra.iter().copied()))
+        };
+        assert!(with(&["--cap-add", "sys_ptrace", "--cap-add", "CAP_NET_ADMIN"]).is_ok());
+        assert!(with(&["--cap-add", "CAP_NOPE"]).is_err());
+        assert!(with(&["--seccomp", "required", "--device", "/dev/fuse"]).is_ok());
+        assert!(with(&["--seccomp", "strictest"]).is_err());
+        assert!(with(&["--privileged", "--trust-archive", "--allow-new-privs"]).is_ok());
+    }
 }

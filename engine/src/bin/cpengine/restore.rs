@@ -46,6 +46,28 @@ pub struct Args {
     /// archive you trust: it decides what of the host the container sees).
     #[arg(long, requires = "source")]
     pub trust_archive_binds: bool,
+    /// Allow this capability beyond the runtime default set (repeatable; `ALL` for every
+    /// one). The checkpoint's threads may hold only the capabilities allowed.
+    #[arg(long = "cap-add", value_name = "CAP", requires = "source", value_parser = cpengine::policy::parse_cap)]
+    pub cap_add: Vec<cpengine::policy::CapSet>,
+    /// Allow threads without no_new_privs (containers a runtime started without it, such as
+    /// Podman's by default).
+    #[arg(long, requires = "source")]
+    pub allow_new_privs: bool,
+    /// Allow a privileged container: every capability, no no_new_privs, any /dev device.
+    #[arg(long, requires = "source")]
+    pub privileged: bool,
+    /// Allow this device beyond the standard /dev set (repeatable).
+    #[arg(long = "device", value_name = "PATH", requires = "source")]
+    pub devices: Vec<PathBuf>,
+    /// Whether every restored thread must run under a seccomp filter.
+    #[arg(long, value_enum, default_value_t, requires = "source")]
+    pub seccomp: cpengine::policy::SeccompRequirement,
+    /// Do not verify the checkpoint against the restore policy: you vouch for this archive
+    /// (its images decide the workload's capabilities, mounts, devices and namespaces).
+    /// Implies --trust-archive-binds.
+    #[arg(long, requires = "source")]
+    pub trust_archive: bool,
     /// Restore a process tree from this CRIU images directory instead.
     #[arg(long, short = 'D', conflicts_with_all = ["source", "id"])]
     pub images_dir: Option<PathBuf>,
@@ -100,12 +122,35 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.file_locks = a.file_locks;
     o.lazy_pages = a.lazy;
     o.binds.map = a.mounts.into_iter().collect();
-    o.binds.trust_archive = a.trust_archive_binds;
+    o.binds.trust_archive = a.trust_archive_binds || a.trust_archive;
+    o.policy = policy(
+        &a.cap_add,
+        a.privileged,
+        &a.devices,
+        a.seccomp,
+        a.trust_archive,
+    );
+    if a.trust_archive {
+        eprintln!(
+            "WARNING: --trust-archive: the checkpoint is restored WITHOUT verification; its images decide the container's privileges"
+        );
+    }
     let report = restore_archive(&engine, &source, &o, a.insecure).await?;
     if a.json {
         crate::print_json(&report)?;
     } else {
         println!("restored container {} as pid {}", report.id, report.pid);
+        let v = &report.verification;
+        if v.trusted_unverified {
+            println!(
+                "  verified NO: --trust-archive (the archive was not checked against any policy)"
+            );
+        } else {
+            println!(
+                "  verified {} threads, {} tasks' namespaces, {} mounts, {} tmpfs entries, {} files",
+                v.threads, v.tasks, v.mounts, v.tmpfs_entries, v.files
+            );
+        }
         println!("  rootfs  {}", report.rootfs.display());
         println!("  log     {}", report.log_path.display());
         let rows = cpengine::report::phase_rows(&report.phases, report.total);
@@ -124,4 +169,25 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The restore policy of the command line: the runtime default with the opt-ins.
+fn policy(
+    cap_add: &[cpengine::policy::CapSet],
+    privileged: bool,
+    devices: &[PathBuf],
+    seccomp: cpengine::policy::SeccompRequirement,
+    trust_archive: bool,
+) -> cpengine::policy::RestorePolicy {
+    let mut p = cpengine::policy::RestorePolicy::runtime_default();
+    if privileged {
+        p = p.privileged();
+    }
+    for c in cap_add {
+        p.capabilities.0 |= c.0;
+    }
+    p.devices = devices.to_vec();
+    p.seccomp = seccomp;
+    p.trust_archive = trust_archive;
+    p
 }

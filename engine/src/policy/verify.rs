@@ -1,0 +1,1151 @@
+//! Checks an extracted checkpoint's CRIU images against a [`RestorePolicy`] before CRIU runs.
+//!
+//! What is read, and what is refused (each refusal a [`PolicyViolation`] naming image and
+//! field):
+//!
+//! - `core-<tid>.img`, every one in the directory: the thread's credentials. Each of the five
+//!   capability sets must be within the policy's set; `no_new_privs` must be 1 when the policy
+//!   requires it; the uid and gid quartets must be the request's when it fixes them; with
+//!   seccomp required, the thread must be in filter (or strict) mode with its filter present
+//!   in `seccomp.img`. Securebits are not refused: every bit only narrows what capabilities do.
+//! - `inventory.img`, `pstree.img` and each task's `core-<pid>.img` (its `ids`): a task whose
+//!   net, ipc, uts, pid or mount namespace is the one CRIU itself ran in when it dumped
+//!   (`inventory.root_ids`, the host's) is refused unless the policy allows that host
+//!   namespace. The decision comes from these ids, never from file names.
+//! - `mountpoints-*.img`: a mount the restore supplies (`ext_key`, or `ext_mount` keyed by its
+//!   mountpoint) must be one the restore planned ([`VerifyPlan::ext_keys`]); any other mount
+//!   is made by CRIU from the image, so its file system must be in [`ALLOWED_FS`] (never
+//!   devtmpfs, never a block-device file system). Mount flags (`nosuid`, `nodev`) are not
+//!   required: runc's own read-only re-binds (`/proc/sys`, masked tmpfs) lack them, and what
+//!   these file systems can hold is checked instead; mountpoints and roots may not contain `..`.
+//! - `tmpfs-*.tar.gz.img` (the contents CRIU untars as root into tmpfs mounts): only the
+//!   standard character devices, no block devices, no set-id files, no `..` or absolute
+//!   names or hard-link targets, at most [`RestorePolicy::max_tmpfs_bytes`] together.
+//! - `files.img` (and the older `reg-files.img`/`unixsk.img`): file and socket paths with a
+//!   `..` component, and files on a mount the mount images do not have, are refused.
+//! - `spec.dump`'s `linux.devices` (the restore maps each to the host's node): only the
+//!   standard set and the request's `--device`s (any `/dev` node when privileged).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use criu_proto::image::{Header, ImageReader, magic};
+use criu_proto::images::{
+    CoreEntry, CredsEntry, FileEntry, Fstype, InventoryEntry, MntEntry, PstreeEntry, RegFileEntry,
+    SeccompEntry, SeccompMode, TaskKobjIdsEntry, UnixSkEntry,
+};
+
+use super::{CapSet, Namespace, RestorePolicy, SeccompRequirement};
+
+/// File systems CRIU may mount from the images (everything else must be an external mount
+/// the restore planned).
+pub const ALLOWED_FS: &[Fstype] = &[
+    Fstype::Proc,
+    Fstype::Sysfs,
+    Fstype::Tmpfs,
+    Fstype::Devpts,
+    Fstype::Mqueue,
+    Fstype::Cgroup,
+    Fstype::Cgroup2,
+    Fstype::Overlayfs,
+];
+
+/// The character devices a container's `/dev` has: name, major, minor.
+pub const STANDARD_CHAR_DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+    ("console", 5, 1),
+    ("ptmx", 5, 2),
+];
+
+/// Cap on the entries of one image read here (threads, mounts, files).
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// A refused restore: the image (or `spec.dump`), the field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("restore refused by policy: {image}: {field} {detail}")]
+pub struct PolicyViolation {
+    pub image: String,
+    pub field: String,
+    pub detail: String,
+}
+
+fn refuse(image: &str, field: impl Into<String>, detail: impl Into<String>) -> PolicyViolation {
+    PolicyViolation {
+        image: image.to_string(),
+        field: field.into(),
+        detail: detail.into(),
+    }
+}
+
+/// What the restore itself will supply, known before the images are read.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyPlan {
+    /// Keys of the external mounts the restore maps (bind destinations, cgroup hierarchies,
+    /// the standard devices and the request's).
+    pub ext_keys: BTreeSet<String>,
+}
+
+impl VerifyPlan {
+    /// The external mounts a container restore of `spec` plans: its bind destinations (their
+    /// sources were decided by the bind plan), the cgroup hierarchies under its cgroup
+    /// mounts, `/dev/null` for masked paths, the standard devices and the policy's.
+    pub fn for_container(spec: &serde_json::Value, policy: &RestorePolicy) -> Self {
+        let mut keys = BTreeSet::new();
+        for m in spec["mounts"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let dest = m["destination"].as_str().unwrap_or_default();
+            if crate::container::binds::is_bind(m) {
+                keys.insert(dest.to_string());
+            } else if m["type"].as_str() == Some("cgroup") {
+                // One key per v1 hierarchy: `<dest>/<controllers>`, checked by prefix below.
+                keys.insert(format!("{}/", dest.trim_end_matches('/')));
+            }
+        }
+        keys.insert("/dev/null".into());
+        for d in crate::container::RUNC_DEFAULT_DEVICES {
+            keys.insert(d.to_string());
+        }
+        for d in &policy.devices {
+            keys.insert(d.display().to_string());
+        }
+        Self { ext_keys: keys }
+    }
+
+    fn planned(&self, key: &str) -> bool {
+        self.ext_keys.contains(key)
+            || self
+                .ext_keys
+                .iter()
+                .any(|k| k.ends_with('/') && key.starts_with(k.as_str()) && key.len() > k.len())
+    }
+}
+
+/// What was checked (for the report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    /// Verification was skipped: the caller trusts the archive.
+    pub trusted_unverified: bool,
+    pub threads: usize,
+    pub tasks: usize,
+    pub mounts: usize,
+    pub tmpfs_entries: usize,
+    pub files: usize,
+}
+
+/// Verifies `images_dir` (and the checkpoint's `spec`) against `policy`.
+pub fn verify(
+    images_dir: &Path,
+    spec: &serde_json::Value,
+    policy: &RestorePolicy,
+    plan: &VerifyPlan,
+) -> Result<Verdict, PolicyViolation> {
+    if policy.trust_archive {
+        return Ok(Verdict {
+            trusted_unverified: true,
+            ..Default::default()
+        });
+    }
+    let mut v = Verdict::default();
+    check_spec_devices(spec, policy)?;
+    let names = list(images_dir)?;
+    let filters = read_seccomp(images_dir, &names)?;
+    for name in names.iter().filter(|n| is_numbered(n, "core-")) {
+        let core: CoreEntry = read_one(images_dir, name, magic::CORE)?;
+        check_thread(name, &core, policy, filters)?;
+        v.threads += 1;
+    }
+    v.tasks = check_namespaces(images_dir, &names, policy)?;
+    let mnt_ids = check_mounts(images_dir, &names, plan, &mut v)?;
+    v.tmpfs_entries = check_tmpfs(images_dir, &names, policy)?;
+    v.files = check_files(images_dir, &names, &mnt_ids)?;
+    Ok(v)
+}
+
+fn list(dir: &Path) -> Result<Vec<String>, PolicyViolation> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        refuse(
+            &dir.display().to_string(),
+            "directory",
+            format!("unreadable: {e}"),
+        )
+    })?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| refuse(&dir.display().to_string(), "directory", e.to_string()))?;
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if out.len() > MAX_ENTRIES {
+            return Err(refuse(
+                &dir.display().to_string(),
+                "directory",
+                "holds too many files",
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_numbered(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|r| r.strip_suffix(".img"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn open(dir: &Path, name: &str) -> Result<BufReader<File>, PolicyViolation> {
+    // Opened without following a symlink: the images are the archive's.
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(name))
+        .map(BufReader::new)
+        .map_err(|e| refuse(name, "file", format!("cannot be opened: {e}")))
+}
+
+fn reader(
+    dir: &Path,
+    name: &str,
+    header: Header,
+) -> Result<ImageReader<BufReader<File>>, PolicyViolation> {
+    ImageReader::new(open(dir, name)?, header)
+        .map_err(|e| refuse(name, "header", format!("is not a CRIU image: {e}")))
+}
+
+fn read_all<M: criu_proto::prost::Message + Default>(
+    dir: &Path,
+    name: &str,
+    header: Header,
+) -> Result<Vec<M>, PolicyViolation> {
+    let mut r = reader(dir, name, header)?;
+    let mut out = Vec::new();
+    loop {
+        match r.next_entry::<M>() {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => return Ok(out),
+            Err(e) => {
+                return Err(refuse(
+                    name,
+                    format!("entry {}", out.len()),
+                    format!("undecodable: {e}"),
+                ));
+            }
+        }
+        if out.len() > MAX_ENTRIES {
+            return Err(refuse(name, "entries", "too many"));
+        }
+    }
+}
+
+fn read_one<M: criu_proto::prost::Message + Default>(
+    dir: &Path,
+    name: &str,
+    m: u32,
+) -> Result<M, PolicyViolation> {
+    read_all::<M>(dir, name, Header::Common(m))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| refuse(name, "entry", "missing"))
+}
+
+/// Number of seccomp filters in `seccomp.img` (0 without one).
+fn read_seccomp(dir: &Path, names: &[String]) -> Result<usize, PolicyViolation> {
+    if !names.iter().any(|n| n == "seccomp.img") {
+        return Ok(0);
+    }
+    Ok(
+        read_all::<SeccompEntry>(dir, "seccomp.img", Header::Common(magic::SECCOMP))?
+            .iter()
+            .map(|e| e.seccomp_filters.len())
+            .sum(),
+    )
+}
+
+/// A capability set from CRIU's 32-bit words.
+fn cap_bits(words: &[u32]) -> u64 {
+    words
+        .iter()
+        .take(2)
+        .enumerate()
+        .fold(0, |m, (i, w)| m | (u64::from(*w) << (32 * i)))
+        | if words.iter().skip(2).any(|w| *w != 0) {
+            u64::MAX
+        } else {
+            0
+        }
+}
+
+fn check_thread(
+    image: &str,
+    core: &CoreEntry,
+    policy: &RestorePolicy,
+    filters: usize,
+) -> Result<(), PolicyViolation> {
+    let tid = image
+        .trim_start_matches("core-")
+        .trim_end_matches(".img")
+        .to_string();
+    let thread = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| refuse(image, format!("thread {tid} thread_core"), "missing"))?;
+    let creds = thread
+        .creds
+        .as_ref()
+        .ok_or_else(|| refuse(image, format!("thread {tid} creds"), "missing"))?;
+    check_creds(image, &tid, creds, policy)?;
+    if policy.seccomp == SeccompRequirement::Required {
+        let mode = thread
+            .seccomp_mode
+            .or(core.tc.as_ref().and_then(|t| t.old_seccomp_mode));
+        let filter = thread
+            .seccomp_filter
+            .or(core.tc.as_ref().and_then(|t| t.old_seccomp_filter))
+            .unwrap_or(0);
+        match mode.and_then(|m| SeccompMode::try_from(m).ok()) {
+            Some(SeccompMode::Strict) => {}
+            Some(SeccompMode::Filter) if filter >= 1 && (filter as usize) <= filters => {}
+            Some(SeccompMode::Filter) => {
+                return Err(refuse(
+                    image,
+                    format!("thread {tid} seccomp_filter"),
+                    format!("names filter {filter}, seccomp.img has {filters}"),
+                ));
+            }
+            _ => {
+                return Err(refuse(
+                    image,
+                    format!("thread {tid} seccomp_mode"),
+                    "is not filter mode, and the policy requires a seccomp filter",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_creds(
+    image: &str,
+    tid: &str,
+    c: &CredsEntry,
+    policy: &RestorePolicy,
+) -> Result<(), PolicyViolation> {
+    let allowed: CapSet = policy.capabilities;
+    for (set, words) in [
+        ("cap_inh", &c.cap_inh),
+        ("cap_prm", &c.cap_prm),
+        ("cap_eff", &c.cap_eff),
+        ("cap_bnd", &c.cap_bnd),
+        ("cap_amb", &c.cap_amb),
+    ] {
+        let excess = allowed.excess(cap_bits(words));
+        if !excess.is_empty() {
+            return Err(refuse(
+                image,
+                format!("thread {tid} creds.{set}"),
+                format!(
+                    "has {}, outside the policy's capabilities",
+                    excess.join(", ")
+                ),
+            ));
+        }
+    }
+    if policy.no_new_privs && c.no_new_privs != Some(1) {
+        return Err(refuse(
+            image,
+            format!("thread {tid} creds.no_new_privs"),
+            format!(
+                "is {}, the policy requires 1",
+                c.no_new_privs.map_or("unset".into(), |n| n.to_string())
+            ),
+        ));
+    }
+    if let Some(u) = policy.uid {
+        for (f, v) in [
+            ("uid", c.uid),
+            ("euid", c.euid),
+            ("suid", c.suid),
+            ("fsuid", c.fsuid),
+        ] {
+            if v != u {
+                return Err(refuse(
+                    image,
+                    format!("thread {tid} creds.{f}"),
+                    format!("is {v}, the request runs as user {u}"),
+                ));
+            }
+        }
+    }
+    if let Some(g) = policy.gid {
+        for (f, v) in [
+            ("gid", c.gid),
+            ("egid", c.egid),
+            ("sgid", c.sgid),
+            ("fsgid", c.fsgid),
+        ] {
+            if v != g {
+                return Err(refuse(
+                    image,
+                    format!("thread {tid} creds.{f}"),
+                    format!("is {v}, the request runs as group {g}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ns_ids(ids: &TaskKobjIdsEntry) -> [(Namespace, Option<u32>); 5] {
+    [
+        (Namespace::Net, ids.net_ns_id),
+        (Namespace::Ipc, ids.ipc_ns_id),
+        (Namespace::Uts, ids.uts_ns_id),
+        (Namespace::Pid, ids.pid_ns_id),
+        (Namespace::Mnt, ids.mnt_ns_id),
+    ]
+}
+
+/// Every task of `pstree.img`, by its core's ids, against the namespaces CRIU ran in.
+fn check_namespaces(
+    dir: &Path,
+    names: &[String],
+    policy: &RestorePolicy,
+) -> Result<usize, PolicyViolation> {
+    let inv: InventoryEntry = read_all(dir, "inventory.img", Header::Single(magic::INVENTORY))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| refuse("inventory.img", "entry", "missing"))?;
+    let root = inv
+        .root_ids
+        .ok_or_else(|| refuse("inventory.img", "root_ids", "missing"))?;
+    let tasks: Vec<PstreeEntry> = read_all(dir, "pstree.img", Header::Common(magic::PSTREE))?;
+    if tasks.is_empty() {
+        return Err(refuse("pstree.img", "entries", "none"));
+    }
+    let root_ns = ns_ids(&root);
+    for t in &tasks {
+        // CRIU takes the namespaces from ids-<pid>.img and the rest from the core's copy:
+        // both are checked, and at least one must be there.
+        let core_name = format!("core-{}.img", t.pid);
+        let legacy = format!("ids-{}.img", t.pid);
+        let mut sources = Vec::new();
+        if names.contains(&legacy) {
+            sources.push((
+                legacy.clone(),
+                read_one::<TaskKobjIdsEntry>(dir, &legacy, magic::IDS)?,
+            ));
+        }
+        if names.contains(&core_name)
+            && let Some(ids) = read_one::<CoreEntry>(dir, &core_name, magic::CORE)?.ids
+        {
+            sources.push((core_name.clone(), ids));
+        }
+        if sources.is_empty() {
+            return Err(refuse(&legacy, format!("task {} ids", t.pid), "missing"));
+        }
+        for (image, ids) in sources {
+            for ((ns, id), (_, host)) in ns_ids(&ids).into_iter().zip(root_ns) {
+                let Some(id) = id else {
+                    return Err(refuse(
+                        &image,
+                        format!("task {} ids.{}_ns_id", t.pid, ns.name()),
+                        "missing",
+                    ));
+                };
+                if Some(id) == host && !policy.host_namespaces.contains(&ns) {
+                    return Err(refuse(
+                        &image,
+                        format!("task {} ids.{}_ns_id", t.pid, ns.name()),
+                        format!(
+                            "is the host's {} namespace (inventory.img root_ids), and the request does not ask for it",
+                            ns.name()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(tasks.len())
+}
+
+fn has_parent_dir(p: &str) -> bool {
+    Path::new(p)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+}
+
+/// Every mount of every mount namespace; returns the mount ids seen.
+fn check_mounts(
+    dir: &Path,
+    names: &[String],
+    plan: &VerifyPlan,
+    v: &mut Verdict,
+) -> Result<BTreeSet<i64>, PolicyViolation> {
+    let mut ids = BTreeSet::new();
+    for name in names.iter().filter(|n| is_numbered(n, "mountpoints-")) {
+        let mounts: Vec<MntEntry> = read_all(dir, name, Header::Common(magic::MNTS))?;
+        let own: BTreeSet<u32> = mounts.iter().map(|m| m.mnt_id).collect();
+        let mut root_seen = false;
+        for m in &mounts {
+            v.mounts += 1;
+            ids.insert(i64::from(m.mnt_id));
+            let field = |f: &str| format!("mount {} ({}) {f}", m.mnt_id, m.mountpoint);
+            if has_parent_dir(&m.mountpoint) || has_parent_dir(&m.root) {
+                return Err(refuse(name, field("mountpoint/root"), "contains .."));
+            }
+            let key = m
+                .ext_key
+                .clone()
+                .or_else(|| (m.ext_mount == Some(true)).then(|| m.mountpoint.clone()));
+            if let Some(key) = key {
+                if !plan.planned(&key) {
+                    return Err(refuse(
+                        name,
+                        field("ext_key"),
+                        format!(
+                            "{key} is not an external mount the restore planned (a host mount)"
+                        ),
+                    ));
+                }
+                continue;
+            }
+            // The root of the namespace comes from the restore's own root (--root): exactly
+            // one mount, at /, whose parent is outside the namespace. Any other mount with a
+            // parent outside it is refused, not taken for a second root.
+            if !own.contains(&m.parent_mnt_id) {
+                if m.mountpoint.trim_start_matches('.') != "/" || root_seen {
+                    return Err(refuse(
+                        name,
+                        field("parent_mnt_id"),
+                        format!("{} is not a mount of the namespace", m.parent_mnt_id),
+                    ));
+                }
+                root_seen = true;
+                continue;
+            }
+            let fs = Fstype::try_from(m.fstype as i32).unwrap_or(Fstype::Unsupported);
+            let fsname = m.fsname.clone().unwrap_or_default();
+            if !ALLOWED_FS.contains(&fs) {
+                return Err(refuse(
+                    name,
+                    field("fstype"),
+                    format!(
+                        "is {}{} (source {}): not a file system a restore may mount",
+                        fs.as_str_name(),
+                        if fsname.is_empty() {
+                            String::new()
+                        } else {
+                            format!("/{fsname}")
+                        },
+                        m.source
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// A counting reader that fails once more than `left` bytes were read.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self
+            .left
+            .checked_sub(n as u64)
+            .ok_or_else(|| std::io::Error::other("over the tmpfs size cap"))?;
+        Ok(n)
+    }
+}
+
+/// The tarballs CRIU untars into tmpfs mounts.
+fn check_tmpfs(
+    dir: &Path,
+    names: &[String],
+    policy: &RestorePolicy,
+) -> Result<usize, PolicyViolation> {
+    let mut budget = policy.max_tmpfs_bytes;
+    let mut count = 0;
+    for name in names
+        .iter()
+        .filter(|n| n.starts_with("tmpfs-") && n.ends_with(".tar.gz.img"))
+    {
+        let gz = flate2::read::GzDecoder::new(open(dir, name)?);
+        let mut capped = Capped {
+            inner: gz,
+            left: budget,
+        };
+        {
+            let mut ar = tar::Archive::new(&mut capped);
+            let entries = ar
+                .entries()
+                .map_err(|e| refuse(name, "tar", format!("unreadable: {e}")))?;
+            for e in entries {
+                let e = e.map_err(|e| refuse(name, "tar", format!("unreadable: {e}")))?;
+                count += 1;
+                check_tmpfs_entry(name, &e, policy)?;
+            }
+        }
+        // The rest of the stream (padding, trailing data) counts too.
+        std::io::copy(&mut capped, &mut std::io::sink()).map_err(|e| {
+            refuse(
+                name,
+                "size",
+                format!("{e} ({} bytes)", policy.max_tmpfs_bytes),
+            )
+        })?;
+        budget = capped.left;
+    }
+    Ok(count)
+}
+
+fn check_tmpfs_entry<R: Read>(
+    image: &str,
+    e: &tar::Entry<'_, R>,
+    policy: &RestorePolicy,
+) -> Result<(), PolicyViolation> {
+    let path = e.path_bytes().into_owned();
+    let shown = String::from_utf8_lossy(&path).into_owned();
+    let p = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&path));
+    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(refuse(
+            image,
+            format!("entry {shown}"),
+            "has an absolute or .. path",
+        ));
+    }
+    let h = e.header();
+    if h.entry_type().is_hard_link()
+        && let Ok(Some(target)) = e.link_name()
+        && (target.is_absolute()
+            || target
+                .components()
+                .any(|c| matches!(c, Component::ParentDir)))
+    {
+        return Err(refuse(
+            image,
+            format!("entry {shown} link"),
+            format!("{} is outside the tmpfs", target.display()),
+        ));
+    }
+    let mode = h.mode().unwrap_or(0);
+    let ty = h.entry_type();
+    if ty.is_file() && mode & 0o6000 != 0 && !policy.privileged {
+        return Err(refuse(
+            image,
+            format!("entry {shown} mode"),
+            format!("{mode:#o} is set-id"),
+        ));
+    }
+    if ty.is_block_special() || ty.is_character_special() {
+        let rel = p
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect::<PathBuf>();
+        let major = h.device_major().ok().flatten().unwrap_or(u32::MAX) as u64;
+        let minor = h.device_minor().ok().flatten().unwrap_or(u32::MAX) as u64;
+        let standard = ty.is_character_special()
+            && rel.components().count() == 1
+            && STANDARD_CHAR_DEVICES
+                .iter()
+                .any(|(n, ma, mi)| rel.as_os_str() == *n && major == *ma && minor == *mi);
+        let requested = policy
+            .devices
+            .iter()
+            .any(|d| d.strip_prefix("/dev").is_ok_and(|r| r == rel));
+        if !standard && !requested && !policy.privileged {
+            return Err(refuse(
+                image,
+                format!("entry {shown}"),
+                format!(
+                    "is a {} device {major}:{minor}, not a standard device the request allows",
+                    if ty.is_block_special() {
+                        "block"
+                    } else {
+                        "character"
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Paths of regular files and unix sockets.
+fn check_files(
+    dir: &Path,
+    names: &[String],
+    mnt_ids: &BTreeSet<i64>,
+) -> Result<usize, PolicyViolation> {
+    let mut n = 0;
+    let mut regs: Vec<(String, RegFileEntry)> = Vec::new();
+    let mut socks: Vec<(String, UnixSkEntry)> = Vec::new();
+    if names.iter().any(|n| n == "files.img") {
+        for f in read_all::<FileEntry>(dir, "files.img", Header::Common(magic::FILES))? {
+            if let Some(r) = f.reg {
+                regs.push(("files.img".into(), r));
+            }
+            if let Some(u) = f.usk {
+                socks.push(("files.img".into(), u));
+            }
+        }
+    }
+    if names.iter().any(|n| n == "reg-files.img") {
+        for r in read_all::<RegFileEntry>(dir, "reg-files.img", Header::Common(magic::REG_FILES))? {
+            regs.push(("reg-files.img".into(), r));
+        }
+    }
+    if names.iter().any(|n| n == "unixsk.img") {
+        for u in read_all::<UnixSkEntry>(dir, "unixsk.img", Header::Common(magic::UNIXSK))? {
+            socks.push(("unixsk.img".into(), u));
+        }
+    }
+    for (image, r) in &regs {
+        n += 1;
+        if has_parent_dir(&r.name) {
+            return Err(refuse(
+                image,
+                format!("file {} name", r.id),
+                format!("{} resolves outside the container's root", r.name),
+            ));
+        }
+        let m = i64::from(r.mnt_id.unwrap_or(-1));
+        if m >= 0 && !mnt_ids.is_empty() && !mnt_ids.contains(&m) {
+            return Err(refuse(
+                image,
+                format!("file {} mnt_id", r.id),
+                format!("{m} ({}) is not a mount of the checkpoint", r.name),
+            ));
+        }
+    }
+    for (image, u) in &socks {
+        n += 1;
+        let name = String::from_utf8_lossy(&u.name);
+        let abstract_ns = u.name.first() == Some(&0);
+        let dir_part = u.name_dir.clone().unwrap_or_default();
+        if !abstract_ns && (has_parent_dir(&name) || has_parent_dir(&dir_part)) {
+            return Err(refuse(
+                image,
+                format!("unix socket {} name", u.id),
+                format!("{name} resolves outside the container's root"),
+            ));
+        }
+    }
+    Ok(n)
+}
+
+fn check_spec_devices(
+    spec: &serde_json::Value,
+    policy: &RestorePolicy,
+) -> Result<(), PolicyViolation> {
+    let standard: BTreeMap<&str, ()> = crate::container::RUNC_DEFAULT_DEVICES
+        .iter()
+        .map(|d| (*d, ()))
+        .collect();
+    for (i, d) in spec["linux"]["devices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let path = d["path"].as_str().unwrap_or_default();
+        let ok = standard.contains_key(path)
+            || policy.devices.iter().any(|p| p == Path::new(path))
+            || (policy.privileged && path.starts_with("/dev/") && !has_parent_dir(path));
+        if !ok {
+            return Err(refuse(
+                "spec.dump",
+                format!("linux.devices[{i}].path"),
+                format!("{path} is not a device the request allows (--device)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+// Tests start from the default policy and change the one field each case is about.
+#[allow(clippy::field_reassign_with_default)]
+mod tests {
+    use super::*;
+    use criu_proto::image::ImageWriter;
+    use criu_proto::images::{SeccompFilter, ThreadCoreEntry};
+
+    fn write<M: criu_proto::prost::Message>(dir: &Path, name: &str, header: Header, e: &[M]) {
+        let mut w = ImageWriter::new(Vec::new(), header).unwrap();
+        for m in e {
+            w.write(m).unwrap();
+        }
+        std::fs::write(dir.join(name), w.into_inner()).unwrap();
+    }
+
+    fn ids(ns: u32) -> TaskKobjIdsEntry {
+        TaskKobjIdsEntry {
+            pid_ns_id: Some(ns),
+            net_ns_id: Some(ns + 1),
+            ipc_ns_id: Some(ns + 2),
+            uts_ns_id: Some(ns + 3),
+            mnt_ns_id: Some(ns + 4),
+            ..Default::default()
+        }
+    }
+
+    fn creds() -> CredsEntry {
+        CredsEntry {
+            cap_bnd: vec![0x2000_0420, 0],
+            cap_eff: vec![0x2000_0420, 0],
+            no_new_privs: Some(1),
+            ..Default::default()
+        }
+    }
+
+    /// A minimal image set of one task within the default policy.
+    fn images(creds: CredsEntry) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        write(
+            p,
+            "inventory.img",
+            Header::Single(magic::INVENTORY),
+            &[InventoryEntry {
+                img_version: 2,
+                root_ids: Some(ids(100)),
+                ..Default::default()
+            }],
+        );
+        write(
+            p,
+            "pstree.img",
+            Header::Common(magic::PSTREE),
+            &[PstreeEntry {
+                pid: 1,
+                threads: vec![1],
+                ..Default::default()
+            }],
+        );
+        write(p, "ids-1.img", Header::Common(magic::IDS), &[ids(10)]);
+        write(
+            p,
+            "core-1.img",
+            Header::Common(magic::CORE),
+            &[CoreEntry {
+                mtype: 1,
+                thread_core: Some(ThreadCoreEntry {
+                    creds: Some(creds),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        );
+        d
+    }
+
+    fn check(d: &Path, p: &RestorePolicy) -> Result<Verdict, PolicyViolation> {
+        let spec = serde_json::json!({});
+        verify(d, &spec, p, &VerifyPlan::for_container(&spec, p))
+    }
+
+    #[test]
+    fn within_the_default_policy() {
+        let d = images(creds());
+        let v = check(d.path(), &RestorePolicy::default()).unwrap();
+        assert_eq!((v.threads, v.tasks), (1, 1));
+    }
+
+    #[test]
+    fn each_capability_set_is_checked() {
+        for set in 0..5 {
+            let mut c = creds();
+            let words = vec![1 << 21, 0];
+            match set {
+                0 => c.cap_inh = words,
+                1 => c.cap_prm = words,
+                2 => c.cap_eff = words,
+                3 => c.cap_bnd = words,
+                _ => c.cap_amb = words,
+            }
+            let d = images(c);
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert!(e.detail.contains("CAP_SYS_ADMIN"), "{e}");
+            assert!(e.field.starts_with("thread 1 creds.cap_"), "{e}");
+            // --cap-add SYS_ADMIN allows it.
+            let mut p = RestorePolicy::default();
+            p.capabilities.insert(caps::Capability::CAP_SYS_ADMIN);
+            check(d.path(), &p).unwrap();
+        }
+        // A third word (capabilities 64 and up) is never within a policy.
+        let mut c = creds();
+        c.cap_eff = vec![0, 0, 1];
+        let d = images(c);
+        assert!(check(d.path(), &RestorePolicy::default().privileged()).is_err());
+    }
+
+    #[test]
+    fn uid_gid_and_no_new_privs() {
+        let mut c = creds();
+        c.no_new_privs = None;
+        let d = images(c);
+        let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+        assert_eq!(e.field, "thread 1 creds.no_new_privs");
+        let mut c = creds();
+        c.uid = 1000;
+        c.euid = 0;
+        let d = images(c);
+        let mut p = RestorePolicy::default();
+        p.uid = Some(1000);
+        let e = check(d.path(), &p).unwrap_err();
+        assert_eq!(e.field, "thread 1 creds.euid");
+        p.uid = None;
+        p.gid = Some(5);
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "thread 1 creds.gid");
+    }
+
+    #[test]
+    fn seccomp_required_needs_a_filter_that_exists() {
+        let d = images(creds());
+        let mut p = RestorePolicy::default();
+        p.seccomp = SeccompRequirement::Required;
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "thread 1 seccomp_mode"
+        );
+        let core = CoreEntry {
+            mtype: 1,
+            thread_core: Some(ThreadCoreEntry {
+                creds: Some(creds()),
+                seccomp_mode: Some(SeccompMode::Filter as i32),
+                seccomp_filter: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        write(d.path(), "core-1.img", Header::Common(magic::CORE), &[core]);
+        let one = SeccompEntry {
+            seccomp_filters: vec![SeccompFilter {
+                filter: vec![0; 8],
+                ..Default::default()
+            }],
+        };
+        write(
+            d.path(),
+            "seccomp.img",
+            Header::Common(magic::SECCOMP),
+            &[one],
+        );
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "thread 1 seccomp_filter"
+        );
+        let two = SeccompEntry {
+            seccomp_filters: vec![SeccompFilter::default(), SeccompFilter::default()],
+        };
+        write(
+            d.path(),
+            "seccomp.img",
+            Header::Common(magic::SECCOMP),
+            &[two],
+        );
+        check(d.path(), &p).unwrap();
+    }
+
+    #[test]
+    fn host_namespaces_only_when_requested() {
+        let d = images(creds());
+        let mut host = ids(100);
+        host.pid_ns_id = Some(11);
+        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[host]);
+        let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+        assert_eq!(
+            (e.image.as_str(), e.field.as_str()),
+            ("ids-1.img", "task 1 ids.net_ns_id")
+        );
+        let mut p = RestorePolicy::default();
+        p.host_namespaces = Namespace::ALL.into_iter().collect();
+        check(d.path(), &p).unwrap();
+        // No inventory root ids: nothing to decide from, refused.
+        write(
+            d.path(),
+            "inventory.img",
+            Header::Single(magic::INVENTORY),
+            &[InventoryEntry::default()],
+        );
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "root_ids");
+    }
+
+    fn mnt(id: u32, parent: u32, point: &str, fs: Fstype) -> MntEntry {
+        MntEntry {
+            fstype: fs as u32,
+            mnt_id: id,
+            parent_mnt_id: parent,
+            root: "/".into(),
+            mountpoint: point.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mounts() {
+        let d = images(creds());
+        let good = vec![
+            mnt(1, 0, "/", Fstype::Overlayfs),
+            mnt(2, 1, "/proc", Fstype::Proc),
+            MntEntry {
+                ext_key: Some("/dev/null".into()),
+                ..mnt(3, 1, "/dev/null", Fstype::Devtmpfs)
+            },
+        ];
+        write(
+            d.path(),
+            "mountpoints-9.img",
+            Header::Common(magic::MNTS),
+            &good,
+        );
+        assert_eq!(
+            check(d.path(), &RestorePolicy::default()).unwrap().mounts,
+            3
+        );
+        for (bad, field) in [
+            (mnt(4, 1, "/x", Fstype::Devtmpfs), "mount 4 (/x) fstype"),
+            (mnt(4, 1, "/x", Fstype::Auto), "mount 4 (/x) fstype"),
+            (
+                mnt(4, 77, "/", Fstype::Devtmpfs),
+                "mount 4 (/) parent_mnt_id",
+            ),
+            (
+                mnt(4, 1, "/a/../../x", Fstype::Tmpfs),
+                "mount 4 (/a/../../x) mountpoint/root",
+            ),
+            (
+                MntEntry {
+                    ext_key: Some("/etc".into()),
+                    ..mnt(4, 1, "/x", Fstype::Tmpfs)
+                },
+                "mount 4 (/x) ext_key",
+            ),
+        ] {
+            let mut m = good.clone();
+            m.push(bad);
+            write(
+                d.path(),
+                "mountpoints-9.img",
+                Header::Common(magic::MNTS),
+                &m,
+            );
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    /// Path, kind, mode, device numbers, size.
+    type TarEntry<'a> = (&'a str, tar::EntryType, u32, (u32, u32), usize);
+
+    fn tmpfs(d: &Path, entries: &[TarEntry<'_>]) {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (path, kind, mode, dev, size) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(path).unwrap();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_size(*size as u64);
+            h.set_device_major(dev.0).unwrap();
+            h.set_device_minor(dev.1).unwrap();
+            h.set_cksum();
+            b.append(&h, vec![0u8; *size].as_slice()).unwrap();
+        }
+        let bytes = b.into_inner().unwrap().finish().unwrap();
+        std::fs::write(d.join("tmpfs-dev-5.tar.gz.img"), bytes).unwrap();
+    }
+
+    #[test]
+    fn tmpfs_contents() {
+        use tar::EntryType as T;
+        let d = images(creds());
+        tmpfs(
+            d.path(),
+            &[
+                ("null", T::Char, 0o666, (1, 3), 0),
+                ("ptmx", T::Char, 0o666, (5, 2), 0),
+                ("shm", T::Directory, 0o1777, (0, 0), 0),
+                ("f", T::Regular, 0o755, (0, 0), 10),
+            ],
+        );
+        assert_eq!(
+            check(d.path(), &RestorePolicy::default())
+                .unwrap()
+                .tmpfs_entries,
+            4
+        );
+        for (entry, want) in [
+            (("sda", T::Block, 0o660, (8, 0), 0), "block device 8:0"),
+            (("null", T::Char, 0o666, (1, 1), 0), "character device 1:1"),
+            (
+                ("sub/null", T::Char, 0o666, (1, 3), 0),
+                "character device 1:3",
+            ),
+            (("su", T::Regular, 0o2755, (0, 0), 0), "set-id"),
+        ] {
+            tmpfs(d.path(), &[entry]);
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert!(e.detail.contains(want), "{e}");
+        }
+        // A hard link out of the tmpfs.
+        {
+            let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut b = tar::Builder::new(gz);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(T::Link);
+            h.set_size(0);
+            h.set_mode(0o644);
+            b.append_link(&mut h, "shadow", "../../etc/shadow").unwrap();
+            let bytes = b.into_inner().unwrap().finish().unwrap();
+            std::fs::write(d.path().join("tmpfs-dev-5.tar.gz.img"), bytes).unwrap();
+            let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
+            assert_eq!(e.field, "entry shadow link", "{e}");
+        }
+        // A requested device is allowed.
+        tmpfs(d.path(), &[("sda", T::Block, 0o660, (8, 0), 0)]);
+        let mut p = RestorePolicy::default();
+        p.devices = vec!["/dev/sda".into()];
+        check(d.path(), &p).unwrap();
+        // The size cap counts the uncompressed stream.
+        tmpfs(d.path(), &[("big", T::Regular, 0o644, (0, 0), 1 << 20)]);
+        let mut p = RestorePolicy::default();
+        p.max_tmpfs_bytes = 1 << 19;
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "tar");
+        p.max_tmpfs_bytes = 2 << 20;
+        check(d.path(), &p).unwrap();
+    }
+
+    #[test]
+    fn spec_devices_and_trust() {
+        let d = images(creds());
+        let spec =
+            serde_json::json!({"linux": {"devices": [{"path": "/dev/null"}, {"path": "/etc"}]}});
+        let p = RestorePolicy::default();
+        let e = verify(d.path(), &spec, &p, &VerifyPlan::for_container(&spec, &p)).unwrap_err();
+        assert_eq!(
+            (e.image.as_str(), e.field.as_str()),
+            ("spec.dump", "linux.devices[1].path")
+        );
+        let mut p = RestorePolicy::default();
+        p.trust_archive = true;
+        let v = verify(d.path(), &spec, &p, &VerifyPlan::default()).unwrap();
+        assert!(v.trusted_unverified);
+    }
+}
