@@ -9,6 +9,7 @@ mod inspect;
 mod list;
 mod progress;
 mod restore;
+mod values;
 
 use std::process::ExitCode;
 

@@ -85,9 +85,7 @@ pub mod names {
 }
 
 /// Compression of the whole archive stream.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// A plain tar: what the kubelet, CRI-O and containerd expect.
