@@ -92,10 +92,6 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         b.finish();
     }
     let report = report?;
-    if a.json {
-        crate::print_json(&report)?;
-    } else {
-        print!("{report}");
-    }
+    crate::output::report(&report, a.json)?;
     Ok(ExitCode::SUCCESS)
 }

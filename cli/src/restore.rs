@@ -9,6 +9,8 @@ use cpengine::container::state::StateRoot;
 use cpengine::rootfs::Base;
 use cpengine::{Engine, RestoreOptions};
 
+use crate::output::table;
+
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["source", "images_dir"])))]
 pub struct Args {
@@ -72,11 +74,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         opts.file_locks = a.file_locks;
         opts.lazy_pages = a.lazy;
         let report = engine.restore(opts).await?;
-        if a.json {
-            crate::print_json(&report)?;
-        } else {
-            print!("{report}");
-        }
+        crate::output::report(&report, a.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     let source = a.source.unwrap_or_default();
@@ -93,24 +91,29 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.binds.trust_archive = a.trust_archive_binds;
     let report = restore_archive(&engine, &source, &o, a.insecure).await?;
     if a.json {
-        crate::print_json(&report)?;
+        crate::output::json(&report)?;
     } else {
         println!("restored container {} as pid {}", report.id, report.pid);
-        println!("  rootfs  {}", report.rootfs.display());
-        println!("  log     {}", report.log_path.display());
-        let rows = cpengine::report::phase_rows(&report.phases, report.total);
+        print!(
+            "{}",
+            table(
+                &[
+                    ("rootfs", report.rootfs.display()),
+                    ("log", report.log_path.display()),
+                ],
+                0
+            )
+        );
         println!("phases");
-        for (k, v) in rows {
-            println!("  {k:<28}  {v}");
-        }
+        let rows = cpengine::report::phase_rows(&report.phases, report.total);
+        print!("{}", table(&rows, 28));
         if let Some(s) = &report.criu.criu {
             println!("criu restore statistics");
-            println!(
-                "  {:<28}  {}",
-                "restore time",
-                cpengine::report::ms(s.restore)
-            );
-            println!("  {:<28}  {}", "pages restored", s.pages_restored);
+            let rows = [
+                ("restore time", cpengine::report::ms(s.restore)),
+                ("pages restored", s.pages_restored.to_string()),
+            ];
+            print!("{}", table(&rows, 28));
         }
     }
     Ok(ExitCode::SUCCESS)
