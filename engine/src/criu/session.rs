@@ -382,7 +382,7 @@ impl Session {
 
     /// Stops the request the gentle way first: the socket is shut down, so CRIU aborts at its
     /// next hook or reply, curing and resuming the tasks it holds; only a CRIU that has not
-    /// exited after [`ABORT_GRACE`] is killed. A SIGKILL while CRIU's parasite code is inside a
+    /// exited after `ABORT_GRACE` is killed. A SIGKILL while CRIU's parasite code is inside a
     /// task (the breakpoint it plants in the task's code is then executed without a tracer,
     /// and the task dies of SIGTRAP) can kill the workload, so the engine never sends one
     /// first.
