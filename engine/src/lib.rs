@@ -26,7 +26,8 @@ pub mod report;
 pub mod rootfs;
 pub mod sys;
 
-pub use error::{Error, Result};
+pub use criu_proto::image::ImageError;
+pub use error::{Error, ErrorClass, Result};
 pub use options::{CheckpointOptions, RestoreOptions};
 pub use report::{DumpReport, RestoreReport};
 
@@ -105,5 +106,5 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Invalid(format!("background task failed: {e}")))?
+        .map_err(|source| Error::BackgroundTask { source })?
 }

@@ -407,16 +407,10 @@ pub async fn checkpoint(
         .unwrap_or(Path::new("/"))
         .to_path_buf();
     if !parent.is_dir() {
-        return Err(Error::Invalid(format!(
-            "destination directory {} does not exist",
-            parent.display()
-        )));
+        return Err(Error::NoDestinationDir { path: parent });
     }
     if output.is_dir() {
-        return Err(Error::Invalid(format!(
-            "destination {} is a directory",
-            output.display()
-        )));
+        return Err(Error::DestinationIsDir { path: output });
     }
 
     // Plan what of the rootfs goes into the archive.
@@ -428,11 +422,10 @@ pub async fn checkpoint(
         (super::RootfsKind::Overlay { .. }, _, _) => None,
         (super::RootfsKind::Dir, Some(b), _) => Some(b.clone()),
         (super::RootfsKind::Dir, None, _) => {
-            return Err(Error::Invalid(format!(
-                "container {} has a plain-directory rootfs ({}): pass --rootfs-base DIR|TAR to diff it against its base, or --skip-rootfs",
-                ctr.id,
-                ctr.rootfs.display()
-            )));
+            return Err(Error::DirRootfsNeedsBase {
+                id: ctr.id.clone(),
+                rootfs: ctr.rootfs.clone(),
+            });
         }
     };
 
@@ -602,9 +595,7 @@ pub async fn checkpoint(
                 return Err(pe.into());
             }
             if pages_failed {
-                return Err(Error::Invalid(
-                    "streaming the pages into the archive failed".into(),
-                ));
+                return Err(Error::PageStream);
             }
             return Err(e);
         }
@@ -672,7 +663,7 @@ pub async fn checkpoint(
             checkpointed: config.checkpointed_time,
         },
     )
-    .map_err(|e| Error::Invalid(format!("the container's spec cannot be annotated: {e}")))?;
+    .map_err(|source| Error::ContainerSpec { source })?;
     let rootfs_files = rootfs_plan.as_ref().map_or(0, |d| d.entries.len());
     let rootfs_deleted = rootfs_plan.as_ref().map_or(0, |d| d.deleted.len());
     let input = ArchiveInput {

@@ -180,9 +180,7 @@ pub async fn restore(
         return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
     }
     if opts.base.is_none() && opts.base_layers.is_empty() {
-        return Err(Error::Invalid(
-            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
-        ));
+        return Err(Error::NoRootfsBase);
     }
     // Every bind mount's host source is decided before anything is created.
     let bind_plan = super::binds::plan(&ckpt.spec, &opts.binds)?;
@@ -460,11 +458,7 @@ pub fn spec_with_root(
     spec: &serde_json::Value,
     rootfs: &Path,
 ) -> Result<(oci_spec::runtime::Spec, serde_json::Value)> {
-    let not_spec = |e: serde_json::Error| {
-        Error::Invalid(format!(
-            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
-        ))
-    };
+    let not_spec = |source| Error::SpecNotOci { source };
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(not_spec)?;
     let mut json = spec.clone();
     let path = serde_json::Value::String(rootfs.display().to_string());
@@ -479,9 +473,7 @@ pub fn spec_with_root(
             e.insert(serde_json::json!({ "path": path }));
         }
         None => {
-            return Err(Error::Invalid(
-                "the checkpoint's spec.dump is not a JSON object".into(),
-            ));
+            return Err(Error::SpecNotObject);
         }
     }
     let typed = serde_json::from_value(json.clone()).map_err(not_spec)?;
@@ -583,10 +575,9 @@ fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> R
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
         {
-            return Err(Error::Invalid(format!(
-                "mount destination {} escapes the rootfs",
-                dest.display()
-            )));
+            return Err(Error::MountEscapes {
+                destination: dest.to_path_buf(),
+            });
         }
         if rel.as_os_str().is_empty() {
             continue;
@@ -727,9 +718,9 @@ pub async fn open_source(
             }
         };
         if crate::oci::is_checkpoint_image(&record).is_none() {
-            return Err(Error::Invalid(format!(
-                "image {source} is not a checkpoint image (no checkpoint annotation)"
-            )));
+            return Err(Error::NotACheckpointImage {
+                reference: source.to_string(),
+            });
         }
         let mut layer = crate::oci::checkpoint_layer(&store, &record).await?;
         let tar = target.with_extension("layer.tar");
@@ -823,15 +814,15 @@ pub async fn restore_archive(
         .into_iter()
         .find(|s| !s.is_empty())
         .cloned()
-        .ok_or_else(|| {
-            Error::Invalid("the checkpoint names no base image: pass --rootfs-base DIR|TAR".into())
-        })?;
+        .ok_or(Error::NoBaseImage)?;
         let store = crate::oci::ImageStore::open(&opts.state.lib).await?;
-        let record = store.resolve(&name).await.map_err(|e| {
-            Error::Invalid(format!(
-                "base image {name} of the checkpoint is not in the image store ({e}); import or pull it, or pass --rootfs-base DIR|TAR"
-            ))
-        })?;
+        let record = store
+            .resolve(&name)
+            .await
+            .map_err(|source| Error::BaseImageMissing {
+                name: name.clone(),
+                source,
+            })?;
         opts.base_layers =
             crate::oci::unpack::layer_dirs(&store, &record, &opts.state.lib.join("layers")).await?;
     }
