@@ -47,8 +47,9 @@ mod compress;
 mod config;
 mod read;
 pub mod spec;
-pub(crate) mod tarfmt;
-pub(crate) mod tarread;
+// The tar layer under the names the archive code uses.
+pub(crate) use crate::tar::format as tarfmt;
+pub(crate) use crate::tar::reader as tarread;
 mod write;
 
 use std::io;

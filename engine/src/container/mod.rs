@@ -12,7 +12,7 @@ pub mod checkpoint;
 pub mod journal;
 pub mod lock;
 pub mod manage;
-pub mod mountinfo;
+pub use crate::host::mountinfo;
 pub mod relay;
 pub mod restore;
 pub mod runc;
