@@ -20,6 +20,7 @@
 
 pub mod checkpoint;
 pub mod cri;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod holder;

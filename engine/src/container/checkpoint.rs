@@ -23,8 +23,7 @@ use crate::options::{CgroupMode, CheckpointOptions, ExtMount};
 
 use super::{Container, ContainerError};
 
-/// Name of the stdio description runc keeps in the images directory.
-pub const DESCRIPTORS_JSON: &str = "descriptors.json";
+pub use super::descriptors::{DESCRIPTORS_JSON, read_descriptors, write_descriptors};
 
 /// CRIU-level knobs of a container checkpoint (the archive-level ones live with the caller).
 #[derive(Debug, Clone)]
@@ -164,22 +163,6 @@ fn external_ns_key(kind: &str) -> Option<&'static str> {
     })
 }
 
-/// Writes `descriptors.json` (the init's stdio as recorded at start) into the images dir.
-pub fn write_descriptors(ctr: &Container, images_dir: &Path) -> std::io::Result<()> {
-    let mut stdio = ctr.stdio.clone();
-    stdio.resize(3, String::new());
-    let json = serde_json::to_vec(&stdio).map_err(std::io::Error::other)?;
-    std::fs::write(images_dir.join(DESCRIPTORS_JSON), json)
-}
-
-/// Reads `descriptors.json` from an images dir (missing → three empty entries).
-pub fn read_descriptors(images_dir: &Path) -> Vec<String> {
-    std::fs::read(images_dir.join(DESCRIPTORS_JSON))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
-        .unwrap_or_else(|| vec![String::new(); 3])
-}
-
 /// Kubernetes identity of a container, recorded in the archive's metadata when known (the shim
 /// knows it; a bare runc container has none).
 #[derive(Debug, Clone, Default)]
@@ -213,7 +196,7 @@ pub struct ContainerCheckpointOptions {
     pub output: PathBuf,
     pub knobs: DumpKnobs,
     /// For a plain-directory rootfs: the base to diff against.
-    pub rootfs_base: Option<super::restore::RootfsBase>,
+    pub rootfs_base: Option<crate::rootfs::Base>,
     /// Where CRIU's images are staged (default: beside `output`, same filesystem).
     pub staging_dir: Option<PathBuf>,
     pub pod: Option<PodInfo>,

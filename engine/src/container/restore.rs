@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::options::{CgroupMode, ExtMount, InheritFd, RestoreOptions};
 use crate::report::{Phase, RestoreReport};
 
-use super::checkpoint::read_descriptors;
+use super::descriptors::read_descriptors;
 use super::state::{ContainerRecord, StateRoot};
 use super::{RUNC_DEFAULT_DEVICES, validate_id};
 

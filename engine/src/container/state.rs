@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ContainerError;
+use super::error::ContainerError;
 
 /// Default persistent state directory.
 pub const DEFAULT_LIB: &str = "/var/lib/cpengine";

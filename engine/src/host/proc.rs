@@ -160,6 +160,16 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `pid` is still the process that started at `start` (clock ticks since boot, as
+/// [`start_time`] gives; 0: not recorded, any start) and has not exited: a zombie or dead task,
+/// or a later process that reuses the pid, is not. The one "is this pid still that process"
+/// check of the engine and the shim.
+pub fn is_same_process(pid: i32, start: u64) -> bool {
+    pid > 0
+        && start_time(pid).is_some_and(|t| start == 0 || t == start)
+        && task_state(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), used to
 /// tell a process from a later one that reuses its pid.
 pub fn start_time(pid: i32) -> Option<u64> {

@@ -22,7 +22,6 @@ use serde_json::Value;
 use crate::domain::*;
 use crate::error::{Result, ShimError};
 
-use super::container::pid_alive;
 use super::store::{CtrKind, CtrRecord, Phase, PodRecord, RestorePlan, new_id};
 use super::{ImageBackend, Standalone, create_private_dir};
 
@@ -370,7 +369,7 @@ impl<I: ImageBackend> Standalone<I> {
         repoint_namespaces(&mut spec, pod, DumpedNamespaces::read(&ckpt.images_dir)?)?;
         reannotate(&mut spec, req, pod);
 
-        let log = super::container::log_path(pod, req, lib_dir)?;
+        let log = super::pod::log_path(pod, req, lib_dir)?;
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
         }
@@ -478,7 +477,7 @@ impl<I: ImageBackend> Standalone<I> {
             c.rootfs = report.rootfs.clone();
             c.relay_pid = Some(report.relay_pid);
         })?;
-        if !pid_alive(report.pid, start) {
+        if !cpengine::proc::is_same_process(report.pid, start) {
             tracing::warn!(container = %rec.id, "restored container exited right away");
         }
         Ok(())
