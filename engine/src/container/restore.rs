@@ -806,23 +806,29 @@ pub async fn restore_archive(
     let extract_time = t.elapsed();
     let mut opts = opts.clone();
     if opts.base.is_none() && opts.base_layers.is_empty() {
-        let name = [
-            &extracted.config.rootfs_image_name,
-            &extracted.config.rootfs_image,
-            &extracted.config.rootfs_image_ref,
-        ]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .cloned()
-        .ok_or(Error::NoBaseImage)?;
+        let refs = extracted.config.base_image_refs();
         let store = crate::oci::ImageStore::open(&opts.state.lib).await?;
-        let record = store
-            .resolve(&name)
-            .await
-            .map_err(|source| Error::BaseImageMissing {
-                name: name.clone(),
-                source,
-            })?;
+        // The first name the store knows, most exact first.
+        let (mut found, mut missing) = (None, None);
+        for r in &refs {
+            match store.resolve(r).await {
+                Ok(rec) => {
+                    found = Some(rec);
+                    break;
+                }
+                Err(e) => missing = missing.or(Some(e)),
+            }
+        }
+        let record = match (found, missing) {
+            (Some(rec), _) => rec,
+            (None, Some(source)) => {
+                return Err(Error::BaseImageMissing {
+                    name: refs.join(" / "),
+                    source,
+                });
+            }
+            (None, None) => return Err(Error::NoBaseImage),
+        };
         opts.base_layers =
             crate::oci::unpack::layer_dirs(&store, &record, &opts.state.lib.join("layers")).await?;
     }

@@ -343,15 +343,7 @@ impl<I: ImageBackend> Standalone<I> {
                 "spec.dump of {source_name} is not an OCI spec: {e}"
             ))
         })?;
-        let refs: Vec<String> = [
-            &extracted.config.rootfs_image_ref,
-            &extracted.config.rootfs_image_name,
-            &extracted.config.rootfs_image,
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect();
+        let refs = extracted.config.base_image_refs();
         let mut base = None;
         for r in &refs {
             if let Ok(img) = self.images.resolve(r).await {
