@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export PATH="/usr/local/sbin:$PATH"
-cargo build --locked --release -p cpengine >&2
+cargo build --locked --release -p cpengine-cli >&2
 CPENGINE="$PWD/target/release/cpengine"
 
 work=$(mktemp -d /var/tmp/cpengine-demo.XXXXXX)

@@ -10,6 +10,9 @@ scripts/setup.sh
 export PATH="/usr/local/sbin:$PATH"
 vagrant/check.sh # static checks of the kubeadm playground in vagrant/ (no VM needed)
 
+echo "== module layers (no import cycles, bottom layers import nothing above them)" >&2
+scripts/layers.sh
+
 echo "== building" >&2
 cargo build --locked --workspace --all-targets
 

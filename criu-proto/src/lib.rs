@@ -17,7 +17,12 @@
 pub mod image;
 
 /// Generated protobuf types (package `criu`). Never edited by hand.
-#[allow(clippy::all, missing_debug_implementations, missing_docs)]
+#[allow(
+    clippy::all,
+    missing_debug_implementations,
+    missing_docs,
+    rustdoc::invalid_html_tags
+)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/criu.rs"));
 }

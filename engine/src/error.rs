@@ -10,6 +10,21 @@ use crate::criu::{CriuError, LocateError};
 /// Result alias for engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whose fault an [`Error`] is (see [`Error::class`]); variants wrapping another error type
+/// (archive, rootfs, container, OCI, CRIU) are classified by their own type's variants at the
+/// edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed or asks for something impossible.
+    Request,
+    /// Something the operation needs is missing or in the wrong state.
+    Precondition,
+    /// The checkpoint being restored is malformed or unsafe.
+    BadCheckpoint,
+    /// The engine's own work failed (I/O, CRIU, a background task).
+    Internal,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -42,10 +57,67 @@ pub enum Error {
     Oci(#[from] crate::oci::OciError),
     #[error("{what}")]
     Io { what: String, source: io::Error },
-    #[error("{0}")]
-    Invalid(String),
     #[error(transparent)]
     PolicyViolation(#[from] crate::policy::PolicyViolation),
+
+    // The caller's request cannot be carried out as asked.
+    #[error(
+        "the checkpoint bind-mounts host paths into the container at: {}; name a source for \
+         each with --mount SRC:DEST (or --trust-archive-binds to use the archive's own \
+         sources, for an archive you trust)",
+        mounts.join(", ")
+    )]
+    UnmappedBinds { mounts: Vec<String> },
+    #[error("the checkpoint has no bind mount at {} (a restore cannot add mounts)", destinations.join(", "))]
+    UnknownBindDestination { destinations: Vec<String> },
+    #[error("bind mount source {} must be an existing absolute path", path.display())]
+    BindSource { path: PathBuf },
+    #[error(
+        "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image"
+    )]
+    NoRootfsBase,
+    #[error("destination directory {} does not exist", path.display())]
+    NoDestinationDir { path: PathBuf },
+    #[error("destination {} is a directory", path.display())]
+    DestinationIsDir { path: PathBuf },
+    #[error(
+        "container {id} has a plain-directory rootfs ({}): pass --rootfs-base DIR|TAR to diff it against its base, or --skip-rootfs",
+        rootfs.display()
+    )]
+    DirRootfsNeedsBase { id: String, rootfs: PathBuf },
+
+    // What the checkpoint needs is not there.
+    #[error("image {reference} is not a checkpoint image (no checkpoint annotation)")]
+    NotACheckpointImage { reference: String },
+    #[error(
+        "the checkpoint names no base image: pass --rootfs-image NAME or --rootfs-base DIR|TAR"
+    )]
+    NoBaseImage,
+    #[error(
+        "base image {name} is not in the image store by that exact name or id; import or pull it, or pass --rootfs-image NAME or --rootfs-base DIR|TAR"
+    )]
+    BaseImageMissing {
+        name: String,
+        source: crate::oci::OciError,
+    },
+    #[error("the container's spec cannot be annotated")]
+    ContainerSpec {
+        source: crate::archive::spec::SpecError,
+    },
+
+    // The checkpoint itself is malformed or unsafe.
+    #[error("the checkpoint's spec.dump is not an OCI runtime spec")]
+    SpecNotOci { source: serde_json::Error },
+    #[error("the checkpoint's spec.dump is not a JSON object")]
+    SpecNotObject,
+    #[error("mount destination {} escapes the rootfs", destination.display())]
+    MountEscapes { destination: PathBuf },
+
+    // Failures of the engine's own work.
+    #[error("streaming the pages into the archive failed")]
+    PageStream,
+    #[error("background task failed")]
+    BackgroundTask { source: tokio::task::JoinError },
     #[error("work directory {}", path.display())]
     WorkDir { path: PathBuf, source: io::Error },
     #[error("checkpoint of pid {pid} failed")]
@@ -68,6 +140,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whose fault the error is, by variant: the one classification the edges (the shim's
+    /// status codes) build on.
+    pub fn class(&self) -> ErrorClass {
+        use ErrorClass as C;
+        match self {
+            Self::UnmappedBinds { .. }
+            | Self::UnknownBindDestination { .. }
+            | Self::BindSource { .. }
+            | Self::NoRootfsBase
+            | Self::NoDestinationDir { .. }
+            | Self::DestinationIsDir { .. }
+            | Self::DirRootfsNeedsBase { .. }
+            | Self::ImagesDirNotEmpty { .. }
+            | Self::NoImages { .. } => C::Request,
+            Self::NotACheckpointImage { .. }
+            | Self::NoBaseImage
+            | Self::BaseImageMissing { .. }
+            | Self::ContainerSpec { .. }
+            | Self::NoSuchProcess { .. }
+            | Self::Locate(_) => C::Precondition,
+            Self::SpecNotOci { .. } | Self::SpecNotObject | Self::MountEscapes { .. } => {
+                C::BadCheckpoint
+            }
+            _ => C::Internal,
+        }
+    }
+
     /// The CRIU failure underneath, if this error is one.
     pub fn criu(&self) -> Option<&CriuError> {
         match self {

@@ -8,26 +8,27 @@
 //! tree re-parented to the caller (`rst_sibling`).
 
 pub mod archive;
-mod beneath;
-pub mod cgroups;
 pub mod container;
 pub mod criu;
 mod error;
 pub mod fault;
+pub mod host;
 pub mod images;
 pub mod inspect;
-pub mod netlock;
 pub mod oci;
 pub mod options;
 pub mod policy;
-pub mod privilege;
-pub mod proc;
 pub mod process;
 pub mod report;
 pub mod rootfs;
-pub mod sys;
+pub(crate) mod tar;
 
-pub use error::{Error, Result};
+// The host layer under the paths the rest of the crate and its users know.
+pub(crate) use host::beneath;
+pub use host::{cgroups, netlock, privilege, proc, sys};
+
+pub use criu_proto::image::ImageError;
+pub use error::{Error, ErrorClass, Result};
 pub use options::{CheckpointOptions, RestoreOptions};
 pub use report::{DumpReport, RestoreReport};
 
@@ -106,5 +107,5 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Invalid(format!("background task failed: {e}")))?
+        .map_err(|source| Error::BackgroundTask { source })?
 }

@@ -233,9 +233,24 @@ pub fn rate(bytes: u64, d: Duration) -> String {
 
 /// Writes `rows` as two aligned columns.
 pub(crate) fn table(f: &mut fmt::Formatter<'_>, rows: &[(String, String)]) -> fmt::Result {
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    write_table(f, rows, 0)
+}
+
+/// Writes `rows` as two columns indented by two spaces, the keys padded to the longest key
+/// or to `min_width`: the one key/value layout of every human report.
+pub fn write_table<K: AsRef<str>, V: fmt::Display>(
+    out: &mut impl fmt::Write,
+    rows: &[(K, V)],
+    min_width: usize,
+) -> fmt::Result {
+    let w = rows
+        .iter()
+        .map(|(k, _)| k.as_ref().len())
+        .max()
+        .unwrap_or(0)
+        .max(min_width);
     for (k, v) in rows {
-        writeln!(f, "  {k:<w$}  {v}")?;
+        writeln!(out, "  {:<w$}  {v}", k.as_ref())?;
     }
     Ok(())
 }

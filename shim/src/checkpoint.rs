@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cpengine::container::Container;
 use cpengine::container::checkpoint::ContainerCheckpointOptions;
@@ -34,16 +34,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Result, ShimError};
 
-/// Time kept back from the deadline for the answer to reach the client.
-const ANSWER_MARGIN: Duration = Duration::from_millis(50);
-
-/// The instant a checkpoint must answer by: the earlier of the gRPC deadline and the
-/// request's `timeout` field (seconds; 0 = none), less a margin for the answer to travel, so
-/// the caller hears the runtime's `DEADLINE_EXCEEDED` rather than its own timer.
-pub fn answer_deadline(grpc: Option<Instant>, timeout_secs: i64) -> Option<Instant> {
-    crate::cri::effective_deadline(grpc, timeout_secs)
-        .map(|d| d.checked_sub(ANSWER_MARGIN).unwrap_or(d))
-}
+pub use crate::deadline::answer_deadline;
 
 const UNDECIDED: u8 = 0;
 const COMMITTED: u8 = 1;
@@ -474,6 +465,7 @@ async fn engine_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Work that writes `pending` after `delay`.
     async fn writer(pending: PathBuf, delay: Duration) -> Result<()> {

@@ -125,24 +125,57 @@ impl ShimError {
     }
 }
 
-/// The gRPC code of an engine error, by variant.
+/// The gRPC code of an engine error, by variant: the caller's mistakes and a bad or unsafe
+/// checkpoint are INVALID_ARGUMENT or FAILED_PRECONDITION, never INTERNAL; failures of the
+/// engine's own work (I/O, CRIU, a failed page stream) are INTERNAL.
 fn engine_code(e: &cpengine::Error) -> tonic::Code {
-    use cpengine::Error as E;
+    use cpengine::{Error as E, ErrorClass};
     match e {
         E::Container(c) => container_code(c),
-        E::NoSuchProcess { .. } => tonic::Code::FailedPrecondition,
-        E::ImagesDirNotEmpty { .. } | E::NoImages { .. } | E::Invalid(_) => {
-            tonic::Code::InvalidArgument
-        }
-        E::Locate(_) => tonic::Code::FailedPrecondition,
+        E::Archive(a) => archive_code(a),
+        E::Rootfs(r) => rootfs_code(r),
+        E::Oci(o) => oci_code(o),
+        E::Images { source, .. } | E::Stats { source, .. } => image_code(source),
+        E::Lock(cpengine::container::lock::LockError::Busy { .. }) => tonic::Code::Unavailable,
         E::IdInUse { .. } => tonic::Code::Unavailable,
         // The checkpoint would give the container more than the request allows.
         E::PolicyViolation(_) => tonic::Code::PermissionDenied,
+        E::Unsupported { .. } => tonic::Code::FailedPrecondition,
         E::Dump { source, .. } | E::Restore { source, .. } | E::Criu(source) => match source {
             cpengine::criu::CriuError::Timeout { .. } => tonic::Code::DeadlineExceeded,
             _ => tonic::Code::Internal,
         },
+        _ => match e.class() {
+            ErrorClass::Request | ErrorClass::BadCheckpoint => tonic::Code::InvalidArgument,
+            ErrorClass::Precondition => tonic::Code::FailedPrecondition,
+            ErrorClass::Internal => tonic::Code::Internal,
+        },
+    }
+}
+
+/// The gRPC code of a rootfs diff error: a diff that is malformed, unsafe or too large is the
+/// checkpoint's fault; reading the base or writing the rootfs is ours.
+fn rootfs_code(e: &cpengine::rootfs::RootfsError) -> tonic::Code {
+    use cpengine::rootfs::RootfsError as R;
+    match e {
+        R::DiffFormat { .. }
+        | R::UnsafeName { .. }
+        | R::UnsupportedEntry { .. }
+        | R::DeviceNode { .. }
+        | R::TooLarge { .. }
+        | R::TooManyEntries { .. } => tonic::Code::InvalidArgument,
+        R::BaseTarFormat { .. } | R::OverlayRedirect { .. } => tonic::Code::FailedPrecondition,
         _ => tonic::Code::Internal,
+    }
+}
+
+/// The gRPC code of a CRIU image (or statistics) error: undecodable images are the
+/// checkpoint's fault, failing to read them is ours.
+fn image_code(e: &cpengine::ImageError) -> tonic::Code {
+    use cpengine::ImageError as I;
+    match e {
+        I::Io(_) => tonic::Code::Internal,
+        _ => tonic::Code::InvalidArgument,
     }
 }
 
@@ -201,6 +234,7 @@ fn container_code(e: &cpengine::container::ContainerError) -> tonic::Code {
         C::InvalidId(_) => tonic::Code::InvalidArgument,
         C::NotFound { .. } => tonic::Code::NotFound,
         C::NotRunning { .. } => tonic::Code::FailedPrecondition,
+        C::AlreadyExists { .. } => tonic::Code::AlreadyExists,
         _ => tonic::Code::Internal,
     }
 }
@@ -316,6 +350,141 @@ mod tests {
         for (e, code) in cases {
             let text = e.to_string();
             assert_eq!(tonic::Status::from(e).code(), code, "{text}");
+        }
+    }
+
+    /// Every engine variant named for a step, and the wrapped types, map to the code of whose
+    /// fault it is.
+    #[tokio::test]
+    async fn engine_codes_follow_variants() {
+        use cpengine::Error as E;
+        use tonic::Code;
+        let json_err = || serde_json::from_str::<u8>("x").unwrap_err();
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let join_err = task.await.unwrap_err();
+        let cases: Vec<(E, Code)> = vec![
+            // The caller's request.
+            (
+                E::UnmappedBinds {
+                    mounts: vec!["/host (from /)".into()],
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                E::UnknownBindDestination {
+                    destinations: vec!["/data".into()],
+                },
+                Code::InvalidArgument,
+            ),
+            (E::BindSource { path: "rel".into() }, Code::InvalidArgument),
+            (E::NoRootfsBase, Code::InvalidArgument),
+            (
+                E::NoDestinationDir { path: "/x".into() },
+                Code::InvalidArgument,
+            ),
+            (
+                E::DestinationIsDir { path: "/x".into() },
+                Code::InvalidArgument,
+            ),
+            (
+                E::DirRootfsNeedsBase {
+                    id: "c".into(),
+                    rootfs: "/r".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                E::ImagesDirNotEmpty { path: "/x".into() },
+                Code::InvalidArgument,
+            ),
+            (E::NoImages { path: "/x".into() }, Code::InvalidArgument),
+            // What the operation needs is missing.
+            (
+                E::NotACheckpointImage {
+                    reference: "x".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (E::NoBaseImage, Code::FailedPrecondition),
+            (
+                E::BaseImageMissing {
+                    name: "busybox".into(),
+                    source: cpengine::oci::OciError::ImageNotFound {
+                        reference: "busybox".into(),
+                    },
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                E::ContainerSpec {
+                    source: cpengine::archive::SpecError::NotAnObject,
+                },
+                Code::FailedPrecondition,
+            ),
+            (E::NoSuchProcess { pid: 1 }, Code::FailedPrecondition),
+            // A malformed or unsafe checkpoint: the caller's, never INTERNAL.
+            (E::SpecNotOci { source: json_err() }, Code::InvalidArgument),
+            (E::SpecNotObject, Code::InvalidArgument),
+            (
+                E::MountEscapes {
+                    destination: "/../etc".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                E::Archive(cpengine::archive::ArchiveError::Traversal {
+                    name: "../x".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                E::Rootfs(cpengine::rootfs::RootfsError::UnsafeName {
+                    name: "../x".into(),
+                    reason: "parent",
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                E::Rootfs(cpengine::rootfs::RootfsError::TooLarge { limit: 1 }),
+                Code::InvalidArgument,
+            ),
+            (
+                E::Images {
+                    path: "/x/pstree.img".into(),
+                    source: cpengine::ImageError::Empty,
+                },
+                Code::InvalidArgument,
+            ),
+            // The engine's own failures.
+            (E::PageStream, Code::Internal),
+            (E::BackgroundTask { source: join_err }, Code::Internal),
+            (
+                E::Io {
+                    what: "writing".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                },
+                Code::Internal,
+            ),
+            (
+                E::Images {
+                    path: "/x/pstree.img".into(),
+                    source: cpengine::ImageError::Io(std::io::Error::from_raw_os_error(libc::EIO)),
+                },
+                Code::Internal,
+            ),
+            (
+                E::Container(cpengine::container::ContainerError::AlreadyExists { id: "c".into() }),
+                Code::AlreadyExists,
+            ),
+        ];
+        for (e, code) in cases {
+            let text = format!("{e:?}");
+            let status = tonic::Status::from(ShimError::Engine {
+                step: "restoring",
+                source: e,
+            });
+            assert_eq!(status.code(), code, "{text}");
         }
     }
 

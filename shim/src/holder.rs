@@ -146,8 +146,7 @@ impl Holder {
     }
 
     pub fn alive(&self) -> bool {
-        cpengine::proc::start_time(self.pid).is_some_and(|t| t == self.start)
-            && cpengine::proc::task_state(self.pid).is_some_and(|s| s.state != 'Z')
+        cpengine::proc::is_same_process(self.pid, self.start)
     }
 }
 

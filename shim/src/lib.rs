@@ -21,6 +21,7 @@
 pub mod authority;
 pub mod checkpoint;
 pub mod cri;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod holder;

@@ -140,7 +140,7 @@ impl ArchiveBuilder {
         })
     }
 
-    /// Whether to start writeback while data streams in (every [`WRITEBACK_STEP`]), so that
+    /// Whether to start writeback while data streams in (every `WRITEBACK_STEP`), so that
     /// [`Self::finish`] has little left to sync. Off by default: it makes the streaming slower
     /// while the workload is frozen. Measured with a 1 GiB runc container (`cpengine
     /// checkpoint` 3× each way, load average ~3.5 on 2 cores): with writeback during the dump

@@ -142,6 +142,26 @@ pub struct ConfigDump {
     pub restored: bool,
 }
 
+impl ConfigDump {
+    /// The names this checkpoint gives its base image, most exact first: `rootfsImageRef` (an
+    /// image id or a digest reference), `rootfsImageName`, then `rootfsImage` (as the user
+    /// asked for it); empty and repeated ones left out. The one precedence of every
+    /// base-image lookup (the CLI's restore and the shim's).
+    pub fn base_image_refs(&self) -> Vec<String> {
+        let mut refs: Vec<String> = Vec::new();
+        for r in [
+            &self.rootfs_image_ref,
+            &self.rootfs_image_name,
+            &self.rootfs_image,
+        ] {
+            if !r.is_empty() && !refs.contains(r) {
+                refs.push(r.clone());
+            }
+        }
+        refs
+    }
+}
+
 /// `status.dump` (containerd 2.x): Go's JSON of the CRI `ContainerStatus` message. Only the
 /// fields a restore uses are decoded; everything else is ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +346,31 @@ mod tests {
         );
         assert!(c.checkpointed_time.is_zero());
         assert!(!c.restored);
+    }
+
+    #[test]
+    fn base_image_refs_go_most_exact_first_without_repeats() {
+        let c = ConfigDump {
+            rootfs_image: "busybox".into(),
+            rootfs_image_ref: "b".repeat(64),
+            rootfs_image_name: "docker.io/library/busybox:latest".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.base_image_refs(),
+            [
+                "b".repeat(64),
+                "docker.io/library/busybox:latest".into(),
+                "busybox".into()
+            ]
+        );
+        let c = ConfigDump {
+            rootfs_image: "busybox".into(),
+            rootfs_image_name: "busybox".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.base_image_refs(), ["busybox"]);
+        assert!(ConfigDump::default().base_image_refs().is_empty());
     }
 
     #[test]

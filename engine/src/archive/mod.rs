@@ -47,8 +47,9 @@ mod compress;
 mod config;
 mod read;
 pub mod spec;
-pub(crate) mod tarfmt;
-pub(crate) mod tarread;
+// The tar layer under the names the archive code uses.
+pub(crate) use crate::tar::format as tarfmt;
+pub(crate) use crate::tar::reader as tarread;
 mod write;
 
 use std::io;
@@ -85,9 +86,7 @@ pub mod names {
 }
 
 /// Compression of the whole archive stream.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// A plain tar: what the kubelet, CRI-O and containerd expect.

@@ -97,12 +97,7 @@ pub fn plan(spec: &Value, binds: &BindMounts) -> Result<Vec<(usize, Source)>> {
         }
     }
     if !unmapped.is_empty() {
-        return Err(Error::Invalid(format!(
-            "the checkpoint bind-mounts host paths into the container at: {}; name a source for \
-             each with --mount SRC:DEST (or --trust-archive-binds to use the archive's own \
-             sources, for an archive you trust)",
-            unmapped.join(", ")
-        )));
+        return Err(Error::UnmappedBinds { mounts: unmapped });
     }
     let unknown: Vec<String> = binds
         .map
@@ -111,17 +106,13 @@ pub fn plan(spec: &Value, binds: &BindMounts) -> Result<Vec<(usize, Source)>> {
         .filter(|d| !used.contains(d))
         .collect();
     if !unknown.is_empty() {
-        return Err(Error::Invalid(format!(
-            "the checkpoint has no bind mount at {} (a restore cannot add mounts)",
-            unknown.join(", ")
-        )));
+        return Err(Error::UnknownBindDestination {
+            destinations: unknown,
+        });
     }
     for src in binds.map.values() {
         if !src.is_absolute() || !src.exists() {
-            return Err(Error::Invalid(format!(
-                "bind mount source {} must be an existing absolute path",
-                src.display()
-            )));
+            return Err(Error::BindSource { path: src.clone() });
         }
     }
     Ok(out)

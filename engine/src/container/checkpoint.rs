@@ -23,8 +23,7 @@ use crate::options::{CgroupMode, CheckpointOptions, ExtMount};
 
 use super::{Container, ContainerError};
 
-/// Name of the stdio description runc keeps in the images directory.
-pub const DESCRIPTORS_JSON: &str = "descriptors.json";
+pub use super::descriptors::{DESCRIPTORS_JSON, read_descriptors, write_descriptors};
 
 /// CRIU-level knobs of a container checkpoint (the archive-level ones live with the caller).
 #[derive(Debug, Clone)]
@@ -164,22 +163,6 @@ fn external_ns_key(kind: &str) -> Option<&'static str> {
     })
 }
 
-/// Writes `descriptors.json` (the init's stdio as recorded at start) into the images dir.
-pub fn write_descriptors(ctr: &Container, images_dir: &Path) -> std::io::Result<()> {
-    let mut stdio = ctr.stdio.clone();
-    stdio.resize(3, String::new());
-    let json = serde_json::to_vec(&stdio).map_err(std::io::Error::other)?;
-    std::fs::write(images_dir.join(DESCRIPTORS_JSON), json)
-}
-
-/// Reads `descriptors.json` from an images dir (missing → three empty entries).
-pub fn read_descriptors(images_dir: &Path) -> Vec<String> {
-    std::fs::read(images_dir.join(DESCRIPTORS_JSON))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
-        .unwrap_or_else(|| vec![String::new(); 3])
-}
-
 /// Kubernetes identity of a container, recorded in the archive's metadata when known (the shim
 /// knows it; a bare runc container has none).
 #[derive(Debug, Clone, Default)]
@@ -213,7 +196,7 @@ pub struct ContainerCheckpointOptions {
     pub output: PathBuf,
     pub knobs: DumpKnobs,
     /// For a plain-directory rootfs: the base to diff against.
-    pub rootfs_base: Option<super::restore::RootfsBase>,
+    pub rootfs_base: Option<crate::rootfs::Base>,
     /// Where CRIU's images are staged (default: beside `output`, same filesystem).
     pub staging_dir: Option<PathBuf>,
     pub pod: Option<PodInfo>,
@@ -407,16 +390,10 @@ pub async fn checkpoint(
         .unwrap_or(Path::new("/"))
         .to_path_buf();
     if !parent.is_dir() {
-        return Err(Error::Invalid(format!(
-            "destination directory {} does not exist",
-            parent.display()
-        )));
+        return Err(Error::NoDestinationDir { path: parent });
     }
     if output.is_dir() {
-        return Err(Error::Invalid(format!(
-            "destination {} is a directory",
-            output.display()
-        )));
+        return Err(Error::DestinationIsDir { path: output });
     }
 
     // Plan what of the rootfs goes into the archive.
@@ -428,11 +405,10 @@ pub async fn checkpoint(
         (super::RootfsKind::Overlay { .. }, _, _) => None,
         (super::RootfsKind::Dir, Some(b), _) => Some(b.clone()),
         (super::RootfsKind::Dir, None, _) => {
-            return Err(Error::Invalid(format!(
-                "container {} has a plain-directory rootfs ({}): pass --rootfs-base DIR|TAR to diff it against its base, or --skip-rootfs",
-                ctr.id,
-                ctr.rootfs.display()
-            )));
+            return Err(Error::DirRootfsNeedsBase {
+                id: ctr.id.clone(),
+                rootfs: ctr.rootfs.clone(),
+            });
         }
     };
 
@@ -602,9 +578,7 @@ pub async fn checkpoint(
                 return Err(pe.into());
             }
             if pages_failed {
-                return Err(Error::Invalid(
-                    "streaming the pages into the archive failed".into(),
-                ));
+                return Err(Error::PageStream);
             }
             return Err(e);
         }
@@ -672,7 +646,7 @@ pub async fn checkpoint(
             checkpointed: config.checkpointed_time,
         },
     )
-    .map_err(|e| Error::Invalid(format!("the container's spec cannot be annotated: {e}")))?;
+    .map_err(|source| Error::ContainerSpec { source })?;
     let rootfs_files = rootfs_plan.as_ref().map_or(0, |d| d.entries.len());
     let rootfs_deleted = rootfs_plan.as_ref().map_or(0, |d| d.deleted.len());
     let input = ArchiveInput {

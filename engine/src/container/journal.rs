@@ -170,7 +170,7 @@ pub fn begin(state: &StateRoot, mut entry: InFlight) -> std::io::Result<Entry> {
 
 /// Whether `pid` is still the process that started at `start` (0: unknown, any).
 fn same_process(pid: i32, start: u64) -> bool {
-    pid > 0 && crate::proc::start_time(pid).is_some_and(|t| start == 0 || t == start)
+    crate::proc::is_same_process(pid, start)
 }
 
 fn owner_alive(e: &InFlight) -> bool {

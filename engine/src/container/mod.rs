@@ -9,10 +9,12 @@
 
 pub mod binds;
 pub mod checkpoint;
+mod descriptors;
+mod error;
 pub mod journal;
 pub mod lock;
 pub mod manage;
-pub mod mountinfo;
+pub use crate::host::mountinfo;
 pub mod relay;
 pub mod restore;
 pub mod runc;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+pub use self::error::{ContainerError, Status};
 use self::mountinfo::MountInfo;
 use self::runc::RuncState;
 use self::state::{ContainerRecord, StateRoot};
@@ -32,55 +35,6 @@ use self::state::{ContainerRecord, StateRoot};
 pub const DEFAULT_RUNC_ROOTS: &[&str] = &["/run/runc", "/run/cpengine/runc"];
 /// containerd keeps one runc root per namespace under this directory.
 pub const CONTAINERD_RUNC_DIR: &str = "/run/containerd/runc";
-
-/// What can go wrong finding or reading a container.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerError {
-    #[error("invalid container id {0:?}: use letters, digits, '_', '-' and '.'")]
-    InvalidId(String),
-    #[error("container {id} not found (searched {})", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
-    NotFound { id: String, searched: Vec<PathBuf> },
-    #[error("container {id} is not running ({status})")]
-    NotRunning { id: String, status: Status },
-    #[error("reading {}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("runc root {} is not readable", path.display())]
-    RootUnreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("container {id}: {what}")]
-    Invalid { id: String, what: String },
-    #[error("a container named {id} already exists (cpengine delete {id} first)")]
-    AlreadyExists { id: String },
-}
-
-/// Whether the container's init process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Running,
-    Paused,
-    Stopped,
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Stopped => "stopped",
-        })
-    }
-}
 
 /// Where a container's description came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,9 +274,7 @@ impl Container {
 
     /// Running, paused (frozen) or stopped; a reused pid counts as stopped.
     pub fn status(&self) -> Status {
-        let alive = crate::proc::is_same_process(self.init_pid, self.init_start)
-            && crate::proc::task_state(self.init_pid)
-                .is_some_and(|s| s.state != 'Z' && s.state != 'X');
+        let alive = crate::proc::is_same_process(self.init_pid, self.init_start);
         if !alive {
             return Status::Stopped;
         }

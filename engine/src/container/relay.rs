@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// argv[1] that turns a cpengine binary into a relay.
+/// `argv[1]` that turns a cpengine binary into a relay.
 pub const RELAY_ARG: &str = "__cpengine-relay";
 
 /// The signal that makes a relay open its log path again.

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::options::{CgroupMode, ExtMount, InheritFd, RestoreOptions};
 use crate::report::{Phase, RestoreReport};
 
-use super::checkpoint::read_descriptors;
+use super::descriptors::read_descriptors;
 use super::state::{ContainerRecord, StateRoot};
 use super::{RUNC_DEFAULT_DEVICES, validate_id};
 
@@ -216,9 +216,7 @@ pub async fn restore(
         return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
     }
     if opts.base.is_none() && opts.base_layers.is_empty() {
-        return Err(Error::Invalid(
-            "restore needs the container's base filesystem: pass --rootfs-base DIR|TAR or import its image".into(),
-        ));
+        return Err(Error::NoRootfsBase);
     }
     let run_dir = opts.state.container_run_dir(id);
     let lib_dir = opts.state.container_lib_dir(id);
@@ -495,11 +493,7 @@ pub fn spec_with_root(
     spec: &serde_json::Value,
     rootfs: &Path,
 ) -> Result<(oci_spec::runtime::Spec, serde_json::Value)> {
-    let not_spec = |e: serde_json::Error| {
-        Error::Invalid(format!(
-            "the checkpoint's spec.dump is not an OCI runtime spec: {e}"
-        ))
-    };
+    let not_spec = |source| Error::SpecNotOci { source };
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(not_spec)?;
     let mut json = spec.clone();
     let path = serde_json::Value::String(rootfs.display().to_string());
@@ -514,9 +508,7 @@ pub fn spec_with_root(
             e.insert(serde_json::json!({ "path": path }));
         }
         None => {
-            return Err(Error::Invalid(
-                "the checkpoint's spec.dump is not a JSON object".into(),
-            ));
+            return Err(Error::SpecNotObject);
         }
     }
     let typed = serde_json::from_value(json.clone()).map_err(not_spec)?;
@@ -618,10 +610,9 @@ fn prepare_mount_points(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> R
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
         {
-            return Err(Error::Invalid(format!(
-                "mount destination {} escapes the rootfs",
-                dest.display()
-            )));
+            return Err(Error::MountEscapes {
+                destination: dest.to_path_buf(),
+            });
         }
         if rel.as_os_str().is_empty() {
             continue;
@@ -774,9 +765,9 @@ pub async fn open_source(
             }
         };
         if crate::oci::is_checkpoint_image(&record).is_none() {
-            return Err(Error::Invalid(format!(
-                "image {source} is not a checkpoint image (no checkpoint annotation)"
-            )));
+            return Err(Error::NotACheckpointImage {
+                reference: source.to_string(),
+            });
         }
         let mut layer = crate::oci::checkpoint_layer(&store, &record).await?;
         let tar = target.with_extension("layer.tar");
@@ -819,33 +810,31 @@ pub(crate) async fn base_image_record(
     config: &crate::archive::ConfigDump,
 ) -> Result<crate::oci::ImageRecord> {
     if let Some(name) = explicit {
-        return store.resolve(name).await.map_err(|e| {
-            Error::Invalid(format!("base image {name} is not in the image store ({e})"))
-        });
+        return store
+            .resolve(name)
+            .await
+            .map_err(|source| Error::BaseImageMissing {
+                name: name.to_owned(),
+                source,
+            });
     }
-    let names: Vec<&String> = [
-        &config.rootfs_image_name,
-        &config.rootfs_image,
-        &config.rootfs_image_ref,
-    ]
-    .into_iter()
-    .filter(|s| !s.is_empty())
-    .collect();
-    if names.is_empty() {
-        return Err(Error::Invalid(
-            "the checkpoint names no base image: pass --rootfs-image NAME or --rootfs-base DIR|TAR"
-                .into(),
-        ));
-    }
-    for name in &names {
-        if let Ok(r) = store.resolve_exact(name).await {
-            return Ok(r);
+    // The archive's word: its names in the one precedence (most exact first), each matched
+    // whole (a full reference or a full id), never as an id prefix.
+    let refs = config.base_image_refs();
+    let mut missing = None;
+    for r in &refs {
+        match store.resolve_exact(r).await {
+            Ok(rec) => return Ok(rec),
+            Err(e) => missing = missing.or(Some(e)),
         }
     }
-    Err(Error::Invalid(format!(
-        "base image {} of the checkpoint is not in the image store by that exact name or id; import or pull it, or pass --rootfs-image NAME or --rootfs-base DIR|TAR",
-        names[0]
-    )))
+    match missing {
+        Some(source) => Err(Error::BaseImageMissing {
+            name: refs.join(" / "),
+            source,
+        }),
+        None => Err(Error::NoBaseImage),
+    }
 }
 
 /// Restores a container from an archive path or a checkpoint image reference. Without a base

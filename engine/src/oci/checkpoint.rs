@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -141,20 +141,6 @@ pub fn checkpoint_annotations(
     (m, index)
 }
 
-/// Wraps `r` in the decompressor its first bytes announce (gzip, zstd) or none.
-pub(crate) fn decompressed<R: BufRead + Send + 'static>(
-    mut r: R,
-) -> io::Result<Box<dyn Read + Send>> {
-    let head = r.fill_buf()?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(r))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r)?)
-    } else {
-        Box::new(r)
-    })
-}
-
 /// A member name made relative and checked: no `..`, no absolute path, no empty name.
 fn clean_member(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -194,7 +180,8 @@ fn build_blocking(
         source,
     };
     let f = File::open(archive).map_err(rerr)?;
-    let input = decompressed(BufReader::with_capacity(1 << 20, f)).map_err(rerr)?;
+    let (_, input) =
+        crate::archive::compress_decoder(BufReader::with_capacity(1 << 20, f)).map_err(rerr)?;
     let mut staging = store.staging()?;
     let (layer_path, layer_file) = staging.new_file()?;
     let werr = |source| OciError::Write {

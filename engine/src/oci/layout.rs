@@ -222,7 +222,7 @@ struct ArchiveSource {
 impl ArchiveSource {
     fn load(path: &Path, staging: &mut Staging) -> OciResult<Self> {
         let f = File::open(path).map_err(|e| read_err(path, e))?;
-        let r = super::checkpoint::decompressed(BufReader::with_capacity(256 << 10, f))
+        let (_, r) = crate::archive::compress_decoder(BufReader::with_capacity(256 << 10, f))
             .map_err(|e| read_err(path, e))?;
         let mut ar = tar::Archive::new(r);
         let (mut layout, mut index) = (None, None);

@@ -849,31 +849,17 @@ pub(crate) fn read_limited(path: &Path, limit: u64, _what: &str) -> Result<Vec<u
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the dir.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> OciResult<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let werr = |source| OciError::Write {
+    crate::host::fs::write_atomic(path, bytes, mode).map_err(|source| OciError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(werr)?;
-    tmp.write_all(bytes).map_err(werr)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(werr)?;
-    tmp.as_file().sync_all().map_err(werr)?;
-    tmp.persist(path).map_err(|e| werr(e.error))?;
-    sync_dir(dir)
+    })
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> OciResult<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| OciError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::host::fs::sync_dir(dir).map_err(|source| OciError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -694,7 +694,10 @@ async fn an_archive_named_base_image_is_matched_exactly() {
     let prefix = rec.id_hex()[..12].to_string();
     for bad in [prefix.clone(), format!("sha256:{prefix}"), "e".into()] {
         let r = base_image_record(&store, None, &named(&bad)).await;
-        assert!(matches!(r, Err(crate::Error::Invalid(_))), "{bad}: {r:?}");
+        assert!(
+            matches!(r, Err(crate::Error::BaseImageMissing { .. })),
+            "{bad}: {r:?}"
+        );
     }
     for good in [
         "example.com/hello:1".to_string(),

@@ -126,7 +126,7 @@ impl Namespace {
 }
 
 /// Whether the restored threads must run under a seccomp filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SeccompRequirement {
     /// No requirement (the checkpoint's own filters, if any, are restored as they are).

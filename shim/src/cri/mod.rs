@@ -20,39 +20,7 @@ use crate::error::ShimError;
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The deadline a client set with the `grpc-timeout` header, as an instant.
-pub fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
-    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
-    parse_grpc_timeout(v).map(|d| Instant::now() + d)
-}
-
-/// Parses a `grpc-timeout` value (at most 8 digits and a unit: H, M, S, m, u, n).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (num, unit) = v.split_at(v.len() - 1);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// The earlier of the gRPC deadline and a request's `timeout` field (seconds; 0 = none).
-pub fn effective_deadline(grpc: Option<Instant>, timeout_secs: i64) -> Option<Instant> {
-    let field =
-        (timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(timeout_secs as u64));
-    match (grpc, field) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
+pub use crate::deadline::{effective_deadline, grpc_deadline, parse_grpc_timeout};
 
 /// Logs a failed call once and converts it.
 fn fail(call: &'static str, e: ShimError) -> Status {
@@ -443,7 +411,7 @@ impl<R: RuntimeBackend> RuntimeService for CriRuntime<R> {
         let grpc = grpc_deadline(request.metadata());
         let r = request.into_inner();
         let req = CheckpointRequest {
-            deadline: crate::checkpoint::answer_deadline(grpc, r.timeout),
+            deadline: crate::deadline::answer_deadline(grpc, r.timeout),
             container_id: r.container_id,
             location: r.location,
         };
@@ -638,30 +606,5 @@ impl<I: ImageBackend> ImageService for CriImages<I> {
             image_filesystems: usage.iter().map(|u| convert::fs_usage(u, now)).collect(),
             container_filesystems: vec![],
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("S"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
-    }
-
-    #[test]
-    fn the_earlier_deadline_wins() {
-        let soon = Instant::now() + Duration::from_millis(100);
-        let d = effective_deadline(Some(soon), 60).unwrap();
-        assert_eq!(d, soon);
-        let d = effective_deadline(None, 2).unwrap();
-        assert!(d > Instant::now() + Duration::from_secs(1));
-        assert!(effective_deadline(None, 0).is_none());
     }
 }

@@ -12,46 +12,16 @@ use crate::checkpoint::kubelet_options;
 use crate::domain::*;
 use crate::error::{Result, ShimError};
 
+use super::pod::log_path;
 use super::store::{CtrKind, CtrRecord, Phase, PodRecord, new_id};
 use super::{ImageBackend, Standalone, create_private_dir, restore, spec};
 
 /// How long a killed container may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Whether a recorded init pid still runs (same start time, not a zombie); a recorded start
-/// of 0 matches nothing.
-pub(super) fn pid_alive(pid: i32, start: u64) -> bool {
-    cpengine::proc::is_same_process(pid, start)
-        && cpengine::proc::task_state(pid).is_some_and(|s| s.state != 'Z')
-}
-
 pub(super) fn rec_alive(rec: &CtrRecord) -> bool {
-    rec.pid.is_some_and(|p| pid_alive(p, rec.pid_start))
-}
-
-/// The absolute log path: `log_path` under the pod's log directory unless absolute; a file in
-/// the container's directory when the kubelet gives none.
-pub(super) fn log_path(pod: &PodRecord, c: &ContainerSpec, lib_dir: &Path) -> Result<PathBuf> {
-    let p = Path::new(&c.log_path);
-    let path = if c.log_path.is_empty() {
-        lib_dir.join("container.log")
-    } else if p.is_absolute() {
-        p.to_path_buf()
-    } else if !pod.spec.log_directory.is_empty() {
-        Path::new(&pod.spec.log_directory).join(p)
-    } else {
-        lib_dir.join(p)
-    };
-    if path
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(ShimError::InvalidArgument(format!(
-            "log path {} must not contain '..'",
-            path.display()
-        )));
-    }
-    Ok(path)
+    rec.pid
+        .is_some_and(|p| cpengine::proc::is_same_process(p, rec.pid_start))
 }
 
 /// Unmounts a path if it is a mount point (detached, so busy mounts go too).
@@ -387,7 +357,7 @@ impl<I: ImageBackend> Standalone<I> {
         let Some(pid) = rec.pid else {
             return Ok(rec);
         };
-        if pid_alive(pid, rec.pid_start) {
+        if cpengine::proc::is_same_process(pid, rec.pid_start) {
             return Ok(rec);
         }
         let exit = self.reaper.exit_of(pid);
@@ -572,7 +542,7 @@ mod pid_tests {
     fn a_stored_start_of_zero_matches_no_process() {
         let me = std::process::id() as i32;
         let start = cpengine::proc::start_time(me).unwrap();
-        assert!(super::pid_alive(me, start));
-        assert!(!super::pid_alive(me, 0));
+        assert!(cpengine::proc::is_same_process(me, start));
+        assert!(!cpengine::proc::is_same_process(me, 0));
     }
 }

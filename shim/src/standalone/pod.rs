@@ -1,5 +1,6 @@
 //! Pod sandboxes: a record, the pod's resolv.conf and hostname files, and a namespace holder.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::domain::*;
@@ -50,6 +51,31 @@ fn check_modes(ns: &PodNamespaces) -> Result<()> {
             "pod pid namespace mode TARGET is only valid for containers".into(),
         )),
     }
+}
+
+/// The absolute log path: `log_path` under the pod's log directory unless absolute; a file in
+/// the container's directory when the kubelet gives none.
+pub(super) fn log_path(pod: &PodRecord, c: &ContainerSpec, lib_dir: &Path) -> Result<PathBuf> {
+    let p = Path::new(&c.log_path);
+    let path = if c.log_path.is_empty() {
+        lib_dir.join("container.log")
+    } else if p.is_absolute() {
+        p.to_path_buf()
+    } else if !pod.spec.log_directory.is_empty() {
+        Path::new(&pod.spec.log_directory).join(p)
+    } else {
+        lib_dir.join(p)
+    };
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ShimError::InvalidArgument(format!(
+            "log path {} must not contain '..'",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// resolv.conf text for a DNS config.

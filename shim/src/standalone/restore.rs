@@ -22,7 +22,6 @@ use serde_json::Value;
 use crate::domain::*;
 use crate::error::{Result, ShimError};
 
-use super::container::pid_alive;
 use super::store::{CtrKind, CtrRecord, Phase, PodRecord, RestorePlan, new_id};
 use super::{ImageBackend, Standalone, create_private_dir};
 
@@ -362,7 +361,7 @@ impl<I: ImageBackend> Standalone<I> {
         repoint_namespaces(&mut spec, pod, DumpedNamespaces::read(&ckpt.images_dir)?)?;
         reannotate(&mut spec, req, pod);
 
-        let log = super::container::log_path(pod, req, lib_dir)?;
+        let log = super::pod::log_path(pod, req, lib_dir)?;
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
         }
@@ -470,7 +469,7 @@ impl<I: ImageBackend> Standalone<I> {
             c.rootfs = report.rootfs.clone();
             c.relay_pid = Some(report.relay_pid);
         })?;
-        if !pid_alive(report.pid, start) {
+        if !cpengine::proc::is_same_process(report.pid, start) {
             tracing::warn!(container = %rec.id, "restored container exited right away");
         }
         Ok(())
@@ -481,15 +480,11 @@ impl<I: ImageBackend> Standalone<I> {
 /// archive's word: a whole reference or id only, never an id prefix that could pick another
 /// tenant's image from the store.
 fn archive_base_refs(config: &cpengine::archive::ConfigDump) -> Vec<String> {
-    [
-        &config.rootfs_image_ref,
-        &config.rootfs_image_name,
-        &config.rootfs_image,
-    ]
-    .into_iter()
-    .filter(|s| !s.is_empty() && cpengine::oci::is_exact_name(s))
-    .cloned()
-    .collect()
+    config
+        .base_image_refs()
+        .into_iter()
+        .filter(|s| cpengine::oci::is_exact_name(s))
+        .collect()
 }
 
 /// Copies the checkpointed container's log `saved` into the new container log `log`, if

@@ -160,11 +160,16 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// Whether `pid` is the process recorded as started at `start` (see [`start_time`]). A
-/// recorded start of 0 (not known when it was stored) matches no process: a pid alone may
-/// have been reused by any other process since.
+/// Whether `pid` is still the process that started at `start` (clock ticks since boot, as
+/// [`start_time`] gives) and has not exited: a zombie or dead task, or a later process that
+/// reuses the pid, is not. A recorded start of 0 (not known when it was stored) matches no
+/// process: a pid alone may have been reused by any other process since. The one "is this pid
+/// still that process" check of the engine and the shim.
 pub fn is_same_process(pid: i32, start: u64) -> bool {
-    start != 0 && pid > 0 && start_time(pid) == Some(start)
+    start != 0
+        && pid > 0
+        && start_time(pid) == Some(start)
+        && task_state(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), used to

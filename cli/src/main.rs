@@ -2,13 +2,17 @@
 
 mod check;
 mod checkpoint;
-mod containers;
+mod delete;
 mod dump;
 mod image;
 mod inspect;
+mod kill;
 mod list;
+mod output;
 mod progress;
+mod ps;
 mod restore;
+mod values;
 
 use std::process::ExitCode;
 
@@ -41,11 +45,11 @@ enum Command {
     /// images; it keeps running after cpengine exits.
     Restore(restore::Args),
     /// List the containers cpengine restored.
-    Ps(containers::PsArgs),
+    Ps(ps::Args),
     /// Send a signal to a container cpengine restored.
-    Kill(containers::KillArgs),
+    Kill(kill::Args),
     /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
-    Delete(containers::DeleteArgs),
+    Delete(delete::Args),
     /// Show what a checkpoint archive or CRIU images directory holds: container, image, sizes,
     /// CRIU statistics, and with view flags its processes, files, sockets, mounts and memory.
     Inspect(inspect::Args),
@@ -120,9 +124,9 @@ fn main() -> ExitCode {
     }
     let result = rt.block_on(async {
         match cli.command {
-            Command::Ps(a) => containers::ps(a, &state),
-            Command::Kill(a) => containers::kill(a, &state),
-            Command::Delete(a) => containers::delete(a, &state).await,
+            Command::Ps(a) => ps::run(a, &state),
+            Command::Kill(a) => kill::run(a, &state),
+            Command::Delete(a) => delete::run(a, &state).await,
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
             Command::Restore(a) => restore::run(a, &state).await,
@@ -139,12 +143,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Prints `value` as pretty JSON on stdout.
-fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 #[cfg(test)]

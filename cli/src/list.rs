@@ -89,7 +89,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     })
     .await?;
     if a.json {
-        crate::print_json(&rows)?;
+        crate::output::json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read};
 
-use super::tarfmt::{BLOCK, pad_len};
+use super::format::{BLOCK, pad_len};
 
 /// A raw member as stored: name and link exactly as written (after pax/GNU overrides).
 #[derive(Debug, Clone, Default)]
@@ -362,7 +362,7 @@ fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TarError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tarfmt::{Meta, TypeFlag, encode, padded};
+    use super::super::format::{Meta, TypeFlag, encode, padded};
     use super::*;
 
     #[test]

@@ -190,7 +190,7 @@ pub async fn run(
         Cmd::Import { source, tag, json } => {
             let rec = store.import(&source, tag.as_deref()).await?;
             if json {
-                crate::print_json(&view(rec))?;
+                crate::output::json(&view(rec))?;
             } else {
                 println!("imported {} {}", short_id(&rec), names(&rec));
             }
@@ -198,7 +198,7 @@ pub async fn run(
         Cmd::List { json } => {
             let list = store.list().await?;
             if json {
-                crate::print_json(&list.into_iter().map(view).collect::<Vec<_>>())?;
+                crate::output::json(&list.into_iter().map(view).collect::<Vec<_>>())?;
             } else {
                 print_list(&list);
             }
@@ -206,7 +206,7 @@ pub async fn run(
         Cmd::Remove { reference, json } => {
             let out = store.remove(&reference).await?;
             if json {
-                crate::print_json(&out)?;
+                crate::output::json(&out)?;
             } else {
                 for n in &out.untagged {
                     println!("untagged {n}");
@@ -230,7 +230,7 @@ pub async fn run(
                 image: view(rec),
             };
             if json {
-                crate::print_json(&v)?;
+                crate::output::json(&v)?;
             } else {
                 print_inspect(&v);
             }
@@ -262,7 +262,7 @@ pub async fn run(
                     .with_context(|| format!("exporting to {}", out.display()))?;
             }
             if json {
-                crate::print_json(&view(rec))?;
+                crate::output::json(&view(rec))?;
             } else {
                 println!(
                     "built checkpoint image {} {} (container {})",
@@ -294,7 +294,7 @@ pub async fn run(
                 .await
                 .with_context(|| format!("pushing {reference} to {registry_ref}"))?;
             if json {
-                crate::print_json(&out)?;
+                crate::output::json(&out)?;
             } else {
                 println!(
                     "pushed {} ({}): {} blobs uploaded ({}), {} already there",
@@ -315,7 +315,7 @@ pub async fn run(
                 .await
                 .with_context(|| format!("pulling {registry_ref}"))?;
             if json {
-                crate::print_json(&out)?;
+                crate::output::json(&out)?;
             } else {
                 println!(
                     "pulled {} {}: {} blobs fetched ({})",

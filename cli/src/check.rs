@@ -61,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.json {
-        crate::print_json(&report)?;
+        crate::output::json(&report)?;
     } else {
         print_human(&report);
     }

@@ -15,6 +15,8 @@ use cpengine::archive::{self, ArchiveInfo, ReadOptions};
 use cpengine::report::{DumpStats, human_bytes, ms};
 use serde::Serialize;
 
+use crate::output::table;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A checkpoint archive (plain, gzip or zstd tar; CRI-O, containerd, Podman or cpengine),
@@ -259,11 +261,10 @@ impl View {
             "Displaying container checkpoint data from {}\n\n",
             self.archive.display()
         );
-        push_table(&mut out, &rows);
+        out.push_str(&table(&rows, 0));
         if let Some(s) = &self.statistics {
             out.push_str("\nCRIU dump statistics\n");
-            push_table(
-                &mut out,
+            out.push_str(&table(
                 &[
                     ("freezing time", ms(s.freezing)),
                     ("frozen time", ms(s.frozen)),
@@ -272,16 +273,10 @@ impl View {
                     ("pages scanned", s.pages_scanned.to_string()),
                     ("pages written", s.pages_written.to_string()),
                 ],
-            );
+                0,
+            ));
         }
         out
-    }
-}
-
-fn push_table(out: &mut String, rows: &[(&str, String)]) {
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in rows {
-        out.push_str(&format!("  {k:<w$}  {v}\n"));
     }
 }
 
@@ -292,7 +287,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("inspecting {}", a.target.display()))?;
         if a.view.json {
-            crate::print_json(&result)?;
+            crate::output::json(&result)?;
         } else {
             print!("{result}");
         }
@@ -315,7 +310,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let view = View::new(&info)?;
     if !a.view.any() {
         if a.view.json {
-            crate::print_json(&view)?;
+            crate::output::json(&view)?;
         } else {
             print!("{}", view.render());
         }
@@ -354,7 +349,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         {
             obj.extend(deep);
         }
-        crate::print_json(&v)?;
+        crate::output::json(&v)?;
     } else {
         print!("{}", view.render());
         println!();

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cpengine::Engine;
-use cpengine::archive::Compression;
 use cpengine::container::Container;
 use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
 use cpengine::container::state::StateRoot;
-use cpengine::options::NetworkLock;
 use cpengine::rootfs::Base;
+
+use crate::values::{Compression, NetworkLock};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,8 +56,8 @@ pub struct Args {
     pub fast_freeze: bool,
     /// How CRIU locks the container's network during the dump: iptables, nftables or skip.
     /// Default: skip, unless --tcp-established (then CRIU's default, iptables).
-    #[arg(long, value_name = "METHOD", value_parser = ["iptables", "nftables", "skip"])]
-    pub network_lock: Option<String>,
+    #[arg(long, value_name = "METHOD", value_enum)]
+    pub network_lock: Option<NetworkLock>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -71,13 +71,9 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.knobs.tcp_established = a.tcp_established;
     o.knobs.file_locks = a.file_locks;
     o.knobs.ext_unix_sk = a.ext_unix_sk;
-    o.knobs.network_lock = a.network_lock.as_deref().map(|m| match m {
-        "iptables" => NetworkLock::Iptables,
-        "nftables" => NetworkLock::Nftables,
-        _ => NetworkLock::Skip,
-    });
+    o.knobs.network_lock = a.network_lock.map(Into::into);
     o.rootfs_base = a.rootfs_base.map(Base::from_path);
-    o.compression = a.compress;
+    o.compression = a.compress.into();
     o.skip_rootfs = a.skip_rootfs;
     o.staging_dir = a.staging_dir;
     o.stream_pages = a.stream_pages;
@@ -96,10 +92,6 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         b.finish();
     }
     let report = report?;
-    if a.json {
-        crate::print_json(&report)?;
-    } else {
-        print!("{report}");
-    }
+    crate::output::report(&report, a.json)?;
     Ok(ExitCode::SUCCESS)
 }

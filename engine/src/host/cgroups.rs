@@ -91,7 +91,7 @@ pub struct Hierarchy {
 
 /// The cgroup hierarchies mounted on this host (v1 controllers and the unified hierarchy).
 pub fn hierarchies() -> std::io::Result<Vec<Hierarchy>> {
-    let mounts = crate::container::mountinfo::of_pid(std::process::id() as i32)?;
+    let mounts = super::mountinfo::of_pid(std::process::id() as i32)?;
     let mut out: Vec<Hierarchy> = Vec::new();
     for m in mounts {
         let controllers = match m.fs_type.as_str() {

@@ -9,6 +9,8 @@ use cpengine::container::state::StateRoot;
 use cpengine::rootfs::Base;
 use cpengine::{Engine, RestoreOptions};
 
+use crate::output::table;
+
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["source", "images_dir"])))]
 pub struct Args {
@@ -62,7 +64,7 @@ pub struct Args {
     pub devices: Vec<PathBuf>,
     /// Whether every restored thread must run under a seccomp filter.
     #[arg(long, value_enum, default_value_t, requires = "source")]
-    pub seccomp: cpengine::policy::SeccompRequirement,
+    pub seccomp: crate::values::Seccomp,
     /// Do not verify the checkpoint against the restore policy: you vouch for this archive
     /// (its images decide the workload's capabilities, mounts, devices and namespaces).
     /// Implies --trust-archive-binds.
@@ -103,11 +105,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         opts.file_locks = a.file_locks;
         opts.lazy_pages = a.lazy;
         let report = engine.restore(opts).await?;
-        if a.json {
-            crate::print_json(&report)?;
-        } else {
-            print!("{report}");
-        }
+        crate::output::report(&report, a.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     let source = a.source.unwrap_or_default();
@@ -127,7 +125,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         &a.cap_add,
         a.privileged,
         &a.devices,
-        a.seccomp,
+        a.seccomp.into(),
         a.trust_archive,
     );
     if a.trust_archive {
@@ -137,7 +135,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     }
     let report = restore_archive(&engine, &source, &o, a.insecure).await?;
     if a.json {
-        crate::print_json(&report)?;
+        crate::output::json(&report)?;
     } else {
         println!("restored container {} as pid {}", report.id, report.pid);
         let v = &report.verification;
@@ -151,21 +149,26 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
                 v.threads, v.tasks, v.mounts, v.tmpfs_entries, v.files
             );
         }
-        println!("  rootfs  {}", report.rootfs.display());
-        println!("  log     {}", report.log_path.display());
-        let rows = cpengine::report::phase_rows(&report.phases, report.total);
+        print!(
+            "{}",
+            table(
+                &[
+                    ("rootfs", report.rootfs.display()),
+                    ("log", report.log_path.display()),
+                ],
+                0
+            )
+        );
         println!("phases");
-        for (k, v) in rows {
-            println!("  {k:<28}  {v}");
-        }
+        let rows = cpengine::report::phase_rows(&report.phases, report.total);
+        print!("{}", table(&rows, 28));
         if let Some(s) = &report.criu.criu {
             println!("criu restore statistics");
-            println!(
-                "  {:<28}  {}",
-                "restore time",
-                cpengine::report::ms(s.restore)
-            );
-            println!("  {:<28}  {}", "pages restored", s.pages_restored);
+            let rows = [
+                ("restore time", cpengine::report::ms(s.restore)),
+                ("pages restored", s.pages_restored.to_string()),
+            ];
+            print!("{}", table(&rows, 28));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -191,7 +191,7 @@ pub fn page_size() -> u64 {
     if r > 0 { r as u64 } else { 4096 }
 }
 
-/// Opens a directory (read-only, close-on-exec) as an fd CRIU can reach via /proc/<pid>/fd.
+/// Opens a directory (read-only, close-on-exec) as an fd CRIU can reach via `/proc/<pid>/fd`.
 pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()

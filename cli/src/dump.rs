@@ -55,10 +55,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         engine.dump(&opts).await?
     };
-    if a.json {
-        crate::print_json(&report)?;
-    } else {
-        print!("{report}");
-    }
+    crate::output::report(&report, a.json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,36 @@
+//! `cpengine ps`: the containers cpengine restored.
+
+use std::process::ExitCode;
+
+use cpengine::container::manage;
+use cpengine::container::state::StateRoot;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
+    let list = manage::list(state);
+    if a.json {
+        crate::output::json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:>8}  {:<8}  {:<35}  RESTORED FROM",
+        "ID", "PID", "STATUS", "CREATED"
+    );
+    for c in list {
+        println!(
+            "{:<24} {:>8}  {:<8}  {:<35}  {}",
+            c.id,
+            c.pid,
+            c.status.to_string(),
+            c.created,
+            c.restored_from.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
