@@ -702,13 +702,6 @@ fn apply_diff(rootfs: &Path, diff: Option<&Path>, deleted: &[String]) -> Result<
     Ok(())
 }
 
-/// Bytes available to us on the file system holding `dir` (unbounded if unknown).
-pub(crate) fn free_bytes(dir: &Path) -> u64 {
-    nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-        .unwrap_or(u64::MAX)
-}
-
 /// Copies `r` into `w`, refusing more than `cap` bytes (a decompressed layer that would fill
 /// the disk) with [`ArchiveError::TotalTooLarge`](crate::archive::ArchiveError::TotalTooLarge),
 /// as the archive it holds would be; returns the bytes copied.
@@ -724,7 +717,7 @@ fn copy_capped(r: impl std::io::Read, w: &mut impl std::io::Write, cap: u64) -> 
 /// Apply caps for a diff written into `dir`: its file system's free space.
 fn space_limits(dir: &Path) -> crate::rootfs::ApplyLimits {
     let mut l = crate::rootfs::ApplyLimits::default();
-    l.max_bytes = l.max_bytes.min(free_bytes(dir));
+    l.max_bytes = l.max_bytes.min(crate::host::fs::free_bytes(dir));
     l
 }
 
@@ -738,9 +731,9 @@ pub async fn open_source(
     // What is extracted must fit where it goes: a decompression bomb stops at the free space,
     // with a typed error, before the disk is full.
     let mut limits = crate::archive::Limits::default();
-    limits.max_total_bytes = limits
-        .max_total_bytes
-        .min(free_bytes(target.parent().unwrap_or(target)));
+    limits.max_total_bytes = limits.max_total_bytes.min(crate::host::fs::free_bytes(
+        target.parent().unwrap_or(target),
+    ));
     let path = Path::new(source);
     let archive = if path.is_file() {
         path.to_path_buf()

@@ -423,7 +423,7 @@ impl Session {
     /// still ahead of it, and the task dies of SIGTRAP (the kernel logs nothing when the trap
     /// was taken while still traced). Nothing outside CRIU can undo that, which is why the
     /// engine only ever lets CRIU abort by itself, and why CRIU runs with `oom_score_adj`
-    /// -1000 (see [`protect_from_oom_killer`]). An external SIGKILL of CRIU (an operator, a
+    /// -1000 (see `protect_from_oom_killer`). An external SIGKILL of CRIU (an operator, a
     /// fault-injection test) in that window remains a hazard inherent to CRIU.
     pub async fn abort(&mut self) {
         self.channel.shutdown();

@@ -752,7 +752,7 @@ pub async fn pull(
     let declared = wanted
         .iter()
         .fold(0u64, |a, (_, size)| a.saturating_add(*size));
-    let free = crate::container::restore::free_bytes(store.dir());
+    let free = crate::host::fs::free_bytes(store.dir());
     if declared > free {
         return Err(OciError::TooLarge {
             what: "image blobs",

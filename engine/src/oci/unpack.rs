@@ -72,9 +72,7 @@ fn unpack_one(
         .and_then(|r| {
             // A compressed layer must not fill the disk: at most the free space is written.
             let mut limits = crate::rootfs::ApplyLimits::default();
-            limits.max_bytes = limits
-                .max_bytes
-                .min(crate::container::restore::free_bytes(&tmp));
+            limits.max_bytes = limits.max_bytes.min(crate::host::fs::free_bytes(&tmp));
             crate::rootfs::apply_layer(&tmp, r, &limits).map_err(|e| unpack_err(e.to_string()))
         })
         .and_then(|_| match std::fs::rename(&tmp, dir) {

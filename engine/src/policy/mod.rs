@@ -4,7 +4,7 @@
 //! input: whoever wrote it chose every byte. The [`RestorePolicy`] is built from the live
 //! request alone — the CLI's flags ([`RestorePolicy::runtime_default`] plus the opt-ins), or
 //! the CRI request's security context in the shim ([`RestorePolicy::from_security`]) — and
-//! [`verify`] checks the extracted images against it before anything is mounted or CRIU is
+//! [`verify()`] checks the extracted images against it before anything is mounted or CRIU is
 //! started. A restore the images would take beyond the policy is refused with a
 //! [`PolicyViolation`] naming the image and field.
 //!
