@@ -604,7 +604,10 @@ async fn a_restore_failing_in_crius_restorer_returns_its_error_promptly_and_leav
     assert!(edited >= 1, "no core image in {}", archive.display());
     let sum = fingerprint(&bad);
     let id = unique_id("cpe-fcapn");
-    let o = restore_opts(&id, &state, &bundle.base);
+    let mut o = restore_opts(&id, &state, &bundle.base);
+    // The node admin allows that capability (as `--cap-add` would), so the restore policy
+    // lets the images through and CRIU's restorer is what fails.
+    o.policy.capabilities.0 |= 1u64 << cap;
     assert!(o.timeout >= Duration::from_secs(300), "{:?}", o.timeout);
     // Far below the restore's own timeout and far above any honest failure: a restore that
     // waits for its timeout is caught without a tight clock.

@@ -33,6 +33,9 @@ fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, who: &str) {
         .arg("restore")
         .arg(archive)
         .args(["--id", &id, "--json"])
+        // Neither Podman's nor containerd's containers set no_new_privs (the CLI's restore
+        // policy requires it unless the admin allows otherwise).
+        .arg("--allow-new-privs")
         .arg("--rootfs-base")
         .arg(base)
         .arg("--log")
