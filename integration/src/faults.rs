@@ -442,3 +442,52 @@ impl KernelLog {
         out
     }
 }
+
+/// For an assertion message: every journal entry under `state` with its content, and for the
+/// lock of each restore it names, the processes (pid, comm, ppid, state) holding that file open.
+pub fn journal_report(state: &cpengine::container::state::StateRoot) -> String {
+    let dir = state.run.join("journal");
+    let mut out = String::new();
+    for name in names_in(&dir) {
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+        out.push_str(&format!("\n{name}: {text}"));
+        let id = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["restore_of"].as_str().map(str::to_owned));
+        if let Some(id) = id {
+            let lock = state.run.join("locks").join(format!("{id}.lock"));
+            out.push_str(&format!(
+                "\n  holders of {}: {:?}",
+                lock.display(),
+                openers(&lock)
+            ));
+        }
+    }
+    out
+}
+
+/// The processes with `path` open: (pid, comm, ppid, state).
+fn openers(path: &Path) -> Vec<(i32, String, Option<i32>, Option<char>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
+        if fds
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l == path))
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            v.push((
+                pid,
+                comm.trim().to_owned(),
+                cpengine::proc::ppid(pid),
+                cpengine::proc::task_state(pid).map(|s| s.state),
+            ));
+        }
+    }
+    v
+}

@@ -980,7 +980,8 @@ async fn engine_killed_mid_restore_is_repaired_by_the_next_command() {
         reap_zombies();
         assert!(
             names_in(&state.run.join("journal")).is_empty(),
-            "{what}: journal entry left after recovery"
+            "{what}: journal entry left after recovery (cpengine ps said: {err}):{}",
+            journal_report(&state)
         );
         if state.container_record(&new_id).exists() {
             // The restore had finished before the kill: a container like any other.

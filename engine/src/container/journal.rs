@@ -221,6 +221,10 @@ fn stop_worker(pid: u32, start: u64, grace: std::time::Duration) -> bool {
     true
 }
 
+/// How long recovery waits for the lock of an abandoned restore's container before it leaves
+/// that restore for later (see [`super::lock::lock_for_recovery`]).
+const RECOVERY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Repairs every checkpoint whose engine process is gone. Safe to call at any time: entries of
 /// live processes (another cpengine running a checkpoint now) are left alone.
 pub fn recover(state: &StateRoot) -> Vec<Recovered> {
@@ -256,7 +260,13 @@ pub fn recover(state: &StateRoot) -> Vec<Recovered> {
         if let Some(id) = &entry.restore_of {
             // The directories and cgroups are the id's: another restore of the same id that is
             // running now (it holds the id's lock) must not lose them. Its turn comes later.
-            let Some(_lock) = super::lock::try_lock(state, id) else {
+            let Some(_lock) = super::lock::lock_for_recovery(state, id, RECOVERY_LOCK_WAIT) else {
+                tracing::warn!(
+                    container = %id,
+                    entry = %path.display(),
+                    openers = ?super::lock::openers(state, id),
+                    "the container of an abandoned restore is locked by a live process; left for later"
+                );
                 continue;
             };
             if let Some(r) = recover_restore(state, id, &entry) {
@@ -443,6 +453,30 @@ mod tests {
         orphan(&state, InFlight::restore("r2", vec![run2.clone()]));
         assert!(recover(&state).is_empty());
         assert!(run2.exists());
+        assert!(names(&dir(&state)).is_empty(), "entry left");
+    }
+
+    #[test]
+    fn an_abandoned_restore_waits_for_a_passing_holder_of_its_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot::at(tmp.path());
+        let run = state.container_run_dir("r3");
+        std::fs::create_dir_all(&run).unwrap();
+        orphan(&state, InFlight::restore("r3", vec![run.clone()]));
+        // A holder that is not a live restore (a forked child about to exec) lets go soon.
+        let held = crate::container::lock::try_lock(&state, "r3").unwrap();
+        assert_eq!(
+            crate::container::lock::openers(&state, "r3"),
+            vec![std::process::id() as i32]
+        );
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let r = recover(&state);
+        t.join().unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(!run.exists());
         assert!(names(&dir(&state)).is_empty(), "entry left");
     }
 

@@ -100,6 +100,47 @@ pub fn try_lock(state: &StateRoot, id: &str) -> Option<ContainerLock> {
         .map(|l| ContainerLock { _lock: l })
 }
 
+/// Takes container `id`'s lock for recovery, waiting at most `wait` for its holder to let go.
+///
+/// A holder that is not a live operation on `id` lets go within milliseconds: a child a killed
+/// engine forked holds the engine's descriptors (the lock's among them) until it executes its
+/// program, which closes them (they are all close-on-exec). A live restore holds it for as
+/// long as it runs; recovery then leaves that id for later. Blocking: call before the async
+/// runtime runs tasks, or from a blocking thread.
+pub fn lock_for_recovery(state: &StateRoot, id: &str, wait: Duration) -> Option<ContainerLock> {
+    let started = Instant::now();
+    loop {
+        if let Some(l) = try_lock(state, id) {
+            return Some(l);
+        }
+        if started.elapsed() >= wait {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The processes that have container `id`'s lock file open (one of them holds the lock when
+/// it is busy), for messages.
+pub fn openers(state: &StateRoot, id: &str) -> Vec<i32> {
+    let path = lock_path(state, id);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let has = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l == path));
+        if has {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
