@@ -221,4 +221,32 @@ mod tests {
         assert!(with(&["--seccomp", "strictest"]).is_err());
         assert!(with(&["--privileged", "--trust-archive", "--allow-new-privs"]).is_ok());
     }
+
+    #[test]
+    fn restore_policy_follows_the_flags_only() {
+        let policy = |extra: &[&str]| {
+            let base = ["cpengine", "restore", "a.tar", "--id", "x"];
+            match Cli::try_parse_from(base.iter().chain(extra.iter()))
+                .unwrap()
+                .command
+            {
+                Command::Restore(a) => crate::restore::policy(&a),
+                _ => unreachable!(),
+            }
+        };
+        let d = policy(&[]);
+        assert_eq!(d, cpengine::policy::RestorePolicy::runtime_default());
+        assert!(d.no_new_privs && !d.trust_archive);
+        assert!(!policy(&["--allow-new-privs"]).no_new_privs);
+        // CAP_SYS_ADMIN is capability 21: not in the default set, added by --cap-add alone.
+        let admin = 1u64 << 21;
+        assert_eq!(d.capabilities.0 & admin, 0);
+        let p = policy(&["--cap-add", "CAP_SYS_ADMIN"]);
+        assert_eq!(p.capabilities.0, d.capabilities.0 | admin);
+        assert!(policy(&["--trust-archive"]).trust_archive);
+        assert_eq!(
+            policy(&["--seccomp", "required"]).seccomp,
+            cpengine::policy::SeccompRequirement::Required
+        );
+    }
 }

@@ -108,6 +108,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         crate::output::report(&report, a.json)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let policy = policy(&a);
     let source = a.source.unwrap_or_default();
     let id =
         a.id.ok_or_else(|| anyhow::anyhow!("restoring a container needs --id <NEW_ID>"))?;
@@ -119,15 +120,9 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.ext_unix_sk = a.ext_unix_sk;
     o.file_locks = a.file_locks;
     o.lazy_pages = a.lazy;
+    o.policy = policy;
     o.binds.map = a.mounts.into_iter().collect();
     o.binds.trust_archive = a.trust_archive_binds || a.trust_archive;
-    o.policy = policy(
-        &a.cap_add,
-        a.privileged,
-        &a.devices,
-        a.seccomp.into(),
-        a.trust_archive,
-    );
     if a.trust_archive {
         eprintln!(
             "WARNING: --trust-archive: the checkpoint is restored WITHOUT verification; its images decide the container's privileges"
@@ -175,22 +170,21 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
 }
 
 /// The restore policy of the command line: the runtime default with the opt-ins.
-fn policy(
-    cap_add: &[cpengine::policy::CapSet],
-    privileged: bool,
-    devices: &[PathBuf],
-    seccomp: cpengine::policy::SeccompRequirement,
-    trust_archive: bool,
-) -> cpengine::policy::RestorePolicy {
+/// The restore policy of the command line: the runtime defaults, widened only by the flags the
+/// admin gave.
+pub(crate) fn policy(a: &Args) -> cpengine::policy::RestorePolicy {
     let mut p = cpengine::policy::RestorePolicy::runtime_default();
-    if privileged {
+    if a.privileged {
         p = p.privileged();
     }
-    for c in cap_add {
+    for c in &a.cap_add {
         p.capabilities.0 |= c.0;
     }
-    p.devices = devices.to_vec();
-    p.seccomp = seccomp;
-    p.trust_archive = trust_archive;
+    if a.allow_new_privs {
+        p.no_new_privs = false;
+    }
+    p.devices = a.devices.clone();
+    p.seccomp = a.seccomp.into();
+    p.trust_archive = a.trust_archive;
     p
 }
