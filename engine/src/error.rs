@@ -48,6 +48,8 @@ pub enum Error {
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
+    Containment(#[from] crate::container::containment::ContainmentError),
+    #[error(transparent)]
     Lock(#[from] crate::container::lock::LockError),
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
@@ -153,7 +155,14 @@ impl Error {
             | Self::DestinationIsDir { .. }
             | Self::DirRootfsNeedsBase { .. }
             | Self::ImagesDirNotEmpty { .. }
-            | Self::NoImages { .. } => C::Request,
+            | Self::NoImages { .. }
+            | Self::Containment(
+                crate::container::containment::ContainmentError::Device { .. }
+                | crate::container::containment::ContainmentError::NotADevice { .. },
+            ) => C::Request,
+            Self::Containment(crate::container::containment::ContainmentError::NoDeviceCgroup) => {
+                C::Precondition
+            }
             Self::NotACheckpointImage { .. }
             | Self::NoBaseImage
             | Self::BaseImageMissing { .. }

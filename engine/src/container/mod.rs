@@ -9,6 +9,7 @@
 
 pub mod binds;
 pub mod checkpoint;
+pub mod containment;
 mod descriptors;
 mod error;
 pub mod journal;
