@@ -50,6 +50,8 @@ pub enum Error {
     #[error(transparent)]
     Containment(#[from] crate::container::containment::ContainmentError),
     #[error(transparent)]
+    Exec(#[from] crate::container::exec::ExecError),
+    #[error(transparent)]
     Lock(#[from] crate::container::lock::LockError),
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
@@ -168,6 +170,7 @@ impl Error {
             | Self::BaseImageMissing { .. }
             | Self::ContainerSpec { .. }
             | Self::NoSuchProcess { .. }
+            | Self::Exec(crate::container::exec::ExecError::Seccomp { .. })
             | Self::Locate(_) => C::Precondition,
             Self::SpecNotOci { .. } | Self::SpecNotObject | Self::MountEscapes { .. } => {
                 C::BadCheckpoint

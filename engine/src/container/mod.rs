@@ -10,6 +10,7 @@
 pub mod binds;
 pub mod checkpoint;
 pub mod containment;
+pub mod exec;
 mod descriptors;
 mod error;
 pub mod journal;
