@@ -95,7 +95,8 @@ pub fn confinement_of(pid: i32) -> Result<Confinement, ExecError> {
             .ok_or(ExecError::StatusField { pid, field: name })
     };
     let hex = |name: &'static str| -> Result<u64, ExecError> {
-        u64::from_str_radix(field(name)?, 16).map_err(|_| ExecError::StatusField { pid, field: name })
+        u64::from_str_radix(field(name)?, 16)
+            .map_err(|_| ExecError::StatusField { pid, field: name })
     };
     let first = |name: &'static str| -> Result<u32, ExecError> {
         field(name)?
@@ -266,7 +267,12 @@ pub fn command(req: &ExecRequest) -> Result<std::process::Command, ExecError> {
                 permitted: half(conf.cap_prm, i),
                 inheritable: half(conf.cap_inh, i),
             });
-            if libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) != 0 {
+            if libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            ) != 0
+            {
                 return Err(err());
             }
             if libc::prctl(

@@ -10,9 +10,9 @@
 pub mod binds;
 pub mod checkpoint;
 pub mod containment;
-pub mod exec;
 mod descriptors;
 mod error;
+pub mod exec;
 pub mod journal;
 pub mod lock;
 pub mod manage;
