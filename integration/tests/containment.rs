@@ -274,3 +274,161 @@ async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
     assert_eq!(st.code(), Some(7));
     manage::delete(&root, &id, true).await.unwrap();
 }
+
+/// The same through the shim: a container checkpointed over CRI and restored by
+/// CreateContainer/StartContainer keeps the device cgroup and the request's memory and cpu
+/// limits, and ExecSync into it has the init's confinement and cgroups, with the
+/// environment of the restore request (not the checkpoint's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
+    use cpengine_integration::cri::*;
+    use k8s_cri::v1 as pb;
+    let shim = Shim::start();
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("contain", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", script),
+    )
+    .await;
+    let dest = scratch("cpe-kubelet-checkpoints-");
+    let loc = kubelet_location(dest.path(), "contain", "default", "counter");
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: loc.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("CheckpointContainer");
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+
+    let pod2_cfg = pod_config("contain-restored", logs.path(), pb::NamespaceMode::Pod);
+    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
+    cfg.command.clear();
+    cfg.envs = vec![pb::KeyValue {
+        key: "CPE_LIVE".into(),
+        value: "from-the-request".into(),
+    }];
+    cfg.linux.as_mut().unwrap().resources = Some(pb::LinuxContainerResources {
+        memory_limit_in_bytes: 200 << 20,
+        cpu_shares: 512,
+        ..Default::default()
+    });
+    let id = create_start(&mut rt, &pod2, &pod2_cfg, cfg).await;
+    let state = shim.state();
+    let rec = ContainerRecord::load(&state.container_record(&id)).expect("engine record");
+    let cg = |key: &str| -> PathBuf {
+        rec.cgroup_paths
+            .iter()
+            .find(|(k, _)| k.split(',').any(|c| c == key))
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("no {key} cgroup in {:?}", rec.cgroup_paths))
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap();
+    // (a) only the standard devices.
+    let mut list: Vec<String> = read(cg("devices").join("devices.list"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    list.sort();
+    assert_eq!(
+        list,
+        [
+            "c 136:* rwm",
+            "c 1:3 rwm",
+            "c 1:5 rwm",
+            "c 1:7 rwm",
+            "c 1:8 rwm",
+            "c 1:9 rwm",
+            "c 5:0 rwm",
+            "c 5:1 rwm",
+            "c 5:2 rwm",
+        ]
+    );
+    // (b) the request's limits.
+    assert_eq!(
+        read(cg("memory").join("memory.limit_in_bytes")).trim(),
+        (200u64 << 20).to_string()
+    );
+    assert_eq!(read(cg("cpu").join("cpu.shares")).trim(), "512");
+    // (c) ExecSync: the init's confinement and cgroups, the request's environment.
+    let r = rt
+        .exec_sync(pb::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /proc/self/status; echo ===; cat /proc/self/cgroup; echo ===; env; echo ===; for n in pid mnt net ipc uts; do readlink /proc/self/ns/$n; done".into(),
+            ],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{out} {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let parts: Vec<&str> = out.split("===\n").collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    let init_status = read(PathBuf::from(format!("/proc/{}/status", rec.pid)));
+    for k in [
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+        "Uid",
+        "Gid",
+    ] {
+        assert_eq!(
+            status_field(parts[0], k),
+            status_field(&init_status, k),
+            "{k}"
+        );
+    }
+    // Not the host's root.
+    assert_ne!(status_field(parts[0], "CapEff"), "000001fffeffffff");
+    assert_eq!(
+        parts[1],
+        read(PathBuf::from(format!("/proc/{}/cgroup", rec.pid))),
+        "cgroups differ from the init's"
+    );
+    assert!(
+        parts[2].contains("CPE_LIVE=from-the-request"),
+        "{}",
+        parts[2]
+    );
+    // Its namespaces are the init's.
+    let init_ns: String = ["pid", "mnt", "net", "ipc", "uts"]
+        .iter()
+        .map(|n| {
+            let l = std::fs::read_link(format!("/proc/{}/ns/{n}", rec.pid)).unwrap();
+            format!("{}\n", l.display())
+        })
+        .collect();
+    assert_eq!(parts[3], init_ns);
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: id,
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+}
