@@ -425,6 +425,28 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
         })
         .collect();
     assert_eq!(parts[3], init_ns);
+    // A timed-out exec is killed (through its pid file), not left in the container.
+    let t = rt
+        .exec_sync(pb::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "31".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(t.code(), tonic::Code::DeadlineExceeded, "{t:?}");
+    let procs = |d: PathBuf| read(d.join("cgroup.procs"));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            procs(cg("pids")).lines().all(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .map(|c| !c.contains("31"))
+                    .unwrap_or(true)
+            })
+        }),
+        "the timed-out exec is still running: {}",
+        procs(cg("pids"))
+    );
     rt.stop_container(pb::StopContainerRequest {
         container_id: id,
         timeout: 0,
