@@ -250,4 +250,43 @@ mod tests {
             Err(ContainmentError::NoDeviceCgroup)
         ));
     }
+
+    #[test]
+    fn rules_and_limits_land_in_their_hierarchies() {
+        let t = tempfile::tempdir().unwrap();
+        let mut cg = BTreeMap::new();
+        for c in ["devices", "memory", "pids", "cpu,cpuacct"] {
+            let d = t.path().join(c);
+            std::fs::create_dir(&d).unwrap();
+            cg.insert(c.to_string(), d);
+        }
+        // Regular files stand in for the kernel's: each keeps the last write.
+        std::fs::write(cg["devices"].join("devices.list"), "c 1:3 rwm\n").unwrap();
+        let c = Containment {
+            devices: vec![DeviceRule::chr(10, Some(200))],
+            all_devices: false,
+            resources: Resources {
+                memory_limit: Some(1 << 28),
+                cpu_shares: Some(512),
+                cpu_quota: Some(50_000),
+                cpu_period: None,
+                pids_limit: Some(0),
+            },
+        };
+        apply(&cg, &c).unwrap();
+        let read = |c: &str, f: &str| std::fs::read_to_string(cg[c].join(f)).unwrap();
+        assert_eq!(read("devices", "devices.deny"), "a");
+        // The last allow is the request's own device.
+        assert_eq!(read("devices", "devices.allow"), "c 10:200 rwm");
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "268435456");
+        assert_eq!(read("pids", "pids.max"), "max");
+        assert_eq!(read("cpu,cpuacct", "cpu.shares"), "512");
+        assert_eq!(read("cpu,cpuacct", "cpu.cfs_quota_us"), "50000");
+        // A device list still allowing everything is refused.
+        std::fs::write(cg["devices"].join("devices.list"), "a *:* rwm\n").unwrap();
+        assert!(matches!(
+            apply(&cg, &c),
+            Err(ContainmentError::DevicesNotApplied { .. })
+        ));
+    }
 }
