@@ -297,6 +297,29 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
         container_config("counter", "busybox", script),
     )
     .await;
+    // ExecSync into the runc container (runc exec) has its init's confinement too.
+    let r = rt
+        .exec_sync(pb::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /proc/self/status; echo ===; cat /proc/1/status".into(),
+            ],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    let (mine, init) = out.split_once("===\n").expect("two statuses");
+    for k in ["CapPrm", "CapEff", "CapBnd", "NoNewPrivs", "Seccomp"] {
+        assert_eq!(
+            status_field(mine, k),
+            status_field(init, k),
+            "runc exec {k}"
+        );
+    }
     let dest = scratch("cpe-kubelet-checkpoints-");
     let loc = kubelet_location(dest.path(), "contain", "default", "counter");
     rt.checkpoint_container(pb::CheckpointContainerRequest {
