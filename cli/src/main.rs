@@ -4,6 +4,7 @@ mod check;
 mod checkpoint;
 mod delete;
 mod dump;
+mod exec;
 mod image;
 mod inspect;
 mod kill;
@@ -48,6 +49,8 @@ enum Command {
     Ps(ps::Args),
     /// Send a signal to a container cpengine restored.
     Kill(kill::Args),
+    /// Run a command inside a container cpengine restored, confined like the container.
+    Exec(exec::Args),
     /// Delete a container cpengine restored (unmounts its rootfs, removes cgroups and state).
     Delete(delete::Args),
     /// Show what a checkpoint archive or CRIU images directory holds: container, image, sizes,
@@ -75,7 +78,12 @@ impl Command {
     fn touches_containers(&self) -> bool {
         matches!(
             self,
-            Self::Checkpoint(_) | Self::Restore(_) | Self::Ps(_) | Self::Kill(_) | Self::Delete(_)
+            Self::Checkpoint(_)
+                | Self::Restore(_)
+                | Self::Ps(_)
+                | Self::Kill(_)
+                | Self::Exec(_)
+                | Self::Delete(_)
         )
     }
 }
@@ -126,6 +134,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ps(a) => ps::run(a, &state),
             Command::Kill(a) => kill::run(a, &state),
+            Command::Exec(a) => exec::run(a, &state),
             Command::Delete(a) => delete::run(a, &state).await,
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,

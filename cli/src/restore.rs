@@ -70,6 +70,18 @@ pub struct Args {
     /// Implies --trust-archive-binds.
     #[arg(long, requires = "source")]
     pub trust_archive: bool,
+    /// Memory limit of the restored container, in bytes (suffixes k, m, g).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "source")]
+    pub memory: Option<i64>,
+    /// Most tasks the restored container may have.
+    #[arg(long, value_name = "N", requires = "source")]
+    pub pids_limit: Option<i64>,
+    /// CPU shares (relative weight) of the restored container.
+    #[arg(long, value_name = "N", requires = "source")]
+    pub cpu_shares: Option<u64>,
+    /// CPU quota in microseconds per 100 ms period.
+    #[arg(long, value_name = "USEC", requires = "source")]
+    pub cpu_quota: Option<i64>,
     /// Restore a process tree from this CRIU images directory instead.
     #[arg(long, short = 'D', conflicts_with_all = ["source", "id"])]
     pub images_dir: Option<PathBuf>,
@@ -123,6 +135,13 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.policy = policy;
     o.binds.map = a.mounts.into_iter().collect();
     o.binds.trust_archive = a.trust_archive_binds || a.trust_archive;
+    o.containment.resources = cpengine::container::containment::Resources {
+        memory_limit: a.memory,
+        pids_limit: a.pids_limit,
+        cpu_shares: a.cpu_shares,
+        cpu_quota: a.cpu_quota,
+        cpu_period: None,
+    };
     if a.trust_archive {
         eprintln!(
             "WARNING: --trust-archive: the checkpoint is restored WITHOUT verification; its images decide the container's privileges"
@@ -169,7 +188,6 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The restore policy of the command line: the runtime default with the opt-ins.
 /// The restore policy of the command line: the runtime defaults, widened only by the flags the
 /// admin gave.
 pub(crate) fn policy(a: &Args) -> cpengine::policy::RestorePolicy {
@@ -187,4 +205,20 @@ pub(crate) fn policy(a: &Args) -> cpengine::policy::RestorePolicy {
     p.seccomp = a.seccomp.into();
     p.trust_archive = a.trust_archive;
     p
+}
+
+/// A byte count with an optional k/m/g suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a byte count"))
 }

@@ -48,6 +48,10 @@ pub enum Error {
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
+    Containment(#[from] crate::container::containment::ContainmentError),
+    #[error(transparent)]
+    Exec(#[from] crate::container::exec::ExecError),
+    #[error(transparent)]
     Lock(#[from] crate::container::lock::LockError),
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
@@ -153,12 +157,20 @@ impl Error {
             | Self::DestinationIsDir { .. }
             | Self::DirRootfsNeedsBase { .. }
             | Self::ImagesDirNotEmpty { .. }
-            | Self::NoImages { .. } => C::Request,
+            | Self::NoImages { .. }
+            | Self::Containment(
+                crate::container::containment::ContainmentError::Device { .. }
+                | crate::container::containment::ContainmentError::NotADevice { .. },
+            ) => C::Request,
+            Self::Containment(crate::container::containment::ContainmentError::NoDeviceCgroup) => {
+                C::Precondition
+            }
             Self::NotACheckpointImage { .. }
             | Self::NoBaseImage
             | Self::BaseImageMissing { .. }
             | Self::ContainerSpec { .. }
             | Self::NoSuchProcess { .. }
+            | Self::Exec(crate::container::exec::ExecError::Seccomp { .. })
             | Self::Locate(_) => C::Precondition,
             Self::SpecNotOci { .. } | Self::SpecNotObject | Self::MountEscapes { .. } => {
                 C::BadCheckpoint

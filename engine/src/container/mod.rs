@@ -9,8 +9,10 @@
 
 pub mod binds;
 pub mod checkpoint;
+pub mod containment;
 mod descriptors;
 mod error;
+pub mod exec;
 pub mod journal;
 pub mod lock;
 pub mod manage;

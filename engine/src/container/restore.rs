@@ -91,6 +91,10 @@ pub struct ContainerRestoreOptions {
     /// What the restored container may have, from the live request (see [`crate::policy`]);
     /// the checkpoint's images are verified against it before anything is created.
     pub policy: crate::policy::RestorePolicy,
+    /// The device rules and resource limits of the live request, written into the
+    /// container's cgroups before CRIU resumes it (the policy's devices and `privileged` are
+    /// added to them).
+    pub containment: super::containment::Containment,
 }
 
 impl ContainerRestoreOptions {
@@ -114,6 +118,7 @@ impl ContainerRestoreOptions {
             lazy_pages: false,
             binds: Default::default(),
             policy: Default::default(),
+            containment: Default::default(),
         }
     }
 }
@@ -209,6 +214,14 @@ pub async fn restore(
         );
     }
     let verify_time = t.elapsed();
+    // What the container is held to after the restore, decided before anything is created.
+    let mut containment = opts.containment.clone();
+    containment.all_devices |= opts.policy.privileged;
+    for d in &opts.policy.devices {
+        containment
+            .devices
+            .push(super::containment::DeviceRule::of_path(d)?);
+    }
     // Two restores under one id must not race between the check and the record.
     let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
     let record_path = opts.state.container_record(id);
@@ -330,6 +343,8 @@ pub async fn restore(
         .map_err(Error::io("writing the restore journal"))?;
     let cgroups = crate::cgroups::create(&planned).map_err(|source| Error::Cgroups { source })?;
     cleanup.cgroups = cgroups.clone();
+    // Device rules and limits before any task (the CRIU worker included) joins them.
+    super::containment::apply(&cgroups, &containment)?;
 
     // 4. stdio: new pipes for the recorded ones, read by a relay into the log
     let log_path = opts

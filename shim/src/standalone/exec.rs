@@ -1,8 +1,9 @@
 //! `ExecSync` and container statistics.
 //!
 //! Runc containers are entered with `runc exec`, which applies the container's own process
-//! settings. Restored containers have no runc state; they are entered with `nsenter` into the
-//! init's namespaces and root, with the environment and user of their spec.
+//! settings. Restored containers have no runc state; they are entered the same way by the
+//! engine ([`cpengine::container::exec`]): the container's cgroups, namespaces, capabilities
+//! and no_new_privs, with the user, directory and environment of the CRI request.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -40,7 +41,14 @@ impl<I: ImageBackend> Standalone<I> {
             .join(format!("exec-{:08x}.pid", rand::random::<u32>()));
         let command = match rec.kind {
             CtrKind::Runc => self.runc.exec_command(&id, &cmd, &pid_file),
-            CtrKind::Restored => nsenter_command(&rec, &cmd)?,
+            CtrKind::Restored => {
+                let cgroups = self
+                    .engine_container(&rec)?
+                    .cgroup_paths
+                    .into_values()
+                    .collect();
+                confined_command(&rec, cgroups, &cmd, &pid_file)?
+            }
         };
         let result = run_captured(command, timeout, &pid_file).await;
         let _ = std::fs::remove_file(&pid_file);
@@ -100,46 +108,60 @@ impl<I: ImageBackend> Standalone<I> {
     }
 }
 
-/// `nsenter` into a restored container's namespaces and root, with its spec's user, working
-/// directory and environment.
-fn nsenter_command(rec: &CtrRecord, cmd: &[String]) -> Result<Command> {
+/// A restored container's exec, confined like `runc exec` by the engine
+/// ([`cpengine::container::exec`]): its cgroups (from cpengine's record), namespaces,
+/// capabilities and no_new_privs; the user, working directory and environment of the live
+/// CRI request (never the checkpoint's `spec.dump`).
+fn confined_command(
+    rec: &CtrRecord,
+    cgroups: Vec<std::path::PathBuf>,
+    cmd: &[String],
+    pid_file: &Path,
+) -> Result<Command> {
     let pid = rec.pid.ok_or_else(|| {
         ShimError::FailedPrecondition(format!("container {} has no process", rec.id))
     })?;
-    let spec = rec.restore.as_ref().map(|p| &p.spec);
-    let process = spec.map(|s| &s["process"]);
-    let env: Vec<String> = process
-        .and_then(|p| p["env"].as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
+    let no_image = crate::domain::ImageConfig::default();
+    let env = super::spec::resolve_env(&rec.spec, &no_image, "")
+        .into_iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e, String::new()),
         })
-        .unwrap_or_default();
-    let uid = process.and_then(|p| p["user"]["uid"].as_u64()).unwrap_or(0);
-    let gid = process.and_then(|p| p["user"]["gid"].as_u64()).unwrap_or(0);
-    let cwd = process
-        .and_then(|p| p["cwd"].as_str())
-        .unwrap_or("/")
-        .to_string();
-    let mut c = Command::new("nsenter");
-    c.arg("--target")
-        .arg(pid.to_string())
-        .args(["--mount", "--uts", "--ipc", "--net", "--pid"])
-        .arg("--root")
-        .arg(format!("--wd={cwd}"))
-        .arg(format!("--setuid={uid}"))
-        .arg(format!("--setgid={gid}"))
-        .arg("--")
-        .args(cmd)
-        .env_clear();
-    for e in env {
-        if let Some((k, v)) = e.split_once('=') {
-            c.env(k, v);
+        .collect();
+    let sec = &rec.spec.security;
+    let user = if sec.run_as_user.is_some() || !sec.run_as_username.is_empty() {
+        let u = super::spec::resolve_user(&rec.spec, &no_image, &rec.rootfs)?;
+        let mut groups = u.additional;
+        groups.extend(
+            sec.supplemental_groups
+                .iter()
+                .filter_map(|g| u32::try_from(*g).ok()),
+        );
+        Some(cpengine::container::exec::ExecUser {
+            uid: u.uid,
+            gid: u.gid,
+            groups,
+        })
+    } else {
+        None
+    };
+    let req = cpengine::container::exec::ExecRequest {
+        pid,
+        cgroups,
+        args: cmd.to_vec(),
+        env,
+        cwd: rec.spec.working_dir.clone(),
+        user,
+        pid_file: Some(pid_file.to_path_buf()),
+    };
+    let c = cpengine::container::exec::command(&req).map_err(|e| match e {
+        cpengine::container::exec::ExecError::Seccomp { .. } => {
+            ShimError::FailedPrecondition(e.to_string())
         }
-    }
-    c.kill_on_drop(true);
-    Ok(c)
+        e => ShimError::Internal(format!("preparing the exec: {e}")),
+    })?;
+    Ok(Command::from(c))
 }
 
 /// Runs a command with captured stdout/stderr (each capped), killing it and the process whose

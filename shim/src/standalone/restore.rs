@@ -439,6 +439,16 @@ impl<I: ImageBackend> Standalone<I> {
         opts.binds.map = plan.binds.clone();
         // What the restored container may have comes from the live request, never the archive.
         opts.policy = restore_policy(&rec.spec.security, &pod);
+        // Its cgroup limits come from the request too (the devices from the policy).
+        let r = &rec.spec.resources;
+        let pos = |v: i64| Some(v).filter(|v| *v > 0);
+        opts.containment.resources = cpengine::container::containment::Resources {
+            memory_limit: pos(r.memory_limit_in_bytes),
+            cpu_shares: pos(r.cpu_shares).map(|v| v as u64),
+            cpu_quota: pos(r.cpu_quota),
+            cpu_period: pos(r.cpu_period).map(|v| v as u64),
+            pids_limit: None,
+        };
         let dumped = DumpedNamespaces::read(&ckpt.images_dir)?;
         if let Some(h) = pod.holder {
             let holder = h.holder();
