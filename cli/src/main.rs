@@ -253,6 +253,15 @@ mod tests {
         let p = policy(&["--cap-add", "CAP_SYS_ADMIN"]);
         assert_eq!(p.capabilities.0, d.capabilities.0 | admin);
         assert!(policy(&["--trust-archive"]).trust_archive);
+        assert!(d.host_namespaces.is_empty());
+        let h = policy(&["--host-namespace", "net", "--host-namespace", "uts"]);
+        assert_eq!(
+            h.host_namespaces.into_iter().collect::<Vec<_>>(),
+            [
+                cpengine::policy::Namespace::Net,
+                cpengine::policy::Namespace::Uts
+            ]
+        );
         assert_eq!(
             policy(&["--seccomp", "required"]).seccomp,
             cpengine::policy::SeccompRequirement::Required

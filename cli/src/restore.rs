@@ -52,6 +52,17 @@ pub struct Args {
     /// one). The checkpoint's threads may hold only the capabilities allowed.
     #[arg(long = "cap-add", value_name = "CAP", requires = "source", value_parser = cpengine::policy::parse_cap)]
     pub cap_add: Vec<cpengine::policy::CapSet>,
+    /// Allow the restored tasks to be in this namespace of the host (repeatable; net, ipc,
+    /// uts or pid): for a container that ran with the host's network (a hostNetwork pod),
+    /// IPC or pid namespace. Without it, a checkpoint whose tasks were in the host's
+    /// namespace is refused.
+    #[arg(
+        long = "host-namespace",
+        value_name = "NS",
+        value_enum,
+        requires = "source"
+    )]
+    pub host_namespaces: Vec<crate::values::HostNamespace>,
     /// Allow threads without no_new_privs (containers a runtime started without it, such as
     /// Podman's by default).
     #[arg(long, requires = "source")]
@@ -201,6 +212,11 @@ pub(crate) fn policy(a: &Args) -> cpengine::policy::RestorePolicy {
     if a.allow_new_privs {
         p.no_new_privs = false;
     }
+    p.host_namespaces.extend(
+        a.host_namespaces
+            .iter()
+            .map(|&n| cpengine::policy::Namespace::from(n)),
+    );
     p.devices = a.devices.clone();
     p.seccomp = a.seccomp.into();
     p.trust_archive = a.trust_archive;

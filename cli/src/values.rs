@@ -63,6 +63,26 @@ impl From<Seccomp> for policy::SeccompRequirement {
     }
 }
 
+/// A host namespace a restore may keep its tasks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostNamespace {
+    Net,
+    Ipc,
+    Uts,
+    Pid,
+}
+
+impl From<HostNamespace> for policy::Namespace {
+    fn from(n: HostNamespace) -> Self {
+        match n {
+            HostNamespace::Net => Self::Net,
+            HostNamespace::Ipc => Self::Ipc,
+            HostNamespace::Uts => Self::Uts,
+            HostNamespace::Pid => Self::Pid,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::ValueEnum;

@@ -22,7 +22,15 @@ fn counter_of(pid: i32) -> u64 {
 /// checkpoint (a restarted workload would start again at 1), then counting on. No upper bound:
 /// the original is gone, and how far the restored one has counted when it is first read
 /// depends on the machine's load. Deletes the container afterwards.
-fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, who: &str) {
+/// `host_namespaces`: the host namespaces the checkpointed container ran in (a host-network
+/// pod: net and uts), which the restore must be allowed to keep (`--host-namespace`).
+fn restore_with_the_cli(
+    archive: &Path,
+    base: &Path,
+    at_least: u64,
+    who: &str,
+    host_namespaces: &[&str],
+) {
     let state = scratch("cpe-peer-cli-");
     let hosts = state.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
@@ -36,6 +44,11 @@ fn restore_with_the_cli(archive: &Path, base: &Path, at_least: u64, who: &str) {
         // Neither Podman's nor containerd's containers set no_new_privs (the CLI's restore
         // policy requires it unless the admin allows otherwise).
         .arg("--allow-new-privs")
+        .args(
+            host_namespaces
+                .iter()
+                .flat_map(|n| ["--host-namespace", *n]),
+        )
         .arg("--rootfs-base")
         .arg(base)
         .arg("--log")
@@ -127,7 +140,13 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     .unwrap();
 
     // 1. The CLI, on the busybox tree the image was made from.
-    restore_with_the_cli(&archive, &ctrd.busybox_rootfs(), before, "containerd");
+    restore_with_the_cli(
+        &archive,
+        &ctrd.busybox_rootfs(),
+        before,
+        "containerd",
+        &["net", "uts"],
+    );
 
     // 2. The standalone shim: CreateContainer with the archive as the image.
     let shim = Shim::start();
@@ -336,7 +355,13 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
         .items;
     assert!(pods.is_empty(), "{pods:?}");
 
-    restore_with_the_cli(&archive, &ctrd.busybox_rootfs(), before, "proxy-1.6");
+    restore_with_the_cli(
+        &archive,
+        &ctrd.busybox_rootfs(),
+        before,
+        "proxy-1.6",
+        &["net", "uts"],
+    );
 }
 
 /// A container run by Podman 4.3 (its conmon, its runc under /run/runc) checkpointed with
@@ -404,5 +429,5 @@ fn a_podman_managed_container_is_checkpointed_and_restored_by_cpengine() {
         .args(["inspect", &name, "--format", "{{.State.Status}}"]));
     assert_eq!(status.trim(), "running");
     p.ok(&["rm", "-f", "-t", "0", &name]);
-    restore_with_the_cli(&archive, &base, before, "podman");
+    restore_with_the_cli(&archive, &base, before, "podman", &[]);
 }
