@@ -26,10 +26,17 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+pub use self::checkpoint::{
+    ContainerCheckpointOptions, ContainerCheckpointReport, ImageInfo, PodInfo, SharedProgress,
+};
 pub use self::error::{ContainerError, Status};
 use self::mountinfo::MountInfo;
+pub use self::restore::{
+    CheckpointDir, ContainerRestoreOptions, ContainerRestoreReport, mount_overlay,
+};
 use self::runc::RuncState;
-use self::state::{ContainerRecord, StateRoot};
+use self::state::ContainerRecord;
+pub use self::state::StateRoot;
 
 /// Default runc state roots searched for a container id, in order.
 pub const DEFAULT_RUNC_ROOTS: &[&str] = &["/run/runc", "/run/cpengine/runc"];

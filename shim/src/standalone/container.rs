@@ -5,8 +5,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cpengine::container::Container;
-use cpengine::container::checkpoint::{ImageInfo, PodInfo};
+use cpengine::container::{Container, ImageInfo, PodInfo};
 
 use crate::checkpoint::kubelet_options;
 use crate::domain::*;
@@ -124,7 +123,7 @@ impl<I: ImageBackend> Standalone<I> {
             std::fs::create_dir_all(d).map_err(ShimError::fs("creating", d))?;
         }
         let lowers: Vec<PathBuf> = image.layers.iter().rev().cloned().collect();
-        cpengine::container::restore::mount_overlay(&lowers, &upper, &work, &rootfs)
+        cpengine::container::mount_overlay(&lowers, &upper, &work, &rootfs)
             .map_err(ShimError::engine("mounting the container's rootfs"))?;
         undo.mounts.push(rootfs.clone());
 
@@ -326,7 +325,7 @@ impl<I: ImageBackend> Standalone<I> {
             }
             CtrKind::Restored => {
                 if self.cfg.state.container_record(id).is_file() {
-                    cpengine::container::manage::delete(&self.cfg.state, id, true)
+                    cpengine::Engine::delete_container(&self.cfg.state, id, true)
                         .await
                         .map_err(|source| ShimError::Container {
                             step: "deleting the restored container",

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions};
+use cpengine::container::{CheckpointDir, ContainerRestoreOptions};
 use serde_json::Value;
 
 use crate::domain::*;
@@ -320,7 +320,7 @@ impl<I: ImageBackend> Standalone<I> {
         // The archive, or the checkpoint image's layer, through the engine's safe extractor.
         let dir = lib_dir.join("checkpoint");
         let (ckpt, extracted) =
-            cpengine::container::restore::open_source(&source_name, &self.cfg.state, &dir, false)
+            cpengine::Engine::open_checkpoint(&source_name, &self.cfg.state, &dir, false)
                 .await
                 .map_err(|source| match source {
                     cpengine::Error::Archive(source) => ShimError::Archive {
@@ -455,7 +455,8 @@ impl<I: ImageBackend> Standalone<I> {
             }
         }
         let engine = self.checkpointer.engine().await?;
-        let report = cpengine::container::restore::restore(&engine, &ckpt, &opts)
+        let report = engine
+            .restore_container(&ckpt, &opts)
             .await
             .map_err(ShimError::engine("restoring the container"))?;
         self.reaper.track(report.pid);
