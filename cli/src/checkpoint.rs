@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use cpengine::Engine;
 use cpengine::container::Container;
-use cpengine::container::{ContainerCheckpointOptions, SharedProgress, StateRoot};
+use cpengine::container::StateRoot;
 use cpengine::rootfs::Base;
+use cpengine::{ContainerCheckpointOptions, SharedProgress};
 
 use crate::values::{Compression, NetworkLock};
 

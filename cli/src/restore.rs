@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cpengine::container::{ContainerRestoreOptions, StateRoot};
+use cpengine::ContainerRestoreOptions;
+use cpengine::container::StateRoot;
 use cpengine::rootfs::Base;
 use cpengine::{Engine, RestoreOptions};
 

@@ -27,6 +27,10 @@ pub(crate) mod tar;
 pub(crate) use host::beneath;
 pub use host::{cgroups, netlock, privilege, proc, sys};
 
+pub use container::checkpoint::{
+    ContainerCheckpointOptions, ContainerCheckpointReport, ImageInfo, PodInfo, SharedProgress,
+};
+pub use container::restore::{CheckpointDir, ContainerRestoreOptions, ContainerRestoreReport};
 pub use criu_proto::image::ImageError;
 pub use error::{Error, ErrorClass, Result};
 pub use options::{CheckpointOptions, RestoreOptions};
@@ -112,17 +116,17 @@ impl Engine {
     pub async fn checkpoint_container(
         &self,
         ctr: &container::Container,
-        opts: &container::ContainerCheckpointOptions,
-    ) -> Result<container::ContainerCheckpointReport> {
+        opts: &ContainerCheckpointOptions,
+    ) -> Result<ContainerCheckpointReport> {
         container::checkpoint::checkpoint(self, ctr, opts).await
     }
 
     /// Restores a container from an opened checkpoint (see [`Engine::open_checkpoint`]).
     pub async fn restore_container(
         &self,
-        ckpt: &container::CheckpointDir,
-        opts: &container::ContainerRestoreOptions,
-    ) -> Result<container::ContainerRestoreReport> {
+        ckpt: &CheckpointDir,
+        opts: &ContainerRestoreOptions,
+    ) -> Result<ContainerRestoreReport> {
         container::restore::restore(self, ckpt, opts).await
     }
 
@@ -131,9 +135,9 @@ impl Engine {
     pub async fn restore_container_from(
         &self,
         source: &str,
-        opts: &container::ContainerRestoreOptions,
+        opts: &ContainerRestoreOptions,
         insecure: bool,
-    ) -> Result<container::ContainerRestoreReport> {
+    ) -> Result<ContainerRestoreReport> {
         container::restore::restore_archive(self, source, opts, insecure).await
     }
 
@@ -144,7 +148,7 @@ impl Engine {
         state: &container::StateRoot,
         target: &std::path::Path,
         insecure: bool,
-    ) -> Result<(container::CheckpointDir, archive::Extracted)> {
+    ) -> Result<(CheckpointDir, archive::Extracted)> {
         container::restore::open_source(source, state, target, insecure).await
     }
 

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
-use cpengine::container::{Container, ContainerCheckpointOptions, StateRoot};
+use cpengine::ContainerCheckpointOptions;
+use cpengine::container::{Container, StateRoot};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Result, ShimError};

@@ -11,6 +11,7 @@ pub mod binds;
 pub mod checkpoint;
 mod descriptors;
 mod error;
+pub mod extracted;
 pub mod journal;
 pub mod lock;
 pub mod manage;
@@ -26,14 +27,10 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use self::checkpoint::{
-    ContainerCheckpointOptions, ContainerCheckpointReport, ImageInfo, PodInfo, SharedProgress,
-};
 pub use self::error::{ContainerError, Status};
+pub use self::extracted::DumpedNamespaces;
+pub use self::lock::LockError;
 use self::mountinfo::MountInfo;
-pub use self::restore::{
-    CheckpointDir, ContainerRestoreOptions, ContainerRestoreReport, mount_overlay,
-};
 use self::runc::RuncState;
 use self::state::ContainerRecord;
 pub use self::state::StateRoot;

@@ -5,7 +5,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cpengine::container::{Container, ImageInfo, PodInfo};
+use cpengine::container::Container;
+use cpengine::{ImageInfo, PodInfo};
 
 use crate::checkpoint::kubelet_options;
 use crate::domain::*;
@@ -123,7 +124,7 @@ impl<I: ImageBackend> Standalone<I> {
             std::fs::create_dir_all(d).map_err(ShimError::fs("creating", d))?;
         }
         let lowers: Vec<PathBuf> = image.layers.iter().rev().cloned().collect();
-        cpengine::container::mount_overlay(&lowers, &upper, &work, &rootfs)
+        cpengine::container::restore::mount_overlay(&lowers, &upper, &work, &rootfs)
             .map_err(ShimError::engine("mounting the container's rootfs"))?;
         undo.mounts.push(rootfs.clone());
 
@@ -153,7 +154,7 @@ impl<I: ImageBackend> Standalone<I> {
             user,
         })?;
         let config = run_dir.join("config.json");
-        cpengine::container::state::write_atomic(
+        cpengine::host::fs::write_atomic(
             &config,
             &serde_json::to_vec_pretty(&oci).unwrap_or_default(),
             0o600,
