@@ -175,9 +175,9 @@ impl Engine {
         container::manage::delete(state, id, force).await
     }
 
-    /// Finishes or rolls back what a crashed engine left in flight (see
-    /// [`container::journal::recover`]).
-    pub fn recover(state: &container::StateRoot) -> Vec<container::journal::Recovered> {
+    /// Finishes or rolls back what a crashed engine left in flight: thaws a container left
+    /// frozen, stops a CRIU worker whose caller died, removes staging and partial archives.
+    pub fn recover(state: &container::StateRoot) -> Vec<container::Recovered> {
         container::journal::recover(state)
     }
 }

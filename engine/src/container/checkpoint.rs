@@ -209,13 +209,13 @@ pub struct ContainerCheckpointOptions {
     pub skip_rootfs: bool,
     /// Extra top-level members (e.g. `status.dump` from a CRI runtime).
     pub extra_members: Vec<(String, Vec<u8>)>,
-    /// Where the in-flight journal lives (see [`super::journal`]); none → no journal.
+    /// Where the in-flight journal lives; none → no journal.
     pub state: Option<super::state::StateRoot>,
     /// Progress of the archive write.
     pub progress: Option<SharedProgress>,
     /// Stream CRIU's page images straight into the archive while CRIU dumps (one copy of the
-    /// pages; see [`super::stream`]). Only for uncompressed archives; compressed ones always
-    /// stage the images first. Default on.
+    /// pages; see [`StreamStats`](super::StreamStats)). Only for uncompressed archives;
+    /// compressed ones always stage the images first. Default on.
     pub stream_pages: bool,
     /// Freeze the container's cgroup ourselves, polling quickly, before CRIU seizes it (see
     /// [`crate::cgroups::freeze_fast`]), instead of letting CRIU freeze it with its 100 ms
