@@ -3,7 +3,9 @@
 # (test modules left out): no two files import each other, and the bottom layers of the engine
 # (host/, tar/) import nothing above them (tar/ may use host/, host/ nothing but itself).
 # Re-exports (`pub use host::sys;`) are followed to the file that defines the module.
-# Usage: scripts/layers.sh [-v]   (-v also lists every edge)
+# Then checks the shim's front door: every `cpengine::` path in shim/src (comments left out,
+# tests included) is under the engine's deliberate public API, the allowlist below.
+# Usage: scripts/layers.sh [-v]   (-v also lists every edge and the shim's engine paths)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -147,4 +149,74 @@ for src in CRATES:
 if failed:
     sys.exit(1)
 print("layers: no two-file import cycles; host/ and tar/ import nothing above them")
+PY
+
+python3 - "$@" <<'PY'
+import os, re, sys
+
+verbose = "-v" in sys.argv[1:]
+SRC = os.environ.get("SHIM_SRC", "shim/src")
+# The engine's public API as the shim may use it: whole public modules, the container types
+# and their front door on `Engine`, the error types the shim maps to gRPC codes, and the few
+# named host helpers a process supervisor needs (pid identity, subreaper, fd placement,
+# atomic write, the log relay).
+ALLOW = """
+Engine Error ErrorClass ImageError Result
+ContainerCheckpointOptions ContainerRestoreOptions CheckpointDir ImageInfo PodInfo
+archive oci options policy
+container::Container container::ContainerError container::Status container::StateRoot
+container::DumpedNamespaces container::LockError container::restore::mount_overlay
+container::binds::is_bind container::binds::is_runtime_managed
+container::relay::spawn container::relay::reopen container::relay::run_if_relay
+criu::CriuError rootfs::RootfsError
+proc::is_same_process proc::start_time proc::task_state
+sys::set_child_subreaper sys::dup_at_least host::fs::write_atomic
+""".split()
+ALLOW = [tuple(a.split("::")) for a in ALLOW]
+
+PATH = re.compile(r"\bcpengine((?:::[A-Za-z_][A-Za-z0-9_]*)*)(::\{[^}]*\})?", re.S)
+
+def code_of(path):
+    out = []
+    for line in open(path, encoding="utf-8").read().splitlines():
+        if line.lstrip().startswith("//"):
+            continue
+        out.append(re.sub(r"\s//.*$", "", line))
+    return "\n".join(out)
+
+paths = {}
+for d, _, names in os.walk(SRC):
+    for n in sorted(names):
+        if not n.endswith(".rs"):
+            continue
+        f = os.path.join(d, n)
+        for m in PATH.finditer(code_of(f)):
+            base = [s for s in m.group(1).split("::") if s]
+            items = [[]]
+            if m.group(2):
+                items = []
+                for it in m.group(2)[3:-1].split(","):
+                    it = it.strip().split(" as ")[0].strip()
+                    if it and it != "self":
+                        items.append(it.split("::"))
+                    elif it == "self":
+                        items.append([])
+            for it in items:
+                p = tuple(base + it)
+                if p:
+                    paths.setdefault(p, set()).add(f)
+
+def allowed(p):
+    return any(p[: len(a)] == a for a in ALLOW)
+
+bad = sorted(p for p in paths if not allowed(p))
+if verbose:
+    for p in sorted(paths):
+        print("cpengine::" + "::".join(p))
+    print(f"{len(paths)} distinct cpengine:: paths in {SRC}")
+for p in bad:
+    print(f"shim reaches past the engine's public API: cpengine::{'::'.join(p)} ({', '.join(sorted(paths[p]))})")
+if bad:
+    sys.exit(1)
+print(f"front door: the shim's {len(paths)} cpengine:: paths are all under the public API allowlist")
 PY

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use cpengine::Engine;
 use cpengine::container::Container;
-use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
-use cpengine::container::state::StateRoot;
+use cpengine::container::StateRoot;
 use cpengine::rootfs::Base;
+use cpengine::{ContainerCheckpointOptions, SharedProgress};
 
 use crate::values::{Compression, NetworkLock};
 
@@ -84,10 +84,8 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     } else {
         crate::progress::Bar::on_tty("writing")
     };
-    o.progress = bar
-        .clone()
-        .map(|b| b as cpengine::container::checkpoint::SharedProgress);
-    let report = checkpoint(&engine, &ctr, &o).await;
+    o.progress = bar.clone().map(|b| b as SharedProgress);
+    let report = engine.checkpoint_container(&ctr, &o).await;
     if let Some(b) = &bar {
         b.finish();
     }

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use cpengine::container::manage;
-use cpengine::container::state::StateRoot;
+use cpengine::Engine;
+use cpengine::container::StateRoot;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
-    manage::delete(state, &a.id, a.force).await?;
+    Engine::delete_container(state, &a.id, a.force).await?;
     println!("{}", a.id);
     Ok(ExitCode::SUCCESS)
 }

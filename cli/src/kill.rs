@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
+use cpengine::Engine;
+use cpengine::container::StateRoot;
 use cpengine::container::manage;
-use cpengine::container::state::StateRoot;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,6 +18,6 @@ pub struct Args {
 pub fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     let sig = manage::parse_signal(&a.signal)
         .ok_or_else(|| anyhow::anyhow!("unknown signal {:?}", a.signal))?;
-    manage::kill(state, &a.id, sig)?;
+    Engine::kill_container(state, &a.id, sig)?;
     Ok(ExitCode::SUCCESS)
 }

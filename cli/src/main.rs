@@ -124,11 +124,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = cpengine::container::state::StateRoot::resolve(cli.state_root.as_deref());
+    let state = cpengine::container::StateRoot::resolve(cli.state_root.as_deref());
     // Every command that touches containers first repairs checkpoints a killed engine left
     // behind (a frozen container, criu's network lock, staging, partial archives).
     if cli.command.touches_containers() {
-        cpengine::container::journal::recover(&state);
+        cpengine::Engine::recover(&state);
     }
     let result = rt.block_on(async {
         match cli.command {

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use cpengine::container::manage;
-use cpengine::container::state::StateRoot;
+use cpengine::Engine;
+use cpengine::container::StateRoot;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
-    let list = manage::list(state);
+    let list = Engine::list_containers(state);
     if a.json {
         crate::output::json(&list)?;
         return Ok(ExitCode::SUCCESS);

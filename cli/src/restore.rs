@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cpengine::container::restore::{ContainerRestoreOptions, restore_archive};
-use cpengine::container::state::StateRoot;
+use cpengine::ContainerRestoreOptions;
+use cpengine::container::StateRoot;
 use cpengine::rootfs::Base;
 use cpengine::{Engine, RestoreOptions};
 
@@ -158,7 +158,9 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
             "WARNING: --trust-archive: the checkpoint is restored WITHOUT verification; its images decide the container's privileges"
         );
     }
-    let report = restore_archive(&engine, &source, &o, a.insecure).await?;
+    let report = engine
+        .restore_container_from(&source, &o, a.insecure)
+        .await?;
     if a.json {
         crate::output::json(&report)?;
     } else {

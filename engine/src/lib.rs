@@ -27,6 +27,10 @@ pub(crate) mod tar;
 pub(crate) use host::beneath;
 pub use host::{cgroups, netlock, privilege, proc, sys};
 
+pub use container::checkpoint::{
+    ContainerCheckpointOptions, ContainerCheckpointReport, ImageInfo, PodInfo, SharedProgress,
+};
+pub use container::restore::{CheckpointDir, ContainerRestoreOptions, ContainerRestoreReport};
 pub use criu_proto::image::ImageError;
 pub use error::{Error, ErrorClass, Result};
 pub use options::{CheckpointOptions, RestoreOptions};
@@ -98,6 +102,83 @@ impl Engine {
         handler: &mut dyn NotifyHandler,
     ) -> Result<RestoreReport> {
         process::restore(&self.criu, opts, handler).await
+    }
+}
+
+/// The container operations: what the CLI and the shim call.
+///
+/// The operations on cpengine's own state (listing, loading, killing, deleting, recovering
+/// after a crash) need no CRIU and are associated functions; checkpoint and restore are
+/// methods on the located CRIU.
+impl Engine {
+    /// Checkpoints a running container into an archive at `opts.output` (see
+    /// [`container::checkpoint::checkpoint`]).
+    pub async fn checkpoint_container(
+        &self,
+        ctr: &container::Container,
+        opts: &ContainerCheckpointOptions,
+    ) -> Result<ContainerCheckpointReport> {
+        container::checkpoint::checkpoint(self, ctr, opts).await
+    }
+
+    /// Restores a container from an opened checkpoint (see [`Engine::open_checkpoint`]).
+    pub async fn restore_container(
+        &self,
+        ckpt: &CheckpointDir,
+        opts: &ContainerRestoreOptions,
+    ) -> Result<ContainerRestoreReport> {
+        container::restore::restore(self, ckpt, opts).await
+    }
+
+    /// Restores a container from an archive path or a checkpoint image reference, the base
+    /// image looked up in the image store unless `opts` names one.
+    pub async fn restore_container_from(
+        &self,
+        source: &str,
+        opts: &ContainerRestoreOptions,
+        insecure: bool,
+    ) -> Result<ContainerRestoreReport> {
+        container::restore::restore_archive(self, source, opts, insecure).await
+    }
+
+    /// Extracts a checkpoint (an archive file, or a checkpoint image in the store or a
+    /// registry) into `target` through the hardened archive reader.
+    pub async fn open_checkpoint(
+        source: &str,
+        state: &container::StateRoot,
+        target: &std::path::Path,
+        insecure: bool,
+    ) -> Result<(CheckpointDir, archive::Extracted)> {
+        container::restore::open_source(source, state, target, insecure).await
+    }
+
+    /// The containers cpengine restored (`cpengine ps`).
+    pub fn list_containers(state: &container::StateRoot) -> Vec<container::manage::Summary> {
+        container::manage::list(state)
+    }
+
+    /// Sends `signal` to a running container's init.
+    pub fn kill_container(
+        state: &container::StateRoot,
+        id: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> std::result::Result<(), container::ContainerError> {
+        container::manage::kill(state, id, signal)
+    }
+
+    /// Deletes a container cpengine manages: with `force` a running one is killed first.
+    pub async fn delete_container(
+        state: &container::StateRoot,
+        id: &str,
+        force: bool,
+    ) -> std::result::Result<(), container::ContainerError> {
+        container::manage::delete(state, id, force).await
+    }
+
+    /// Finishes or rolls back what a crashed engine left in flight: thaws a container left
+    /// frozen, stops a CRIU worker whose caller died, removes staging and partial archives.
+    pub fn recover(state: &container::StateRoot) -> Vec<container::Recovered> {
+        container::journal::recover(state)
     }
 }
 

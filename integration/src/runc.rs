@@ -160,6 +160,22 @@ impl Drop for Bundle {
     }
 }
 
+/// The container suites' shared fixture: a busybox bundle running `prelude` then
+/// [`COUNTER_SCRIPT`] as a runc container named `<prefix>-<unique>`, returned once its counter
+/// reached 3 (it fails loudly if it does not within 10 s).
+pub fn counting_container(prefix: &str, prelude: &str) -> (Bundle, String, RuncContainer) {
+    let bundle = Bundle::busybox(&format!("{prelude}{COUNTER_SCRIPT}"));
+    let id = unique_id(prefix);
+    let c = RuncContainer::run(&bundle, &id);
+    assert!(
+        crate::wait_until(std::time::Duration::from_secs(10), || counter_in(
+            &bundle.rootfs
+        ) >= 3),
+        "the counting container {id} did not count to 3"
+    );
+    (bundle, id, c)
+}
+
 /// A container started with `runc run -d`. Its stdout and stderr are a pipe that a thread
 /// drains into memory (the read end is ours), so the container never blocks on output.
 #[derive(Debug)]

@@ -190,12 +190,7 @@ async fn checkpoint_to_an_archive_and_restore_from_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_archives_restore_too() {
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-z");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (bundle, id, c) = counting_container("cpe-z", "");
     let state = state();
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");
@@ -225,12 +220,7 @@ async fn compressed_archives_restore_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_leave_running_the_container_is_gone_after_the_checkpoint() {
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-k");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (_bundle, id, c) = counting_container("cpe-k", "");
     let state = state();
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");
@@ -278,12 +268,7 @@ async fn failure_paths_leave_the_workload_running_and_nothing_behind() {
     assert!(matches!(err, ContainerError::NotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("no-such-ctr"));
 
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-f");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (bundle, id, c) = counting_container("cpe-f", "");
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
 
     // Destination directory missing: refused before anything is frozen.
@@ -531,13 +516,7 @@ async fn a_podman_checkpoint_restores_with_cpengine() {
 async fn inspect_shows_the_summary_and_deep_views_of_a_container_archive() {
     let engine = engine().await;
     // A secret kept only in the shell's memory (a variable), never written anywhere.
-    let script = format!("secret=cpe-needle-$((6*7))-x; {COUNTER_SCRIPT}");
-    let bundle = Bundle::busybox(&script);
-    let id = unique_id("cpe-i");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (_bundle, id, c) = counting_container("cpe-i", "secret=cpe-needle-$((6*7))-x; ");
     let state = state();
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");

@@ -1025,35 +1025,12 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
     let (mut srt, _) = standalone.clients();
     let pod2_cfg = pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node);
     let pod2 = run_pod(&mut srt, pod2_cfg.clone()).await;
-    // containerd gave the container an /etc/hosts bind mount: the restore must declare it.
-    let hosts = logs.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    // containerd gave the container an /etc/hosts bind mount: runtime-managed in the engine's
+    // one list, so the restore needs no declaration of it and gets a fresh file (loopback
+    // entries), never the checkpoint's host path.
     let mut cfg = container_config("counter", &archive.display().to_string(), "unused");
     cfg.command.clear();
     cfg.log_path = "restored/0.log".into();
-    let missing = srt
-        .create_container(pb::CreateContainerRequest {
-            pod_sandbox_id: pod2.clone(),
-            config: Some(cfg.clone()),
-            sandbox_config: Some(pod2_cfg.clone()),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        missing.code(),
-        tonic::Code::FailedPrecondition,
-        "{missing:?}"
-    );
-    assert!(
-        missing.message().contains("/etc/hosts"),
-        "{}",
-        missing.message()
-    );
-    cfg.mounts.push(pb::Mount {
-        container_path: "/etc/hosts".into(),
-        host_path: hosts.display().to_string(),
-        ..Default::default()
-    });
     let restored = create_start(&mut srt, &pod2, &pod2_cfg, cfg).await;
     assert_eq!(
         status_of(&mut srt, &restored).await.state,
@@ -1076,6 +1053,14 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         })
         .await,
         "the restored container does not count"
+    );
+    let hosts = exec(&mut srt, &restored, &["cat", "/etc/hosts"])
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&hosts.stdout).contains("localhost"),
+        "{:?}",
+        String::from_utf8_lossy(&hosts.stdout)
     );
     let note = exec(&mut srt, &restored, &["cat", "/root/note.txt"])
         .await

@@ -27,9 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
-use cpengine::container::Container;
-use cpengine::container::checkpoint::ContainerCheckpointOptions;
-use cpengine::container::state::StateRoot;
+use cpengine::ContainerCheckpointOptions;
+use cpengine::container::{Container, StateRoot};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Result, ShimError};
@@ -274,7 +273,7 @@ impl Checkpointer {
 
     /// Repairs checkpoints a previous shim left half-done (thaws, removes partial files).
     pub fn recover(&self) {
-        for r in cpengine::container::journal::recover(&self.state) {
+        for r in cpengine::Engine::recover(&self.state) {
             tracing::warn!(container = %r.container, killed_criu = ?r.killed_criu, thawed = ?r.thawed, unlocked = ?r.unlocked, removed = ?r.removed, "repaired a checkpoint the previous shim left unfinished");
         }
         for p in remove_stale_pending(&self.state) {
@@ -449,7 +448,8 @@ async fn engine_checkpoint(
     ctr: &Container,
     opts: &ContainerCheckpointOptions,
 ) -> Result<()> {
-    let report = cpengine::container::checkpoint::checkpoint(engine, ctr, opts)
+    let report = engine
+        .checkpoint_container(ctr, opts)
         .await
         .map_err(ShimError::engine("checkpointing the container"))?;
     tracing::info!(

@@ -136,7 +136,7 @@ fn engine_code(e: &cpengine::Error) -> tonic::Code {
         E::Rootfs(r) => rootfs_code(r),
         E::Oci(o) => oci_code(o),
         E::Images { source, .. } | E::Stats { source, .. } => image_code(source),
-        E::Lock(cpengine::container::lock::LockError::Busy { .. }) => tonic::Code::Unavailable,
+        E::Lock(cpengine::container::LockError::Busy { .. }) => tonic::Code::Unavailable,
         E::IdInUse { .. } => tonic::Code::Unavailable,
         // The checkpoint would give the container more than the request allows.
         E::PolicyViolation(_) => tonic::Code::PermissionDenied,

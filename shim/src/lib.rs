@@ -35,7 +35,7 @@ pub mod standalone;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cpengine::container::state::StateRoot;
+use cpengine::container::StateRoot;
 
 pub use error::{Result, ShimError};
 

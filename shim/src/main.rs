@@ -87,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .transpose()?;
     let cfg = cpengine_shim::ShimConfig {
         listen: cli.listen,
-        state: cpengine::container::state::StateRoot::resolve(cli.state_root.as_deref()),
+        state: cpengine::container::StateRoot::resolve(cli.state_root.as_deref()),
         upstream,
         upstream_runc_root: cli.upstream_runc_root,
         upstream_runtime_name: cli.upstream_runtime_name,

@@ -13,9 +13,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cpengine::container::Container;
-use cpengine::container::checkpoint::{ImageInfo, PodInfo};
-use cpengine::container::state::StateRoot;
+use cpengine::container::{Container, StateRoot};
+use cpengine::{ImageInfo, PodInfo};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as pb;
 use k8s_cri::v1::image_service_client::ImageServiceClient;

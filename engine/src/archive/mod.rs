@@ -61,8 +61,8 @@ pub use builder::{ArchiveBuilder, StreamMember};
 pub(crate) use compress::decoder as compress_decoder;
 pub use config::{ConfigDump, GoTime, StatusDump, StatusImage, StatusMetadata};
 pub use read::{
-    ArchiveInfo, Extracted, Limits, Member, MemberKind, ReadOptions, extract, extract_with,
-    read_info, read_info_with, visit,
+    ArchiveInfo, Extracted, Limits, MAX_JSON_BYTES, Member, MemberKind, ReadOptions, extract,
+    extract_with, read_info, read_info_with, read_json_member, visit,
 };
 pub use spec::{
     CheckpointAnnotations, EngineKind, Identity, SpecError, annotate_spec, annotation, annotations,
@@ -73,6 +73,8 @@ pub use write::{ArchiveInput, WriteOptions, WriteReport, temp_prefix, write_arch
 /// Well-known member names.
 pub mod names {
     pub const CHECKPOINT_DIR: &str = "checkpoint";
+    /// CRIU's image that every dump writes (in `checkpoint/`).
+    pub const INVENTORY_IMG: &str = "inventory.img";
     pub const CONFIG_DUMP: &str = "config.dump";
     pub const SPEC_DUMP: &str = "spec.dump";
     pub const STATS_DUMP: &str = "stats-dump";

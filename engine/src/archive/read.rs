@@ -34,6 +34,47 @@ pub struct Limits {
     pub max_path_len: usize,
 }
 
+/// The one cap on a JSON document the engine reads into memory from a checkpoint (config.dump,
+/// spec.dump, deleted.files, …), inside an archive or already extracted.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// Reads the extracted JSON member `name` of `dir`, at most [`MAX_JSON_BYTES`]; `None` when
+/// absent. A symlink or anything but a regular file is refused.
+pub fn read_json_member<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, ArchiveError> {
+    let path = dir.join(name);
+    let md = match std::fs::symlink_metadata(&path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ArchiveError::Extract {
+                name: name.into(),
+                source,
+            });
+        }
+    };
+    if !md.is_file() {
+        return Err(ArchiveError::Extract {
+            name: name.into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
+        });
+    }
+    if md.len() > MAX_JSON_BYTES {
+        return Err(ArchiveError::JsonTooLarge {
+            name: name.into(),
+            size: md.len(),
+            limit: MAX_JSON_BYTES,
+        });
+    }
+    let bytes = std::fs::read(&path).map_err(|source| ArchiveError::Extract {
+        name: name.into(),
+        source,
+    })?;
+    decode(name, &bytes).map(Some)
+}
+
 impl Default for Limits {
     /// Generous for real checkpoints (a container with hundreds of GiB of memory, thousands of
     /// processes) and small enough to stop a decompression bomb long before the disk fills.
@@ -42,7 +83,7 @@ impl Default for Limits {
             max_members: 1_000_000,
             max_total_bytes: 1 << 40,
             max_member_bytes: 1 << 40,
-            max_json_bytes: 64 << 20,
+            max_json_bytes: MAX_JSON_BYTES,
             max_path_len: 4096,
         }
     }

@@ -48,7 +48,7 @@ const ZSTD_LEVEL: i32 = 1;
 const GZIP_LEVEL: u32 = 1;
 
 /// The name prefix of the temp file an archive to `dest` is written to, beside it: a dot file
-/// that a crashed writer's recovery ([`crate::container::journal`]) recognises.
+/// that a crashed writer's recovery (the engine's checkpoint journal) recognises.
 pub fn temp_prefix(dest: &Path) -> String {
     format!(
         ".{}.cpengine-tmp-",

@@ -56,6 +56,20 @@ const RUNTIME_MANAGED: &[(&str, Placeholder)] = &[
     ("/dev/shm", Placeholder::EmptyDir),
 ];
 
+/// Whether a container runtime manages the bind mount at `dest` itself (the one list: a
+/// restore makes a fresh source for it when nobody maps it, and the shim needs no
+/// declaration of it in the CRI request).
+pub fn is_runtime_managed(dest: &str) -> bool {
+    managed(&normalize(dest)).is_some()
+}
+
+fn managed(dest: &str) -> Option<Placeholder> {
+    RUNTIME_MANAGED
+        .iter()
+        .find(|(d, _)| *d == dest)
+        .map(|(_, p)| *p)
+}
+
 /// One bind mount's new source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -89,8 +103,8 @@ pub fn plan(spec: &Value, binds: &BindMounts) -> Result<Vec<(usize, Source)>> {
             out.push((i, Source::Mapped(src.clone())));
         } else if binds.trust_archive {
             out.push((i, Source::Kept));
-        } else if let Some((_, p)) = RUNTIME_MANAGED.iter().find(|(d, _)| *d == dest) {
-            out.push((i, Source::Made(*p)));
+        } else if let Some(p) = managed(&dest) {
+            out.push((i, Source::Made(p)));
         } else {
             let from = m["source"].as_str().unwrap_or("?");
             unmapped.push(format!("{dest} (from {from})"));
@@ -263,6 +277,22 @@ mod tests {
         b.map.insert("/elsewhere".into(), dir.path().to_path_buf());
         let e = plan(&spec(), &b).unwrap_err().to_string();
         assert!(e.contains("no bind mount at /elsewhere"), "{e}");
+    }
+
+    #[test]
+    fn runtime_managed_destinations_are_one_list() {
+        for d in [
+            "/etc/hosts",
+            "/etc/hosts/",
+            "/etc/resolv.conf",
+            "/dev/shm",
+            "/run/secrets",
+        ] {
+            assert!(is_runtime_managed(d), "{d}");
+        }
+        for d in ["/data", "/etc", "/", "/proc"] {
+            assert!(!is_runtime_managed(d), "{d}");
+        }
     }
 
     #[test]

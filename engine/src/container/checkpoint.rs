@@ -209,13 +209,13 @@ pub struct ContainerCheckpointOptions {
     pub skip_rootfs: bool,
     /// Extra top-level members (e.g. `status.dump` from a CRI runtime).
     pub extra_members: Vec<(String, Vec<u8>)>,
-    /// Where the in-flight journal lives (see [`super::journal`]); none → no journal.
+    /// Where the in-flight journal lives; none → no journal.
     pub state: Option<super::state::StateRoot>,
     /// Progress of the archive write.
     pub progress: Option<SharedProgress>,
     /// Stream CRIU's page images straight into the archive while CRIU dumps (one copy of the
-    /// pages; see [`super::stream`]). Only for uncompressed archives; compressed ones always
-    /// stage the images first. Default on.
+    /// pages; see [`StreamStats`](super::StreamStats)). Only for uncompressed archives;
+    /// compressed ones always stage the images first. Default on.
     pub stream_pages: bool,
     /// Freeze the container's cgroup ourselves, polling quickly, before CRIU seizes it (see
     /// [`crate::cgroups::freeze_fast`]), instead of letting CRIU freeze it with its 100 ms
@@ -363,9 +363,7 @@ pub async fn checkpoint(
     ctr: &Container,
     opts: &ContainerCheckpointOptions,
 ) -> crate::Result<ContainerCheckpointReport> {
-    use crate::archive::{
-        self, ArchiveBuilder, ArchiveInput, CheckpointAnnotations, ConfigDump, GoTime, WriteOptions,
-    };
+    use crate::archive::{self, ArchiveBuilder, ArchiveInput};
     use crate::error::Error;
     use crate::report::Phase;
     use std::time::Instant;
@@ -377,40 +375,13 @@ pub async fn checkpoint(
     let _lock = super::lock::lock(&lock_root, &ctr.id, opts.knobs.timeout).await?;
     // The one we waited for may have stopped it (a checkpoint without leave-running).
     ctr.ensure_running()?;
-    let output = if opts.output.is_absolute() {
-        opts.output.clone()
-    } else {
-        std::env::current_dir()
-            .map_err(Error::io("reading the current directory"))?
-            .join(&opts.output)
-    };
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
-    if !parent.is_dir() {
-        return Err(Error::NoDestinationDir { path: parent });
-    }
-    if output.is_dir() {
-        return Err(Error::DestinationIsDir { path: output });
-    }
+    let (output, parent) = destination(&opts.output)?;
 
     // Plan what of the rootfs goes into the archive.
     let rootfs_kind = ctr.rootfs_kind()?;
     let mut excludes = crate::rootfs::default_excludes();
     excludes.extend(ctr.spec_mounts.iter().map(|m| m.destination.clone()));
-    let base = match (&rootfs_kind, &opts.rootfs_base, opts.skip_rootfs) {
-        (_, _, true) => None,
-        (super::RootfsKind::Overlay { .. }, _, _) => None,
-        (super::RootfsKind::Dir, Some(b), _) => Some(b.clone()),
-        (super::RootfsKind::Dir, None, _) => {
-            return Err(Error::DirRootfsNeedsBase {
-                id: ctr.id.clone(),
-                rootfs: ctr.rootfs.clone(),
-            });
-        }
-    };
+    let base = rootfs_base(ctr, opts, &rootfs_kind)?;
 
     // Staging beside the destination: same filesystem, page cache (measured faster than tmpfs
     // here: 464 vs 694 ms for 1 GiB, see the design notes).
@@ -423,50 +394,10 @@ pub async fn checkpoint(
     ));
     let images_dir = staging_dir.join("checkpoint");
     // The journal entry first: an engine killed from here on is repaired at the next start.
-    let mut journal = match &opts.state {
-        Some(state) => Some(
-            super::journal::begin(
-                state,
-                super::journal::InFlight {
-                    container: ctr.id.clone(),
-                    freezer: ctr.freezer(),
-                    staging: Some(staging_dir.clone()),
-                    output: Some(output.clone()),
-                    started: GoTime::now().to_string(),
-                    init_pid: ctr.init_pid,
-                    init_start: crate::proc::start_time(ctr.init_pid).unwrap_or(0),
-                    ..Default::default()
-                },
-            )
-            .map_err(Error::io("writing the checkpoint journal"))?,
-        ),
-        None => None,
-    };
-    // The staging root may be shared (the destination's directory); the staging directory
-    // itself is private: it holds every memory page of the workload.
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&staging_root)
-            .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&staging_dir))
-            .map_err(Error::io(format!(
-                "creating staging directory {}",
-                staging_dir.display()
-            )))?;
-    }
+    let mut journal = begin_journal(ctr, opts, &staging_dir, &output)?;
+    create_staging_dir(&staging_root, &staging_dir)?;
     let staging = Staging(staging_dir.clone());
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&images_dir)
-            .map_err(Error::io(format!(
-                "creating staging directory {}",
-                images_dir.display()
-            )))?;
-    }
+    create_private_dir(&images_dir)?;
     let dump_opts = dump_options(ctr, &images_dir, &staging_dir, &opts.knobs)?;
     write_descriptors(ctr, &images_dir).map_err(Error::io("writing descriptors.json"))?;
 
@@ -488,84 +419,41 @@ pub async fn checkpoint(
     // Dump. Hooks: at pre-dump, freeze the cgroup ourselves (quickly); at post-dump (images
     // written, container still frozen), wait for the streamed pages to be in the archive and
     // plan the rootfs diff (a stat walk, so its file list matches the memory image).
-    let freezer = if opts.fast_freeze {
-        ctr.freezer()
-    } else {
-        None
+    let mut hooks = DumpHooks {
+        freezer: if opts.fast_freeze {
+            ctr.freezer()
+        } else {
+            None
+        },
+        timeout: opts.knobs.timeout,
+        pages: &mut pages,
+        kind: &rootfs_kind,
+        rootfs: &ctr.rootfs,
+        base: base.as_ref(),
+        excludes: &excludes,
+        skip: opts.skip_rootfs,
+        froze_at: None,
+        pages_failed: false,
+        plan: None,
+        plan_time: std::time::Duration::ZERO,
     };
-    let mut froze_at: Option<Instant> = None;
-    let mut pages_failed = false;
-    let mut plan: Option<Result<crate::rootfs::RootfsDiff, crate::rootfs::RootfsError>> = None;
-    let mut plan_time = std::time::Duration::ZERO;
-    let report = {
-        let kind = &rootfs_kind;
-        let rootfs = &ctr.rootfs;
-        let skip = opts.skip_rootfs;
-        let pages = &mut pages;
-        let froze_at = &mut froze_at;
-        let pages_failed = &mut pages_failed;
-        let plan = &mut plan;
-        let plan_time = &mut plan_time;
-        let timeout = opts.knobs.timeout;
-        let mut hook = |n: Notification| -> Ack {
-            match n {
-                Notification::PreDump => {
-                    if let Some(fz) = freezer.as_deref() {
-                        let at = Instant::now();
-                        match crate::cgroups::freeze_fast(fz, timeout) {
-                            Ok(Some(_)) => *froze_at = Some(at),
-                            // Not frozen in time (thawed again): CRIU freezes it its own way.
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(cgroup = %fz.display(), error = %e, "freezing the container failed; leaving it to CRIU");
-                                crate::cgroups::thaw(fz);
-                            }
-                        }
-                    }
-                    Ack::ok()
-                }
-                Notification::PostDump => {
-                    if let Some(p) = pages.as_ref()
-                        && !p.finish_pages()
-                    {
-                        // The archive side failed: CRIU must resume the container.
-                        *pages_failed = true;
-                        return Ack::fail();
-                    }
-                    if skip {
-                        return Ack::ok();
-                    }
-                    let t = Instant::now();
-                    let r = match (kind, &base) {
-                        (super::RootfsKind::Overlay { lowers, upper, .. }, _) => {
-                            crate::rootfs::plan_overlay(upper, lowers, &excludes)
-                        }
-                        (super::RootfsKind::Dir, Some(b)) => {
-                            crate::rootfs::plan_dir(rootfs, b, &excludes)
-                        }
-                        (super::RootfsKind::Dir, None) => Ok(crate::rootfs::RootfsDiff::default()),
-                    };
-                    *plan_time = t.elapsed();
-                    let ok = r.is_ok();
-                    *plan = Some(r);
-                    // A failed plan fails the hook: CRIU then aborts the dump and resumes the
-                    // container.
-                    if ok { Ack::ok() } else { Ack::fail() }
-                }
-                _ => Ack::ok(),
-            }
-        };
-        match journal.as_mut() {
-            Some(entry) => {
-                let mut journaled = super::journal::Journaled {
-                    entry,
-                    inner: &mut hook,
-                };
-                engine.dump_with(&dump_opts, &mut journaled).await
-            }
-            None => engine.dump_with(&dump_opts, &mut hook).await,
+    let report = match journal.as_mut() {
+        Some(entry) => {
+            let mut journaled = super::journal::Journaled {
+                entry,
+                inner: &mut hooks,
+            };
+            engine.dump_with(&dump_opts, &mut journaled).await
         }
+        None => engine.dump_with(&dump_opts, &mut hooks).await,
     };
+    let DumpHooks {
+        froze_at,
+        pages_failed,
+        mut plan,
+        plan_time,
+        ..
+    } = hooks;
     // The first failure is the cause: the archive side (it makes CRIU fail), then the plan
     // (its failed hook made CRIU abort), then CRIU itself.
     let report = match (report, plan) {
@@ -600,6 +488,232 @@ pub async fn checkpoint(
 
     // The container runs again; now build the archive.
     let t = Instant::now();
+    let (config, spec) = metadata(engine, ctr, opts)?;
+    let rootfs_files = rootfs_plan.as_ref().map_or(0, |d| d.entries.len());
+    let rootfs_deleted = rootfs_plan.as_ref().map_or(0, |d| d.deleted.len());
+    let input = ArchiveInput {
+        images_dir: images_dir.clone(),
+        config,
+        spec,
+        stats_dump: Some(staging_dir.join("stats-dump")).filter(|p| p.is_file()),
+        dump_log: Some(staging_dir.join(crate::criu::convert::DUMP_LOG)).filter(|p| p.is_file()),
+        rootfs: rootfs_plan,
+        extra: opts.extra_members.clone(),
+    };
+    let (archive, streamed) = write_archive(pages.take(), input, &output, opts).await?;
+    let archive_time = t.elapsed();
+    drop(staging);
+    drop(journal);
+
+    if !opts.knobs.leave_running {
+        destroy_after_checkpoint(ctr, opts).await;
+    }
+    let mut phases = vec![Phase::new("prepare staging", prepare)];
+    phases.extend(
+        report
+            .phases
+            .iter()
+            .filter(|p| p.name.starts_with("criu"))
+            .cloned(),
+    );
+    phases.push(Phase::new("rootfs diff plan (while frozen)", plan_time));
+    phases.push(Phase::new("archive (workload running)", archive_time).with_bytes(archive.bytes));
+    Ok(ContainerCheckpointReport {
+        container: ctr.id.clone(),
+        output,
+        leave_running: opts.knobs.leave_running,
+        frozen,
+        total: started.elapsed(),
+        phases,
+        dump: report,
+        archive,
+        rootfs_files,
+        rootfs_deleted,
+        streamed,
+    })
+}
+
+/// The archive's absolute path and its directory, which must exist; a directory is refused.
+fn destination(output: &Path) -> crate::Result<(PathBuf, PathBuf)> {
+    use crate::error::Error;
+    let output = if output.is_absolute() {
+        output.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(Error::io("reading the current directory"))?
+            .join(output)
+    };
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    if !parent.is_dir() {
+        return Err(Error::NoDestinationDir { path: parent });
+    }
+    if output.is_dir() {
+        return Err(Error::DestinationIsDir { path: output });
+    }
+    Ok((output, parent))
+}
+
+/// What a plain-directory rootfs is diffed against (an overlay's changes are its upper
+/// directory): the caller's base, required.
+fn rootfs_base(
+    ctr: &Container,
+    opts: &ContainerCheckpointOptions,
+    kind: &super::RootfsKind,
+) -> crate::Result<Option<crate::rootfs::Base>> {
+    match (kind, &opts.rootfs_base, opts.skip_rootfs) {
+        (_, _, true) => Ok(None),
+        (super::RootfsKind::Overlay { .. }, _, _) => Ok(None),
+        (super::RootfsKind::Dir, Some(b), _) => Ok(Some(b.clone())),
+        (super::RootfsKind::Dir, None, _) => Err(crate::error::Error::DirRootfsNeedsBase {
+            id: ctr.id.clone(),
+            rootfs: ctr.rootfs.clone(),
+        }),
+    }
+}
+
+/// The journal entry, written first: an engine killed from here on is repaired at the next
+/// start. None without a state root.
+fn begin_journal(
+    ctr: &Container,
+    opts: &ContainerCheckpointOptions,
+    staging_dir: &Path,
+    output: &Path,
+) -> crate::Result<Option<super::journal::Entry>> {
+    let Some(state) = &opts.state else {
+        return Ok(None);
+    };
+    super::journal::begin(
+        state,
+        super::journal::InFlight {
+            container: ctr.id.clone(),
+            freezer: ctr.freezer(),
+            staging: Some(staging_dir.to_path_buf()),
+            output: Some(output.to_path_buf()),
+            started: crate::archive::GoTime::now().to_string(),
+            init_pid: ctr.init_pid,
+            init_start: crate::proc::start_time(ctr.init_pid).unwrap_or(0),
+            ..Default::default()
+        },
+    )
+    .map(Some)
+    .map_err(crate::error::Error::io("writing the checkpoint journal"))
+}
+
+/// Creates the staging directory. The staging root may be shared (the destination's
+/// directory); the staging directory itself is private: it holds every memory page of the
+/// workload.
+fn create_staging_dir(root: &Path, dir: &Path) -> crate::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(crate::error::Error::io(format!(
+            "creating staging directory {}",
+            dir.display()
+        )))?;
+    create_private_dir(dir)
+}
+
+/// Creates `dir` (mode 0700), which must not exist yet.
+fn create_private_dir(dir: &Path) -> crate::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(crate::error::Error::io(format!(
+            "creating staging directory {}",
+            dir.display()
+        )))
+}
+
+/// CRIU's hooks during a container dump. At pre-dump the cgroup is frozen here (quickly); at
+/// post-dump (images written, container still frozen) the streamed pages must be in the
+/// archive and the rootfs diff is planned (a stat walk, so its file list matches the memory
+/// image).
+struct DumpHooks<'a> {
+    freezer: Option<PathBuf>,
+    timeout: std::time::Duration,
+    pages: &'a mut Option<super::stream::PageStream>,
+    kind: &'a super::RootfsKind,
+    rootfs: &'a Path,
+    base: Option<&'a crate::rootfs::Base>,
+    excludes: &'a [String],
+    skip: bool,
+    froze_at: Option<std::time::Instant>,
+    pages_failed: bool,
+    plan: Option<Result<crate::rootfs::RootfsDiff, crate::rootfs::RootfsError>>,
+    plan_time: std::time::Duration,
+}
+
+impl DumpHooks<'_> {
+    fn pre_dump(&mut self) -> Ack {
+        if let Some(fz) = self.freezer.as_deref() {
+            let at = std::time::Instant::now();
+            match crate::cgroups::freeze_fast(fz, self.timeout) {
+                Ok(Some(_)) => self.froze_at = Some(at),
+                // Not frozen in time (thawed again): CRIU freezes it its own way.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(cgroup = %fz.display(), error = %e, "freezing the container failed; leaving it to CRIU");
+                    crate::cgroups::thaw(fz);
+                }
+            }
+        }
+        Ack::ok()
+    }
+
+    fn post_dump(&mut self) -> Ack {
+        if let Some(p) = self.pages.as_ref()
+            && !p.finish_pages()
+        {
+            // The archive side failed: CRIU must resume the container.
+            self.pages_failed = true;
+            return Ack::fail();
+        }
+        if self.skip {
+            return Ack::ok();
+        }
+        let t = std::time::Instant::now();
+        let r = match (self.kind, self.base) {
+            (super::RootfsKind::Overlay { lowers, upper, .. }, _) => {
+                crate::rootfs::plan_overlay(upper, lowers, self.excludes)
+            }
+            (super::RootfsKind::Dir, Some(b)) => {
+                crate::rootfs::plan_dir(self.rootfs, b, self.excludes)
+            }
+            (super::RootfsKind::Dir, None) => Ok(crate::rootfs::RootfsDiff::default()),
+        };
+        self.plan_time = t.elapsed();
+        let ok = r.is_ok();
+        self.plan = Some(r);
+        // A failed plan fails the hook: CRIU then aborts the dump and resumes the container.
+        if ok { Ack::ok() } else { Ack::fail() }
+    }
+}
+
+impl crate::criu::NotifyHandler for DumpHooks<'_> {
+    fn on_notify(&mut self, n: Notification) -> Ack {
+        match n {
+            Notification::PreDump => self.pre_dump(),
+            Notification::PostDump => self.post_dump(),
+            _ => Ack::ok(),
+        }
+    }
+}
+
+/// The archive's config.dump and annotated spec.dump for `ctr`.
+fn metadata(
+    engine: &crate::Engine,
+    ctr: &Container,
+    opts: &ContainerCheckpointOptions,
+) -> crate::Result<(crate::archive::ConfigDump, serde_json::Value)> {
+    use crate::archive::{self, CheckpointAnnotations, ConfigDump, GoTime};
+    use crate::error::Error;
     let annotations = ctr.annotations();
     let container_name = opts
         .pod
@@ -647,21 +761,25 @@ pub async fn checkpoint(
         },
     )
     .map_err(|source| Error::ContainerSpec { source })?;
-    let rootfs_files = rootfs_plan.as_ref().map_or(0, |d| d.entries.len());
-    let rootfs_deleted = rootfs_plan.as_ref().map_or(0, |d| d.deleted.len());
-    let input = ArchiveInput {
-        images_dir: images_dir.clone(),
-        config,
-        spec,
-        stats_dump: Some(staging_dir.join("stats-dump")).filter(|p| p.is_file()),
-        dump_log: Some(staging_dir.join(crate::criu::convert::DUMP_LOG)).filter(|p| p.is_file()),
-        rootfs: rootfs_plan,
-        extra: opts.extra_members.clone(),
-    };
+    Ok((config, spec))
+}
+
+/// Writes the archive once the container runs again: the rest of it after the streamed
+/// pages, or all of it.
+async fn write_archive(
+    pages: Option<super::stream::PageStream>,
+    input: crate::archive::ArchiveInput,
+    output: &Path,
+    opts: &ContainerCheckpointOptions,
+) -> crate::Result<(
+    crate::archive::WriteReport,
+    Option<super::stream::StreamStats>,
+)> {
+    use crate::archive::{self, WriteOptions};
+    let out = output.to_path_buf();
     let compression = opts.compression;
-    let out = output.clone();
     let progress = opts.progress.clone();
-    let (archive, streamed) = match pages.take() {
+    let written = match pages {
         Some(p) => {
             crate::blocking(move || {
                 let (mut b, stats) = p.join()?;
@@ -690,36 +808,7 @@ pub async fn checkpoint(
             .await?
         }
     };
-    let archive_time = t.elapsed();
-    drop(staging);
-    drop(journal);
-
-    if !opts.knobs.leave_running {
-        destroy_after_checkpoint(ctr, opts).await;
-    }
-    let mut phases = vec![Phase::new("prepare staging", prepare)];
-    phases.extend(
-        report
-            .phases
-            .iter()
-            .filter(|p| p.name.starts_with("criu"))
-            .cloned(),
-    );
-    phases.push(Phase::new("rootfs diff plan (while frozen)", plan_time));
-    phases.push(Phase::new("archive (workload running)", archive_time).with_bytes(archive.bytes));
-    Ok(ContainerCheckpointReport {
-        container: ctr.id.clone(),
-        output,
-        leave_running: opts.knobs.leave_running,
-        frozen,
-        total: started.elapsed(),
-        phases,
-        dump: report,
-        archive,
-        rootfs_files,
-        rootfs_deleted,
-        streamed,
-    })
+    Ok(written)
 }
 
 /// Tasks of the container: its init's tree, or the freezer cgroup's members if more (one

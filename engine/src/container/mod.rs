@@ -13,15 +13,16 @@ pub mod containment;
 mod descriptors;
 mod error;
 pub mod exec;
-pub mod journal;
-pub mod lock;
+pub mod extracted;
+pub(crate) mod journal;
+pub(crate) mod lock;
 pub mod manage;
 pub use crate::host::mountinfo;
 pub mod relay;
 pub mod restore;
 pub mod runc;
 pub mod state;
-pub mod stream;
+pub(crate) mod stream;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +30,14 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 pub use self::error::{ContainerError, Status};
+pub use self::extracted::DumpedNamespaces;
+pub use self::journal::Recovered;
+pub use self::lock::LockError;
 use self::mountinfo::MountInfo;
 use self::runc::RuncState;
-use self::state::{ContainerRecord, StateRoot};
+use self::state::ContainerRecord;
+pub use self::state::StateRoot;
+pub use self::stream::StreamStats;
 
 /// Default runc state roots searched for a container id, in order.
 pub const DEFAULT_RUNC_ROOTS: &[&str] = &["/run/runc", "/run/cpengine/runc"];

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{InspectError, Result};
 
 /// Largest spec file read.
-const MAX_SPEC: u64 = 16 << 20;
+const MAX_SPEC: u64 = crate::archive::MAX_JSON_BYTES;
 
 /// One mount (checkpointctl's `mounts` element, plus the options).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -30,7 +30,7 @@ fn oci(step: &'static str) -> impl FnOnce(OciError) -> ShimError {
 
 impl OciImages {
     /// Opens the store under the state root's persistent directory.
-    pub async fn open(state: &cpengine::container::state::StateRoot) -> Result<Self> {
+    pub async fn open(state: &cpengine::container::StateRoot) -> Result<Self> {
         let store = ImageStore::open(&state.lib)
             .await
             .map_err(oci("opening the image store"))?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cpengine::container::Container;
-use cpengine::container::checkpoint::{ImageInfo, PodInfo};
+use cpengine::{ImageInfo, PodInfo};
 
 use crate::checkpoint::kubelet_options;
 use crate::domain::*;
@@ -154,7 +154,7 @@ impl<I: ImageBackend> Standalone<I> {
             user,
         })?;
         let config = run_dir.join("config.json");
-        cpengine::container::state::write_atomic(
+        cpengine::host::fs::write_atomic(
             &config,
             &serde_json::to_vec_pretty(&oci).unwrap_or_default(),
             0o600,
@@ -326,7 +326,7 @@ impl<I: ImageBackend> Standalone<I> {
             }
             CtrKind::Restored => {
                 if self.cfg.state.container_record(id).is_file() {
-                    cpengine::container::manage::delete(&self.cfg.state, id, true)
+                    cpengine::Engine::delete_container(&self.cfg.state, id, true)
                         .await
                         .map_err(|source| ShimError::Container {
                             step: "deleting the restored container",

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cpengine::container::state::StateRoot;
+use cpengine::container::StateRoot;
 
 use crate::checkpoint::Checkpointer;
 use crate::domain::*;

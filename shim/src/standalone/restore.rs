@@ -16,7 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions};
+pub use cpengine::container::DumpedNamespaces;
+use cpengine::{CheckpointDir, ContainerRestoreOptions};
 use serde_json::Value;
 
 use crate::domain::*;
@@ -30,25 +31,6 @@ pub const CHECKPOINT_ANNOTATIONS: &[&str] = &[
     cpengine::oci::annotations::CRIO_CHECKPOINT_NAME,
     cpengine::oci::annotations::CRIU_CONTAINER_NAME,
     cpengine::oci::annotations::PODMAN_CHECKPOINT_NAME,
-];
-
-/// Largest JSON member read (spec.dump, config.dump, deleted.files).
-const MAX_JSON: u64 = 8 << 20;
-
-/// Mount destinations the runtime provides itself; a checkpoint's mounts there need no
-/// declaration in the request.
-const RUNTIME_MOUNTS: &[&str] = &[
-    "/proc",
-    "/dev",
-    "/dev/pts",
-    "/dev/mqueue",
-    "/dev/shm",
-    "/sys",
-    "/sys/fs/cgroup",
-    "/etc/resolv.conf",
-    "/etc/hostname",
-    "/run/secrets",
-    "/run/.containerenv",
 ];
 
 /// Where a checkpoint comes from.
@@ -80,27 +62,6 @@ pub async fn detect<I: ImageBackend>(image: &str, images: &I) -> Result<Option<C
         }
         _ => Ok(None),
     }
-}
-
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    let md = match std::fs::metadata(path) {
-        Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ShimError::fs("reading", path)(e)),
-    };
-    if !md.is_file() || md.len() > MAX_JSON {
-        return Err(ShimError::InvalidArgument(format!(
-            "checkpoint member {} is not a regular file of at most {MAX_JSON} bytes",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(ShimError::fs("reading", path))?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        ShimError::InvalidArgument(format!(
-            "checkpoint member {} is not JSON: {e}",
-            path.display()
-        ))
-    })
 }
 
 /// Re-points the checkpoint spec's mounts at the new pod and the request's declared mounts,
@@ -146,7 +107,7 @@ pub fn repoint_mounts(
                     m["source"] = Value::String(r.host_path.clone());
                     given.insert(PathBuf::from(&dest), PathBuf::from(&r.host_path));
                 }
-                None if RUNTIME_MOUNTS.contains(&dest.as_str()) => {}
+                None if cpengine::container::binds::is_runtime_managed(&dest) => {}
                 None => missing.push(dest),
             }
         }
@@ -171,39 +132,6 @@ fn pod_shm_dir(pod: &PodRecord) -> Result<Option<PathBuf>> {
     std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o1777))
         .map_err(ShimError::fs("setting the mode of", &shm))?;
     Ok(Some(shm))
-}
-
-/// The namespaces (network, IPC, UTS) the checkpointed container had apart from the host's,
-/// from CRIU's images: CRIU writes `netns-<id>.img` (also for an external, joined network
-/// namespace), `ipcns-var-<id>.img` and `utsns-<id>.img` only for namespaces other than its
-/// own. A runtime may name a host namespace by path (containerd joins its pause container's,
-/// which is the host's for a host-network pod), so the spec alone cannot tell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DumpedNamespaces {
-    pub net: bool,
-    pub ipc: bool,
-    pub uts: bool,
-}
-
-impl DumpedNamespaces {
-    pub fn read(images_dir: &Path) -> Result<Self> {
-        let mut d = Self::default();
-        let entries =
-            std::fs::read_dir(images_dir).map_err(ShimError::fs("reading", images_dir))?;
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            let numbered = |prefix: &str| {
-                name.strip_prefix(prefix)
-                    .and_then(|r| r.strip_suffix(".img"))
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            };
-            d.net |= numbered("netns-");
-            d.ipc |= numbered("ipcns-var-");
-            d.uts |= numbered("utsns-");
-        }
-        Ok(d)
-    }
 }
 
 /// Points the spec's shared namespaces at the new pod's holder. The network must match: a
@@ -320,7 +248,7 @@ impl<I: ImageBackend> Standalone<I> {
         // The archive, or the checkpoint image's layer, through the engine's safe extractor.
         let dir = lib_dir.join("checkpoint");
         let (ckpt, extracted) =
-            cpengine::container::restore::open_source(&source_name, &self.cfg.state, &dir, false)
+            cpengine::Engine::open_checkpoint(&source_name, &self.cfg.state, &dir, false)
                 .await
                 .map_err(|source| match source {
                     cpengine::Error::Archive(source) => ShimError::Archive {
@@ -332,7 +260,7 @@ impl<I: ImageBackend> Standalone<I> {
                         source,
                     },
                 })?;
-        if !ckpt.images_dir.join("inventory.img").is_file() {
+        if !ckpt.has_images() {
             return Err(ShimError::InvalidArgument(format!(
                 "{source_name} is not a checkpoint: checkpoint/inventory.img is missing"
             )));
@@ -358,7 +286,7 @@ impl<I: ImageBackend> Standalone<I> {
             ))
         })?;
         let binds = repoint_mounts(&mut spec, req, pod)?;
-        repoint_namespaces(&mut spec, pod, DumpedNamespaces::read(&ckpt.images_dir)?)?;
+        repoint_namespaces(&mut spec, pod, dumped_namespaces(&ckpt)?)?;
         reannotate(&mut spec, req, pod);
 
         let log = super::pod::log_path(pod, req, lib_dir)?;
@@ -420,17 +348,13 @@ impl<I: ImageBackend> Standalone<I> {
             .clone()
             .ok_or_else(|| ShimError::Internal("restore plan missing".into()))?;
         let pod = self.ready_pod(&rec.pod_id)?;
-        let images_dir = plan.dir.join("checkpoint");
-        let ckpt = CheckpointDir {
-            images_dir,
-            spec: plan.spec.clone(),
-            config: plan.config.clone(),
-            rootfs_diff: Some(plan.dir.join("rootfs-diff.tar")).filter(|p| p.is_file()),
-            deleted: read_json(&plan.dir.join("deleted.files"))?
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default(),
-            source: Some(plan.source.clone()),
-        };
+        let ckpt = CheckpointDir::reopen(
+            &plan.dir,
+            plan.spec.clone(),
+            plan.config.clone(),
+            Some(plan.source.clone()),
+        )
+        .map_err(ShimError::engine("reopening the extracted checkpoint"))?;
         let mut opts = ContainerRestoreOptions::new(&rec.id, self.cfg.state.clone());
         // The base image's layers, top first (overlay order).
         opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
@@ -449,7 +373,7 @@ impl<I: ImageBackend> Standalone<I> {
             cpu_period: pos(r.cpu_period).map(|v| v as u64),
             pids_limit: None,
         };
-        let dumped = DumpedNamespaces::read(&ckpt.images_dir)?;
+        let dumped = dumped_namespaces(&ckpt)?;
         if let Some(h) = pod.holder {
             let holder = h.holder();
             if dumped.net && h.net {
@@ -465,7 +389,8 @@ impl<I: ImageBackend> Standalone<I> {
             }
         }
         let engine = self.checkpointer.engine().await?;
-        let report = cpengine::container::restore::restore(&engine, &ckpt, &opts)
+        let report = engine
+            .restore_container(&ckpt, &opts)
             .await
             .map_err(ShimError::engine("restoring the container"))?;
         self.reaper.track(report.pid);
@@ -484,6 +409,12 @@ impl<I: ImageBackend> Standalone<I> {
         }
         Ok(())
     }
+}
+
+/// The engine's reading of the checkpoint's namespaces, as a shim error.
+fn dumped_namespaces(ckpt: &CheckpointDir) -> Result<DumpedNamespaces> {
+    ckpt.dumped_namespaces()
+        .map_err(ShimError::engine("reading the checkpoint's namespaces"))
 }
 
 /// The base image names a checkpoint's `config.dump` gives, in the order they are tried. The

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use cpengine::container::state::{StateRoot, write_atomic};
+use cpengine::container::StateRoot;
+use cpengine::host::fs::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ContainerSpec, PodSpec, PodState};
