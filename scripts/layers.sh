@@ -159,7 +159,7 @@ SRC = os.environ.get("SHIM_SRC", "shim/src")
 # The engine's public API as the shim may use it: whole public modules, the container types
 # and their front door on `Engine`, the error types the shim maps to gRPC codes, and the few
 # named host helpers a process supervisor needs (pid identity, subreaper, fd placement,
-# atomic write, the log relay).
+# atomic write, the log relay), and the one confined exec and containment of a container.
 ALLOW = """
 Engine Error ErrorClass ImageError Result
 ContainerCheckpointOptions ContainerRestoreOptions CheckpointDir ImageInfo PodInfo
@@ -168,6 +168,7 @@ container::Container container::ContainerError container::Status container::Stat
 container::DumpedNamespaces container::LockError container::restore::mount_overlay
 container::binds::is_bind container::binds::is_runtime_managed
 container::relay::spawn container::relay::reopen container::relay::run_if_relay
+container::exec container::containment
 criu::CriuError rootfs::RootfsError
 proc::is_same_process proc::start_time proc::task_state
 sys::set_child_subreaper sys::dup_at_least host::fs::write_atomic

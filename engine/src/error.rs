@@ -50,7 +50,7 @@ pub enum Error {
     #[error(transparent)]
     Containment(#[from] crate::container::containment::ContainmentError),
     #[error(transparent)]
-    Exec(#[from] crate::container::exec::ExecError),
+    Exec(#[from] crate::container::ExecError),
     #[error(transparent)]
     Lock(#[from] crate::container::lock::LockError),
     #[error(transparent)]
@@ -170,7 +170,7 @@ impl Error {
             | Self::BaseImageMissing { .. }
             | Self::ContainerSpec { .. }
             | Self::NoSuchProcess { .. }
-            | Self::Exec(crate::container::exec::ExecError::Seccomp { .. })
+            | Self::Exec(crate::container::ExecError::Seccomp { .. })
             | Self::Locate(_) => C::Precondition,
             Self::SpecNotOci { .. } | Self::SpecNotObject | Self::MountEscapes { .. } => {
                 C::BadCheckpoint

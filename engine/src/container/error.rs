@@ -50,3 +50,26 @@ impl std::fmt::Display for Status {
         })
     }
 }
+
+/// Why an exec into a container (`cpengine exec`, the shim's ExecSync) was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("reading the confinement of the container's init (pid {pid})")]
+    Status { pid: i32, source: std::io::Error },
+    #[error("the container's init (pid {pid}) status has no {field} line")]
+    StatusField { pid: i32, field: &'static str },
+    #[error(
+        "the container runs under seccomp mode {mode}; cpengine cannot give an exec'd process \
+         the same filter yet, so it refuses to run one without it"
+    )]
+    Seccomp { mode: u8 },
+    #[error("opening {}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("an exec argument, variable or directory contains a NUL byte")]
+    Nul,
+    #[error("no command to run")]
+    NoCommand,
+}

@@ -62,27 +62,7 @@ pub struct ExecRequest {
     pub pid_file: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("reading the confinement of the container's init (pid {pid})")]
-    Status { pid: i32, source: std::io::Error },
-    #[error("the container's init (pid {pid}) status has no {field} line")]
-    StatusField { pid: i32, field: &'static str },
-    #[error(
-        "the container runs under seccomp mode {mode}; cpengine cannot give an exec'd process \
-         the same filter yet, so it refuses to run one without it"
-    )]
-    Seccomp { mode: u8 },
-    #[error("opening {}", path.display())]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("an exec argument, variable or directory contains a NUL byte")]
-    Nul,
-    #[error("no command to run")]
-    NoCommand,
-}
+pub use super::error::ExecError;
 
 /// The init's capability sets, `no_new_privs`, seccomp mode, uid and gid.
 pub fn confinement_of(pid: i32) -> Result<Confinement, ExecError> {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use self::error::{ContainerError, Status};
+pub use self::error::{ContainerError, ExecError, Status};
 pub use self::extracted::DumpedNamespaces;
 pub use self::journal::Recovered;
 pub use self::lock::LockError;
