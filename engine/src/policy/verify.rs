@@ -431,7 +431,19 @@ fn check_namespaces(
     if tasks.is_empty() {
         return Err(refuse("pstree.img", "entries", "none"));
     }
+    // CRIU compares the raw values, a missing field reading 0 (a task whose id differs from
+    // the root's gets a new namespace, one equal to it stays in CRIU's own): every root id
+    // must be there and non-zero, or "equal to the host's" cannot be decided.
     let root_ns = ns_ids(&root);
+    for (ns, id) in root_ns {
+        if id.unwrap_or(0) == 0 {
+            return Err(refuse(
+                "inventory.img",
+                format!("root_ids.{}_ns_id", ns.name()),
+                "is missing or 0: the host's namespaces cannot be told apart",
+            ));
+        }
+    }
     for t in &tasks {
         // CRIU takes the namespaces from ids-<pid>.img and the rest from the core's copy:
         // both are checked, and at least one must be there.
@@ -454,22 +466,48 @@ fn check_namespaces(
         }
         for (image, ids) in sources {
             for ((ns, id), (_, host)) in ns_ids(&ids).into_iter().zip(root_ns) {
-                let Some(id) = id else {
+                let field = format!("task {} ids.{}_ns_id", t.pid, ns.name());
+                let id = id.unwrap_or(0);
+                if id == 0 {
                     return Err(refuse(
                         &image,
-                        format!("task {} ids.{}_ns_id", t.pid, ns.name()),
-                        "missing",
+                        field,
+                        "is missing or 0 (CRIU would take it for a namespace of its own)",
                     ));
-                };
-                if Some(id) == host && !policy.host_namespaces.contains(&ns) {
+                }
+                if id == host.unwrap_or(0) && !policy.host_namespaces.contains(&ns) {
                     return Err(refuse(
                         &image,
-                        format!("task {} ids.{}_ns_id", t.pid, ns.name()),
+                        field,
                         format!(
                             "is the host's {} namespace (inventory.img root_ids), and the request does not ask for it",
                             ns.name()
                         ),
                     ));
+                }
+            }
+            // A user namespace other than CRIU's own would be created with the image's uid
+            // and gid maps, written as root: never from an image.
+            if ids.user_ns_id.unwrap_or(0) != root.user_ns_id.unwrap_or(0) {
+                return Err(refuse(
+                    &image,
+                    format!("task {} ids.user_ns_id", t.pid),
+                    format!(
+                        "is {}, not the node's user namespace ({}): a user namespace is not restored from an image",
+                        ids.user_ns_id.unwrap_or(0),
+                        root.user_ns_id.unwrap_or(0)
+                    ),
+                ));
+            }
+            // Cgroup and time namespaces: the host's grants nothing beyond what the mount
+            // and cgroup checks allow; a new one is confinement. When present, an id of 0
+            // is malformed.
+            for (f, v) in [
+                ("cgroup_ns_id", ids.cgroup_ns_id),
+                ("time_ns_id", ids.time_ns_id),
+            ] {
+                if v == Some(0) {
+                    return Err(refuse(&image, format!("task {} ids.{f}", t.pid), "is 0"));
                 }
             }
         }
@@ -985,6 +1023,113 @@ mod tests {
             &[InventoryEntry::default()],
         );
         assert_eq!(check(d.path(), &p).unwrap_err().field, "root_ids");
+    }
+
+    /// Review finding 1: CRIU reads a missing id as 0 and compares raw values, so root ids
+    /// without namespace fields and task ids of 0 would restore into the host's namespaces.
+    #[test]
+    fn namespace_ids_compare_as_criu_does() {
+        let d = images(creds());
+        let p = RestorePolicy::default();
+        // Root ids lacking a namespace field, or with 0.
+        for ns in Namespace::ALL {
+            for val in [None, Some(0)] {
+                let mut root = ids(100);
+                match ns {
+                    Namespace::Pid => root.pid_ns_id = val,
+                    Namespace::Net => root.net_ns_id = val,
+                    Namespace::Ipc => root.ipc_ns_id = val,
+                    Namespace::Uts => root.uts_ns_id = val,
+                    Namespace::Mnt => root.mnt_ns_id = val,
+                }
+                write(
+                    d.path(),
+                    "inventory.img",
+                    Header::Single(magic::INVENTORY),
+                    &[InventoryEntry {
+                        img_version: 2,
+                        root_ids: Some(root),
+                        ..Default::default()
+                    }],
+                );
+                let e = check(d.path(), &p).unwrap_err();
+                assert_eq!(e.field, format!("root_ids.{}_ns_id", ns.name()), "{e}");
+            }
+        }
+        // The attack: root ids with no namespace fields and a task whose ids are all 0.
+        let bare = TaskKobjIdsEntry::default();
+        write(
+            d.path(),
+            "inventory.img",
+            Header::Single(magic::INVENTORY),
+            &[InventoryEntry {
+                img_version: 2,
+                root_ids: Some(bare.clone()),
+                ..Default::default()
+            }],
+        );
+        let zero = TaskKobjIdsEntry {
+            pid_ns_id: Some(0),
+            net_ns_id: Some(0),
+            ipc_ns_id: Some(0),
+            uts_ns_id: Some(0),
+            mnt_ns_id: Some(0),
+            ..bare
+        };
+        write(
+            d.path(),
+            "ids-1.img",
+            Header::Common(magic::IDS),
+            &[zero.clone()],
+        );
+        let mut all = RestorePolicy::default();
+        all.host_namespaces = Namespace::ALL.into_iter().collect();
+        assert!(
+            check(d.path(), &all)
+                .unwrap_err()
+                .field
+                .starts_with("root_ids.")
+        );
+        // Good root ids, a task id of 0: refused even when host namespaces are allowed.
+        write(
+            d.path(),
+            "inventory.img",
+            Header::Single(magic::INVENTORY),
+            &[InventoryEntry {
+                img_version: 2,
+                root_ids: Some(ids(100)),
+                ..Default::default()
+            }],
+        );
+        let mut t = ids(10);
+        t.mnt_ns_id = Some(0);
+        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
+        assert_eq!(
+            check(d.path(), &all).unwrap_err().field,
+            "task 1 ids.mnt_ns_id"
+        );
+        // A user namespace of its own (its maps would be written from the image).
+        let mut t = ids(10);
+        t.user_ns_id = Some(7);
+        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "task 1 ids.user_ns_id"
+        );
+        let mut t = ids(10);
+        t.time_ns_id = Some(0);
+        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "task 1 ids.time_ns_id"
+        );
+        write(
+            d.path(),
+            "ids-1.img",
+            Header::Common(magic::IDS),
+            &[ids(10)],
+        );
+        check(d.path(), &p).unwrap();
     }
 
     fn mnt(id: u32, parent: u32, point: &str, fs: Fstype) -> MntEntry {
