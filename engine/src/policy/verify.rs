@@ -11,7 +11,10 @@
 //! - `inventory.img`, `pstree.img` and each task's `core-<pid>.img` (its `ids`): a task whose
 //!   net, ipc, uts, pid or mount namespace is the one CRIU itself ran in when it dumped
 //!   (`inventory.root_ids`, the host's) is refused unless the policy allows that host
-//!   namespace. The decision comes from these ids, never from file names.
+//!   namespace. The decision comes from these ids, never from file names. Ids compare as
+//!   CRIU compares them (a missing field is 0): the root ids must name every one of those five
+//!   namespaces non-zero, a task's must too, a task's user namespace must be CRIU's own (a new
+//!   one would get the image's uid maps), and cgroup/time ids, when present, are non-zero.
 //! - `mountpoints-*.img`: a mount the restore supplies (`ext_key`, or `ext_mount` keyed by its
 //!   mountpoint) must be one the restore planned ([`VerifyPlan::ext_keys`]); any other mount
 //!   is made by CRIU from the image, so its file system must be in [`ALLOWED_FS`] (never
@@ -20,7 +23,9 @@
 //!   these file systems can hold is checked instead; mountpoints and roots may not contain `..`.
 //! - `tmpfs-*.tar.gz.img` (the contents CRIU untars as root into tmpfs mounts): only the
 //!   standard character devices, no block devices, no set-id files, no `..` or absolute
-//!   names or hard-link targets, at most [`RestorePolicy::max_tmpfs_bytes`] together.
+//!   names or hard-link targets, at most [`RestorePolicy::max_tmpfs_bytes`] together. Every
+//!   gzip member is decoded (as `tar --gzip` does), the file must end with the last member,
+//!   and nothing but zeros may follow the tar terminator.
 //! - `files.img` (and the older `reg-files.img`/`unixsk.img`): file and socket paths with a
 //!   `..` component, and files on a mount the mount images do not have, are refused.
 //! - `spec.dump`'s `linux.devices` (the restore maps each to the host's node): only the
@@ -622,7 +627,9 @@ fn check_tmpfs(
         .iter()
         .filter(|n| n.starts_with("tmpfs-") && n.ends_with(".tar.gz.img"))
     {
-        let gz = flate2::read::GzDecoder::new(open(dir, name)?);
+        // Every gzip member, as CRIU's `tar --gzip` decodes them (a second member is more
+        // of the same tar stream), and the compressed file must end where the last does.
+        let gz = flate2::read::MultiGzDecoder::new(open(dir, name)?);
         let mut capped = Capped {
             inner: gz,
             left: budget,
@@ -638,14 +645,29 @@ fn check_tmpfs(
                 check_tmpfs_entry(name, &e, policy)?;
             }
         }
-        // The rest of the stream (padding, trailing data) counts too.
-        std::io::copy(&mut capped, &mut std::io::sink()).map_err(|e| {
-            refuse(
-                name,
-                "size",
-                format!("{e} ({} bytes)", policy.max_tmpfs_bytes),
-            )
-        })?;
+        // The rest of the stream (the terminator, padding) counts too, must decode to its
+        // end, and may hold nothing but zeros: data after the terminator is refused, not
+        // left for another reader of the stream to find.
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = capped.read(&mut buf).map_err(|e| {
+                refuse(
+                    name,
+                    "size",
+                    format!("{e} ({} bytes)", policy.max_tmpfs_bytes),
+                )
+            })?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|b| *b != 0) {
+                return Err(refuse(
+                    name,
+                    "tar",
+                    "has data after the end-of-archive blocks",
+                ));
+            }
+        }
         budget = capped.left;
     }
     Ok(count)
@@ -1274,6 +1296,67 @@ mod tests {
         p.max_tmpfs_bytes = 1 << 19;
         assert_eq!(check(d.path(), &p).unwrap_err().field, "tar");
         p.max_tmpfs_bytes = 2 << 20;
+        check(d.path(), &p).unwrap();
+    }
+
+    /// Review finding 4: a second gzip member (decoded by CRIU's `tar --gzip`) and data
+    /// after the tar terminator are checked or refused, not skipped.
+    #[test]
+    fn tmpfs_every_gzip_member_and_nothing_after_the_end() {
+        use tar::EntryType as T;
+        let d = images(creds());
+        let p = RestorePolicy::default();
+        let path = d.path().join("tmpfs-dev-5.tar.gz.img");
+        tmpfs(d.path(), &[("null", T::Char, 0o666, (1, 3), 0)]);
+        let first = std::fs::read(&path).unwrap();
+        // A tar stream without its terminator in a second member: a block device.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("sda").unwrap();
+        h.set_entry_type(T::Block);
+        h.set_mode(0o660);
+        h.set_size(0);
+        h.set_device_major(8).unwrap();
+        h.set_device_minor(0).unwrap();
+        h.set_cksum();
+        let gz = |bytes: &[u8]| {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        };
+        // The first member ends with the tar terminator; the device comes after it.
+        std::fs::write(&path, [first.clone(), gz(h.as_bytes())].concat()).unwrap();
+        let e = check(d.path(), &p).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.image.as_str()),
+            ("tar", "tmpfs-dev-5.tar.gz.img"),
+            "{e}"
+        );
+        // The first member without a terminator: the second member's device is an entry.
+        let mut bare = Vec::new();
+        let mut h0 = tar::Header::new_gnu();
+        h0.set_path("null").unwrap();
+        h0.set_entry_type(T::Char);
+        h0.set_mode(0o666);
+        h0.set_size(0);
+        h0.set_device_major(1).unwrap();
+        h0.set_device_minor(3).unwrap();
+        h0.set_cksum();
+        bare.extend_from_slice(h0.as_bytes());
+        let mut tail = h.as_bytes().to_vec();
+        tail.extend_from_slice(&[0; 1024]);
+        std::fs::write(&path, [gz(&bare), gz(&tail)].concat()).unwrap();
+        let e = check(d.path(), &p).unwrap_err();
+        assert!(e.detail.contains("block device 8:0"), "{e}");
+        // Trailing bytes that are not gzip.
+        std::fs::write(&path, [first.clone(), b"junk".to_vec()].concat()).unwrap();
+        assert!(check(d.path(), &p).is_err());
+        // The size cap counts every member.
+        let mut p2 = RestorePolicy::default();
+        p2.max_tmpfs_bytes = 4096;
+        std::fs::write(&path, [first.clone(), gz(&[0; 8192])].concat()).unwrap();
+        assert_eq!(check(d.path(), &p2).unwrap_err().field, "size");
+        std::fs::write(&path, &first).unwrap();
         check(d.path(), &p).unwrap();
     }
 
