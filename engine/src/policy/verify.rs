@@ -28,6 +28,11 @@
 //!   and nothing but zeros may follow the tar terminator.
 //! - `files.img` (and the older `reg-files.img`/`unixsk.img`): file and socket paths with a
 //!   `..` component, and files on a mount the mount images do not have, are refused.
+//! - `cgroup.img`: CRIU rewrites to the restore's cgroups only paths under a dumped
+//!   directory and uses the others as written, so every set's paths must be at or below the
+//!   root task's set, whose paths must be dumped directories (never a hierarchy's root); no
+//!   `.`/`..` in paths or directory names, `cgns_prefix` on a component boundary, and
+//!   property names from [`ALLOWED_CGROUP_PROPS`] (none with `/`).
 //! - `spec.dump`'s `linux.devices` (the restore maps each to the host's node): only the
 //!   standard set and the request's `--device`s (any `/dev` node when privileged).
 
@@ -38,8 +43,8 @@ use std::path::{Component, Path, PathBuf};
 
 use criu_proto::image::{Header, ImageReader, magic};
 use criu_proto::images::{
-    CoreEntry, CredsEntry, FileEntry, Fstype, InventoryEntry, MntEntry, PstreeEntry, RegFileEntry,
-    SeccompEntry, SeccompMode, TaskKobjIdsEntry, UnixSkEntry,
+    CgroupDirEntry, CgroupEntry, CoreEntry, CredsEntry, FileEntry, Fstype, InventoryEntry,
+    MntEntry, PstreeEntry, RegFileEntry, SeccompEntry, SeccompMode, TaskKobjIdsEntry, UnixSkEntry,
 };
 
 use super::{CapSet, Namespace, RestorePolicy, SeccompRequirement};
@@ -145,6 +150,7 @@ pub struct Verdict {
     pub mounts: usize,
     pub tmpfs_entries: usize,
     pub files: usize,
+    pub cgroup_sets: usize,
 }
 
 /// Verifies `images_dir` (and the checkpoint's `spec`) against `policy`.
@@ -173,6 +179,7 @@ pub fn verify(
     let mnt_ids = check_mounts(images_dir, &names, plan, &mut v)?;
     v.tmpfs_entries = check_tmpfs(images_dir, &names, policy)?;
     v.files = check_files(images_dir, &names, &mnt_ids)?;
+    v.cgroup_sets = check_cgroups(images_dir, &names)?;
     Ok(v)
 }
 
@@ -596,6 +603,230 @@ fn check_mounts(
         }
     }
     Ok(ids)
+}
+
+/// Property files CRIU may write back into the cgroups it recreates (the resource knobs
+/// CRIU itself dumps; each is bounded by the parent cgroup the restore created).
+pub const ALLOWED_CGROUP_PROPS: &[&str] = &[
+    "cgroup.clone_children",
+    "notify_on_release",
+    "cgroup.procs",
+    "tasks",
+    "cgroup.subtree_control",
+    "cgroup.max.descendants",
+    "cgroup.max.depth",
+    "cgroup.freeze",
+    "cgroup.type",
+    "cpu.shares",
+    "cpu.cfs_period_us",
+    "cpu.cfs_quota_us",
+    "cpu.rt_period_us",
+    "cpu.rt_runtime_us",
+    "cpu.max",
+    "cpu.weight",
+    "cpu.weight.nice",
+    "memory.limit_in_bytes",
+    "memory.memsw.limit_in_bytes",
+    "memory.swappiness",
+    "memory.soft_limit_in_bytes",
+    "memory.move_charge_at_immigrate",
+    "memory.oom_control",
+    "memory.use_hierarchy",
+    "memory.kmem.limit_in_bytes",
+    "memory.kmem.tcp.limit_in_bytes",
+    "memory.high",
+    "memory.max",
+    "memory.low",
+    "memory.min",
+    "memory.swap.max",
+    "memory.oom.group",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "cpuset.memory_migrate",
+    "cpuset.cpu_exclusive",
+    "cpuset.mem_exclusive",
+    "cpuset.mem_hardwall",
+    "cpuset.memory_spread_page",
+    "cpuset.memory_spread_slab",
+    "cpuset.sched_load_balance",
+    "cpuset.sched_relax_domain_level",
+    "blkio.weight",
+    "io.weight",
+    "freezer.state",
+    "devices.list",
+    "net_cls.classid",
+    "net_prio.ifpriomap",
+    "pids.max",
+];
+
+/// Whether `path` is `root` or below it, as cgroup paths (components, not bytes).
+fn cg_under(path: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
+}
+
+fn cg_bad_component(p: &str) -> bool {
+    p.split('/').any(|c| c == ".." || c == ".")
+}
+
+/// `cgroup.img`: CRIU moves tasks into the paths of their sets, rewriting to the restore's
+/// cgroup only the paths under a dumped directory (the dump's root cgroup), and writes the
+/// properties of every directory it recreates. Every set's paths must be below the root
+/// task's set (itself a dumped directory, never a hierarchy's root), with no `.`/`..`
+/// anywhere, and property names from [`ALLOWED_CGROUP_PROPS`].
+fn check_cgroups(dir: &Path, names: &[String]) -> Result<usize, PolicyViolation> {
+    const IMG: &str = "cgroup.img";
+    if !names.iter().any(|n| n == IMG) {
+        return Ok(0);
+    }
+    let cg: CgroupEntry = read_one(dir, IMG, magic::CGROUP)?;
+    // Directories: names and properties, at every depth.
+    fn walk(
+        d: &CgroupDirEntry,
+        at: &str,
+        depth: usize,
+        top: &mut Vec<String>,
+    ) -> Result<(), PolicyViolation> {
+        let path = if at.is_empty() {
+            d.dir_name.clone()
+        } else {
+            format!("{at}/{}", d.dir_name)
+        };
+        if depth > 64 {
+            return Err(refuse(IMG, format!("dir {path}"), "is nested too deep"));
+        }
+        if cg_bad_component(&d.dir_name) || d.dir_name.starts_with('/') || d.dir_name.contains('\0')
+        {
+            return Err(refuse(
+                IMG,
+                format!("dir {path} dir_name"),
+                "has a . or .. component or is absolute",
+            ));
+        }
+        if depth == 0 {
+            top.push(d.dir_name.clone());
+        } else if d.dir_name.contains('/') {
+            return Err(refuse(IMG, format!("dir {path} dir_name"), "contains /"));
+        }
+        for p in &d.properties {
+            if p.name.contains('/') || !ALLOWED_CGROUP_PROPS.contains(&p.name.as_str()) {
+                return Err(refuse(
+                    IMG,
+                    format!("dir {path} property {}", p.name),
+                    "is not a cgroup property a restore may write",
+                ));
+            }
+        }
+        for c in &d.children {
+            walk(c, &path, depth + 1, top)?;
+        }
+        Ok(())
+    }
+    // Per controller name, the dumped top directories.
+    let mut tops: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in &cg.controllers {
+        let mut top = Vec::new();
+        for d in &c.dirs {
+            walk(d, "", 0, &mut top)?;
+        }
+        for n in &c.cnames {
+            tops.entry(n.clone())
+                .or_default()
+                .extend(top.iter().cloned());
+        }
+    }
+    if cg.sets.is_empty() {
+        return Ok(0);
+    }
+    // The root task's set: the dump's root cgroup.
+    let inv: InventoryEntry = read_all(dir, "inventory.img", Header::Single(magic::INVENTORY))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| refuse("inventory.img", "entry", "missing"))?;
+    let root_pid = read_all::<PstreeEntry>(dir, "pstree.img", Header::Common(magic::PSTREE))?
+        .first()
+        .map(|t| t.pid)
+        .ok_or_else(|| refuse("pstree.img", "entries", "none"))?;
+    let core_name = format!("core-{root_pid}.img");
+    // As CRIU reads it: the thread core's set, else the task core's.
+    let core: CoreEntry = read_one(dir, &core_name, magic::CORE)?;
+    let root_set = core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.cg_set)
+        .or(core.tc.as_ref().and_then(|t| t.cg_set))
+        .unwrap_or(0);
+    if root_set == 0 || Some(root_set) == inv.root_cg_set {
+        return Err(refuse(
+            &core_name,
+            "thread_core.cg_set",
+            "names no cgroup set of the dump, yet cgroup.img has sets",
+        ));
+    }
+    let root = cg
+        .sets
+        .iter()
+        .find(|s| s.id == root_set)
+        .ok_or_else(|| refuse(IMG, format!("set {root_set}"), "missing (the root task's)"))?;
+    for m in &root.ctls {
+        let field = format!("set {} {} path", root.id, m.name);
+        let rel = m.path.strip_prefix('/').unwrap_or(&m.path);
+        let dumped = tops.get(&m.name).is_some_and(|t| {
+            t.iter()
+                .any(|d| !d.is_empty() && !cg_bad_component(d) && cg_under(rel, d))
+        });
+        if rel.is_empty() || !m.path.starts_with('/') || !dumped {
+            return Err(refuse(
+                IMG,
+                field,
+                format!(
+                    "{} is not a cgroup the dump recorded (the restore would use it as written)",
+                    m.path
+                ),
+            ));
+        }
+    }
+    for s in &cg.sets {
+        for m in &s.ctls {
+            let field = format!("set {} {} path", s.id, m.name);
+            if cg_bad_component(&m.path) || m.path.contains('\0') {
+                return Err(refuse(
+                    IMG,
+                    field,
+                    format!("{} has a . or .. component", m.path),
+                ));
+            }
+            if let Some(p) = m.cgns_prefix {
+                let p = p as usize;
+                if p > m.path.len()
+                    || !m.path.is_char_boundary(p)
+                    || !(p == m.path.len() || m.path[p..].starts_with('/'))
+                {
+                    return Err(refuse(
+                        IMG,
+                        format!("set {} {} cgns_prefix", s.id, m.name),
+                        format!("{p} does not end a component of {}", m.path),
+                    ));
+                }
+            }
+            let under = root
+                .ctls
+                .iter()
+                .find(|r| r.name == m.name)
+                .is_some_and(|r| cg_under(&m.path, &r.path));
+            if !under {
+                return Err(refuse(
+                    IMG,
+                    field,
+                    format!(
+                        "{} is outside the dump's root cgroup (the root task's set {})",
+                        m.path, root.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(cg.sets.len())
 }
 
 /// A counting reader that fails once more than `left` bytes were read.
@@ -1358,6 +1589,150 @@ mod tests {
         assert_eq!(check(d.path(), &p2).unwrap_err().field, "size");
         std::fs::write(&path, &first).unwrap();
         check(d.path(), &p).unwrap();
+    }
+
+    /// Review finding 3: cgroup.img paths outside the dump's root cgroup (used by CRIU as
+    /// written), `..` in directory names and property names outside the allowlist.
+    #[test]
+    fn cgroup_sets_stay_under_the_dump_root() {
+        use criu_proto::images::{CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupPropEntry};
+        let d = images(creds());
+        let p = RestorePolicy::default();
+        let core = CoreEntry {
+            mtype: 1,
+            thread_core: Some(ThreadCoreEntry {
+                creds: Some(creds()),
+                cg_set: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        write(d.path(), "core-1.img", Header::Common(magic::CORE), &[core]);
+        let member = |name: &str, path: &str| CgMemberEntry {
+            name: name.into(),
+            path: path.into(),
+            cgns_prefix: None,
+        };
+        let dir = |name: &str, prop: &str, children: Vec<CgroupDirEntry>| CgroupDirEntry {
+            dir_name: name.into(),
+            children,
+            properties: vec![CgroupPropEntry {
+                name: prop.into(),
+                value: "max".into(),
+                perms: None,
+            }],
+            dir_perms: None,
+        };
+        let good = || CgroupEntry {
+            sets: vec![
+                CgSetEntry {
+                    id: 2,
+                    ctls: vec![member("pids", "/k/ctr"), member("", "/k/ctr")],
+                },
+                CgSetEntry {
+                    id: 3,
+                    ctls: vec![member("pids", "/k/ctr/sub"), member("", "/k/ctr")],
+                },
+            ],
+            controllers: vec![
+                CgControllerEntry {
+                    cnames: vec!["pids".into()],
+                    dirs: vec![dir(
+                        "k/ctr",
+                        "pids.max",
+                        vec![dir("sub", "pids.max", vec![])],
+                    )],
+                    is_threaded: None,
+                },
+                CgControllerEntry {
+                    cnames: vec!["".into()],
+                    dirs: vec![dir("k/ctr", "memory.max", vec![])],
+                    is_threaded: None,
+                },
+            ],
+        };
+        let put = |cg: &CgroupEntry| {
+            write(
+                d.path(),
+                "cgroup.img",
+                Header::Common(magic::CGROUP),
+                &[cg.clone()],
+            );
+        };
+        put(&good());
+        assert_eq!(check(d.path(), &p).unwrap().cgroup_sets, 2);
+        let cases: Vec<(Box<dyn Fn(&mut CgroupEntry)>, &str)> = vec![
+            // A member in the host's root cgroup.
+            (
+                Box::new(|c| c.sets[1].ctls[0].path = "/".into()),
+                "set 3 pids path",
+            ),
+            // A sibling of the container's cgroup (a byte prefix, not a path prefix).
+            (
+                Box::new(|c| c.sets[1].ctls[0].path = "/k/ctrx".into()),
+                "set 3 pids path",
+            ),
+            (
+                Box::new(|c| c.sets[1].ctls[0].path = "/k/ctr/../../x".into()),
+                "set 3 pids path",
+            ),
+            // The root set itself at the hierarchy's root, or not a dumped directory.
+            (
+                Box::new(|c| c.sets[0].ctls[0].path = "/".into()),
+                "set 2 pids path",
+            ),
+            (
+                Box::new(|c| c.sets[0].ctls[0].path = "/other".into()),
+                "set 2 pids path",
+            ),
+            (
+                Box::new(|c| c.controllers[0].dirs[0].children[0].dir_name = "../x".into()),
+                "dir k/ctr/../x dir_name",
+            ),
+            (
+                Box::new(|c| {
+                    c.controllers[0].dirs[0].children[0].properties[0].name = "devices.allow".into()
+                }),
+                "dir k/ctr/sub property devices.allow",
+            ),
+            (
+                Box::new(|c| {
+                    c.controllers[0].dirs[0].properties[0].name = "../../x/memory.max".into()
+                }),
+                "dir k/ctr property ../../x/memory.max",
+            ),
+            (
+                Box::new(|c| c.sets[1].ctls[0].cgns_prefix = Some(3)),
+                "set 3 pids cgns_prefix",
+            ),
+        ];
+        for (edit, field) in cases {
+            let mut cg = good();
+            edit(&mut cg);
+            put(&cg);
+            let e = check(d.path(), &p).unwrap_err();
+            assert_eq!(
+                (e.image.as_str(), e.field.as_str()),
+                ("cgroup.img", field),
+                "{e}"
+            );
+        }
+        // The root task in CRIU's own set while the image has sets: refused.
+        put(&good());
+        write(
+            d.path(),
+            "core-1.img",
+            Header::Common(magic::CORE),
+            &[CoreEntry {
+                mtype: 1,
+                thread_core: Some(ThreadCoreEntry {
+                    creds: Some(creds()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        );
+        assert_eq!(check(d.path(), &p).unwrap_err().field, "thread_core.cg_set");
     }
 
     #[test]
