@@ -17,10 +17,14 @@
 //!   one would get the image's uid maps), and cgroup/time ids, when present, are non-zero.
 //! - `mountpoints-*.img`: a mount the restore supplies (`ext_key`, or `ext_mount` keyed by its
 //!   mountpoint) must be one the restore planned ([`VerifyPlan::ext_keys`]); any other mount
-//!   is made by CRIU from the image, so its file system must be in [`ALLOWED_FS`] (never
-//!   devtmpfs, never a block-device file system). Mount flags (`nosuid`, `nodev`) are not
-//!   required: runc's own read-only re-binds (`/proc/sys`, masked tmpfs) lack them, and what
-//!   these file systems can hold is checked instead; mountpoints and roots may not contain `..`.
+//!   is made by CRIU from the image with the image's flags and options, so its file system
+//!   must be in [`ALLOWED_FS`] (never devtmpfs, a block-device file system or overlay), no
+//!   `lowerdir=`/`upperdir=`/`workdir=` options, sysfs and cgroup mounts read-only, proc
+//!   whole only once at `/proc` (parts of it only read-only). Unless privileged, every
+//!   namespace must have the runtime's [`READONLY_PATHS`] read-only and [`MASKED_PATHS`]
+//!   covered (`/dev/null` or tmpfs), each one the node's kernel has: from these defaults,
+//!   never from `spec.dump`. Only the root task's namespace root comes from `--root`; other
+//!   namespaces' roots are checked like any mount. Mountpoints and roots may not contain `..`.
 //! - `tmpfs-*.tar.gz.img` (the contents CRIU untars as root into tmpfs mounts): only the
 //!   standard character devices, no block devices, no set-id files, no `..` or absolute
 //!   names or hard-link targets, at most [`RestorePolicy::max_tmpfs_bytes`] together. Every
@@ -59,8 +63,34 @@ pub const ALLOWED_FS: &[Fstype] = &[
     Fstype::Mqueue,
     Fstype::Cgroup,
     Fstype::Cgroup2,
-    Fstype::Overlayfs,
 ];
+
+/// Paths a runtime makes read-only in every unprivileged container (each one that exists on
+/// the node must be a read-only mount in every mount namespace of the checkpoint).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Paths a runtime masks in every unprivileged container (each one that exists on the node
+/// must be covered by `/dev/null` or a tmpfs).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+const MS_RDONLY: u32 = 1;
 
 /// The character devices a container's `/dev` has: name, major, minor.
 pub const STANDARD_CHAR_DEVICES: &[(&str, u64, u64)] = &[
@@ -176,7 +206,7 @@ pub fn verify(
         v.threads += 1;
     }
     v.tasks = check_namespaces(images_dir, &names, policy)?;
-    let mnt_ids = check_mounts(images_dir, &names, plan, &mut v)?;
+    let mnt_ids = check_mounts(images_dir, &names, policy, plan, &mut v)?;
     v.tmpfs_entries = check_tmpfs(images_dir, &names, policy)?;
     v.files = check_files(images_dir, &names, &mnt_ids)?;
     v.cgroup_sets = check_cgroups(images_dir, &names)?;
@@ -537,14 +567,37 @@ fn has_parent_dir(p: &str) -> bool {
 fn check_mounts(
     dir: &Path,
     names: &[String],
+    policy: &RestorePolicy,
     plan: &VerifyPlan,
     v: &mut Verdict,
 ) -> Result<BTreeSet<i64>, PolicyViolation> {
+    // The root task's mount namespace is the one whose root the restore supplies (--root);
+    // every other namespace's root is mounted from its image and checked like any mount.
+    let root_mnt_ns = root_task_mnt_ns(dir, names)?;
+    // The runtime's defaults come from the node, never from the checkpoint's spec: a path
+    // the node's kernel does not have is skipped, as runc skips it.
+    let readonly: Vec<&str> = READONLY_PATHS
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    let masked: Vec<&str> = MASKED_PATHS
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect();
     let mut ids = BTreeSet::new();
     for name in names.iter().filter(|n| is_numbered(n, "mountpoints-")) {
+        let ns_id: Option<u32> = name
+            .trim_start_matches("mountpoints-")
+            .trim_end_matches(".img")
+            .parse()
+            .ok();
+        let is_root_ns = ns_id.is_some() && ns_id == root_mnt_ns;
         let mounts: Vec<MntEntry> = read_all(dir, name, Header::Common(magic::MNTS))?;
         let own: BTreeSet<u32> = mounts.iter().map(|m| m.mnt_id).collect();
         let mut root_seen = false;
+        let mut proc_seen = false;
         for m in &mounts {
             v.mounts += 1;
             ids.insert(i64::from(m.mnt_id));
@@ -552,10 +605,35 @@ fn check_mounts(
             if has_parent_dir(&m.mountpoint) || has_parent_dir(&m.root) {
                 return Err(refuse(name, field("mountpoint/root"), "contains .."));
             }
+            let point = mount_point(&m.mountpoint);
+            let ro = (m.flags | m.sb_flags.unwrap_or(0)) & MS_RDONLY != 0;
             let key = m
                 .ext_key
                 .clone()
                 .or_else(|| (m.ext_mount == Some(true)).then(|| m.mountpoint.clone()));
+            if !policy.privileged
+                && let Some(p) = readonly.iter().find(|p| path_under(&point, p))
+                && !ro
+            {
+                return Err(refuse(
+                    name,
+                    field("flags"),
+                    format!("is not read-only, and {p} is read-only in a container"),
+                ));
+            }
+            if !policy.privileged
+                && let Some(p) = masked.iter().find(|p| path_under(&point, p))
+            {
+                let fs = Fstype::try_from(m.fstype as i32).unwrap_or(Fstype::Unsupported);
+                let mask = key.as_deref() == Some("/dev/null") || fs == Fstype::Tmpfs;
+                if !mask {
+                    return Err(refuse(
+                        name,
+                        field("fstype"),
+                        format!("is {}, and {p} is masked in a container", fs.as_str_name()),
+                    ));
+                }
+            }
             if let Some(key) = key {
                 if !plan.planned(&key) {
                     return Err(refuse(
@@ -568,11 +646,11 @@ fn check_mounts(
                 }
                 continue;
             }
-            // The root of the namespace comes from the restore's own root (--root): exactly
-            // one mount, at /, whose parent is outside the namespace. Any other mount with a
-            // parent outside it is refused, not taken for a second root.
+            // The root of the root task's namespace comes from the restore's own root
+            // (--root): exactly one mount, at /, whose parent is outside the namespace. Any
+            // other mount with a parent outside it is refused, not taken for a second root.
             if !own.contains(&m.parent_mnt_id) {
-                if m.mountpoint.trim_start_matches('.') != "/" || root_seen {
+                if point != "/" || root_seen {
                     return Err(refuse(
                         name,
                         field("parent_mnt_id"),
@@ -580,7 +658,9 @@ fn check_mounts(
                     ));
                 }
                 root_seen = true;
-                continue;
+                if is_root_ns {
+                    continue;
+                }
             }
             let fs = Fstype::try_from(m.fstype as i32).unwrap_or(Fstype::Unsupported);
             let fsname = m.fsname.clone().unwrap_or_default();
@@ -600,9 +680,91 @@ fn check_mounts(
                     ),
                 ));
             }
+            if ["lowerdir=", "upperdir=", "workdir=", "datadir="]
+                .iter()
+                .any(|o| m.options.contains(o))
+            {
+                return Err(refuse(
+                    name,
+                    field("options"),
+                    "name overlay layers (host directories)",
+                ));
+            }
+            if !policy.privileged {
+                if matches!(fs, Fstype::Sysfs | Fstype::Cgroup | Fstype::Cgroup2) && !ro {
+                    return Err(refuse(
+                        name,
+                        field("flags"),
+                        format!("{} is not read-only", fs.as_str_name()),
+                    ));
+                }
+                // proc whole only at /proc (another one would show /proc/sys writable);
+                // parts of it only as the read-only binds above.
+                if fs == Fstype::Proc {
+                    let whole = m.root == "/" || m.root.is_empty();
+                    if whole && (point != "/proc" || proc_seen) {
+                        return Err(refuse(
+                            name,
+                            field("mountpoint"),
+                            "is a second proc mount (only /proc, once)",
+                        ));
+                    }
+                    if whole {
+                        proc_seen = true;
+                    } else if !ro {
+                        return Err(refuse(name, field("flags"), "binds part of proc writable"));
+                    }
+                }
+            }
+        }
+        if !policy.privileged {
+            // Every default read-only and masked path is there, as the runtime set it.
+            for p in readonly.iter().chain(&masked) {
+                if !mounts.iter().any(|m| mount_point(&m.mountpoint) == *p) {
+                    return Err(refuse(
+                        name,
+                        format!("mount {p}"),
+                        "missing: the runtime masks or makes it read-only in every container",
+                    ));
+                }
+            }
         }
     }
     Ok(ids)
+}
+
+/// A mountpoint as an absolute path (CRIU may write `./x` or `x` for `/x`).
+fn mount_point(p: &str) -> String {
+    let t = p.trim_start_matches('.').trim_start_matches('/');
+    format!("/{}", t.trim_end_matches('/'))
+}
+
+fn path_under(p: &str, root: &str) -> bool {
+    p == root || p.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
+}
+
+/// The mount namespace id of the first task of `pstree.img` (its ids image, else its core).
+fn root_task_mnt_ns(dir: &Path, names: &[String]) -> Result<Option<u32>, PolicyViolation> {
+    if !names.iter().any(|n| n == "pstree.img") {
+        return Ok(None);
+    }
+    let Some(t) = read_all::<PstreeEntry>(dir, "pstree.img", Header::Common(magic::PSTREE))?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let legacy = format!("ids-{}.img", t.pid);
+    if names.contains(&legacy) {
+        return Ok(read_one::<TaskKobjIdsEntry>(dir, &legacy, magic::IDS)?.mnt_ns_id);
+    }
+    let core = format!("core-{}.img", t.pid);
+    if names.contains(&core) {
+        return Ok(read_one::<CoreEntry>(dir, &core, magic::CORE)?
+            .ids
+            .and_then(|i| i.mnt_ns_id));
+    }
+    Ok(None)
 }
 
 /// Property files CRIU may write back into the cgroups it recreates (the resource knobs
@@ -1317,7 +1479,7 @@ mod tests {
             Header::Single(magic::INVENTORY),
             &[InventoryEntry {
                 img_version: 2,
-                root_ids: Some(bare.clone()),
+                root_ids: Some(bare),
                 ..Default::default()
             }],
         );
@@ -1329,12 +1491,7 @@ mod tests {
             mnt_ns_id: Some(0),
             ..bare
         };
-        write(
-            d.path(),
-            "ids-1.img",
-            Header::Common(magic::IDS),
-            &[zero.clone()],
-        );
+        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[zero]);
         let mut all = RestorePolicy::default();
         all.host_namespaces = Namespace::ALL.into_iter().collect();
         assert!(
@@ -1396,57 +1553,201 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mounts() {
-        let d = images(creds());
-        let good = vec![
+    /// The runtime's default read-only and masked mounts (all of them, whatever the node's
+    /// kernel has), ids from 50.
+    fn runtime_defaults() -> Vec<MntEntry> {
+        let mut out = Vec::new();
+        for (i, p) in READONLY_PATHS.iter().enumerate() {
+            out.push(MntEntry {
+                root: p.trim_start_matches("/proc").into(),
+                flags: MS_RDONLY,
+                ..mnt(50 + i as u32, 2, p, Fstype::Proc)
+            });
+        }
+        for (i, p) in MASKED_PATHS.iter().enumerate() {
+            out.push(MntEntry {
+                flags: MS_RDONLY,
+                ..mnt(70 + i as u32, 2, p, Fstype::Tmpfs)
+            });
+        }
+        out
+    }
+
+    type MountEdit = Box<dyn Fn(&mut Vec<MntEntry>)>;
+    type CgroupEdit = Box<dyn Fn(&mut CgroupEntry)>;
+
+    /// The root task's mount namespace (ids(10): mnt 14).
+    const ROOT_NS: &str = "mountpoints-14.img";
+
+    fn good_mounts() -> Vec<MntEntry> {
+        let mut good = vec![
             mnt(1, 0, "/", Fstype::Overlayfs),
             mnt(2, 1, "/proc", Fstype::Proc),
             MntEntry {
                 ext_key: Some("/dev/null".into()),
                 ..mnt(3, 1, "/dev/null", Fstype::Devtmpfs)
             },
+            MntEntry {
+                flags: MS_RDONLY,
+                ..mnt(4, 1, "/sys", Fstype::Sysfs)
+            },
         ];
-        write(
-            d.path(),
-            "mountpoints-9.img",
-            Header::Common(magic::MNTS),
-            &good,
-        );
+        good.extend(runtime_defaults());
+        good
+    }
+
+    #[test]
+    fn mounts() {
+        let d = images(creds());
+        let good = good_mounts();
+        write(d.path(), ROOT_NS, Header::Common(magic::MNTS), &good);
         assert_eq!(
             check(d.path(), &RestorePolicy::default()).unwrap().mounts,
-            3
+            good.len()
         );
         for (bad, field) in [
-            (mnt(4, 1, "/x", Fstype::Devtmpfs), "mount 4 (/x) fstype"),
-            (mnt(4, 1, "/x", Fstype::Auto), "mount 4 (/x) fstype"),
+            (mnt(5, 1, "/x", Fstype::Devtmpfs), "mount 5 (/x) fstype"),
+            (mnt(5, 1, "/x", Fstype::Auto), "mount 5 (/x) fstype"),
             (
-                mnt(4, 77, "/", Fstype::Devtmpfs),
-                "mount 4 (/) parent_mnt_id",
+                mnt(5, 777, "/", Fstype::Devtmpfs),
+                "mount 5 (/) parent_mnt_id",
             ),
             (
-                mnt(4, 1, "/a/../../x", Fstype::Tmpfs),
-                "mount 4 (/a/../../x) mountpoint/root",
+                mnt(5, 1, "/a/../../x", Fstype::Tmpfs),
+                "mount 5 (/a/../../x) mountpoint/root",
             ),
             (
                 MntEntry {
                     ext_key: Some("/etc".into()),
-                    ..mnt(4, 1, "/x", Fstype::Tmpfs)
+                    ..mnt(5, 1, "/x", Fstype::Tmpfs)
                 },
-                "mount 4 (/x) ext_key",
+                "mount 5 (/x) ext_key",
             ),
         ] {
             let mut m = good.clone();
             m.push(bad);
-            write(
-                d.path(),
-                "mountpoints-9.img",
-                Header::Common(magic::MNTS),
-                &m,
-            );
+            write(d.path(), ROOT_NS, Header::Common(magic::MNTS), &m);
             let e = check(d.path(), &RestorePolicy::default()).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    /// Review finding 2: mount flags and options, the runtime's read-only and masked paths,
+    /// and the root mounts of namespaces other than the restored root's.
+    #[test]
+    fn mount_flags_defaults_and_every_namespace_root() {
+        let d = images(creds());
+        let p = RestorePolicy::default();
+        let good = good_mounts();
+        let ro = |m: MntEntry| MntEntry {
+            flags: MS_RDONLY,
+            ..m
+        };
+        // A masked path of /proc this node's kernel has (the requirement follows the node).
+        let node_masked: &'static str = MASKED_PATHS
+            .iter()
+            .copied()
+            .find(|p| p.starts_with("/proc/") && Path::new(p).exists())
+            .expect("the node has none of the masked /proc paths");
+        let missing_mask = format!("mount {node_masked}");
+        let proc_over_mask = format!("mount 5 ({node_masked}) fstype");
+        let cases: Vec<(MountEdit, &str)> = vec![
+            // Overlay over host directories.
+            (
+                Box::new(|m| {
+                    m.push(MntEntry {
+                        options: "lowerdir=/,upperdir=/tmp/u,workdir=/tmp/w".into(),
+                        ..mnt(5, 1, "/host", Fstype::Overlayfs)
+                    })
+                }),
+                "mount 5 (/host) fstype",
+            ),
+            // sysfs and cgroup writable.
+            (Box::new(|m| m[3].flags = 0), "mount 4 (/sys) flags"),
+            (
+                Box::new(|m| m.push(mnt(5, 4, "/sys/fs/cgroup", Fstype::Cgroup2))),
+                "mount 5 (/sys/fs/cgroup) flags",
+            ),
+            (
+                Box::new(|m| m.push(mnt(5, 4, "/sys/fs/cgroup/cpu", Fstype::Cgroup))),
+                "mount 5 (/sys/fs/cgroup/cpu) flags",
+            ),
+            // /proc/sys writable, or dropped.
+            (
+                Box::new(|m| m[4].flags = 0),
+                "mount 50 (/proc/sys/../bus) flags",
+            ),
+            (
+                Box::new(|m| m.retain(|x| x.mountpoint != "/proc/sys")),
+                "mount /proc/sys",
+            ),
+            (
+                Box::new(move |m| m.retain(|x| x.mountpoint != node_masked)),
+                missing_mask.as_str(),
+            ),
+            // A writable mount stacked on /proc/sys, a second proc, proc over a mask.
+            (
+                Box::new(|m| m.push(mnt(5, 53, "/proc/sys", Fstype::Tmpfs))),
+                "mount 5 (/proc/sys) flags",
+            ),
+            (
+                Box::new(|m| m.push(mnt(5, 1, "/mnt/proc", Fstype::Proc))),
+                "mount 5 (/mnt/proc) mountpoint",
+            ),
+            (
+                Box::new(move |m| {
+                    m.push(MntEntry {
+                        root: node_masked.trim_start_matches("/proc").into(),
+                        flags: MS_RDONLY,
+                        ..mnt(5, 2, node_masked, Fstype::Proc)
+                    })
+                }),
+                proc_over_mask.as_str(),
+            ),
+        ];
+        for (edit, field) in cases {
+            let mut m = good.clone();
+            edit(&mut m);
+            write(d.path(), ROOT_NS, Header::Common(magic::MNTS), &m);
+            let e = check(d.path(), &p).unwrap_err();
+            let field = field.replace("/proc/sys/../bus", "/proc/bus");
+            assert_eq!(e.field, field, "{e}");
+        }
+        write(d.path(), ROOT_NS, Header::Common(magic::MNTS), &good);
+        check(d.path(), &p).unwrap();
+        // A privileged request: no read-only or masked requirement.
+        let mut m = good.clone();
+        m.retain(|x| x.mnt_id < 50);
+        m[3].flags = 0;
+        write(d.path(), ROOT_NS, Header::Common(magic::MNTS), &m);
+        assert!(check(d.path(), &p).is_err());
+        check(d.path(), &RestorePolicy::default().privileged()).unwrap();
+        // Another namespace: its root mount is checked like any other (overlay refused).
+        write(d.path(), ROOT_NS, Header::Common(magic::MNTS), &good);
+        let mut other = good.clone();
+        for x in &mut other {
+            x.mnt_id += 1000;
+            x.parent_mnt_id += 1000;
+        }
+        write(
+            d.path(),
+            "mountpoints-99.img",
+            Header::Common(magic::MNTS),
+            &other,
+        );
+        let e = check(d.path(), &p).unwrap_err();
+        assert_eq!(
+            (e.image.as_str(), e.field.as_str()),
+            ("mountpoints-99.img", "mount 1001 (/) fstype")
+        );
+        other[0] = ro(mnt(1001, 0, "/", Fstype::Tmpfs));
+        write(
+            d.path(),
+            "mountpoints-99.img",
+            Header::Common(magic::MNTS),
+            &other,
+        );
+        check(d.path(), &p).unwrap();
     }
 
     /// Path, kind, mode, device numbers, size.
@@ -1656,12 +1957,12 @@ mod tests {
                 d.path(),
                 "cgroup.img",
                 Header::Common(magic::CGROUP),
-                &[cg.clone()],
+                std::slice::from_ref(cg),
             );
         };
         put(&good());
         assert_eq!(check(d.path(), &p).unwrap().cgroup_sets, 2);
-        let cases: Vec<(Box<dyn Fn(&mut CgroupEntry)>, &str)> = vec![
+        let cases: Vec<(CgroupEdit, &str)> = vec![
             // A member in the host's root cgroup.
             (
                 Box::new(|c| c.sets[1].ctls[0].path = "/".into()),
