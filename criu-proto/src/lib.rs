@@ -42,7 +42,8 @@ pub mod images {
     /// Restore verification: mounts, seccomp filters, cgroups.
     pub use crate::generated::{
         CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupDirEntry, CgroupEntry, CgroupPerms,
-        CgroupPropEntry, Fstype, MntEntry, SeccompEntry, SeccompFilter, SeccompMode,
+        CgroupPropEntry, Fstype, MntEntry, RlimitEntry, SeccompEntry, SeccompFilter, SeccompMode,
+        TaskRlimitsEntry,
     };
     pub use crate::generated::{
         CoreEntry, CredsEntry, DumpStatsEntry, EventfdFileEntry, EventpollFileEntry, ExtFileEntry,

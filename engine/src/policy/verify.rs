@@ -345,6 +345,35 @@ fn check_thread(
         .as_ref()
         .ok_or_else(|| refuse(image, format!("thread {tid} creds"), "missing"))?;
     check_creds(image, &tid, creds, policy)?;
+    if let Some(tc) = &core.tc {
+        if let Some(o) = tc.oom_score_adj
+            && o < policy.min_oom_score_adj
+        {
+            return Err(refuse(
+                image,
+                format!("task {tid} tc.oom_score_adj"),
+                format!(
+                    "is {o}, below the request's {} (the node would kill others first)",
+                    policy.min_oom_score_adj
+                ),
+            ));
+        }
+        if let Some(r) = &tc.rlimits {
+            for (i, l) in r.rlimits.iter().enumerate() {
+                let cap = policy.max_hard_rlimits.get(i).copied().unwrap_or(0);
+                if l.max > cap || l.cur > l.max {
+                    return Err(refuse(
+                        image,
+                        format!("task {tid} tc.rlimits[{i}]"),
+                        format!(
+                            "hard limit {} (soft {}) is above the node's {cap}",
+                            l.max, l.cur
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     if policy.seccomp == SeccompRequirement::Required {
         let mode = thread
             .seccomp_mode
@@ -2034,6 +2063,64 @@ mod tests {
             }],
         );
         assert_eq!(check(d.path(), &p).unwrap_err().field, "thread_core.cg_set");
+    }
+
+    /// Review finding 12: oom_score_adj below the request's and hard rlimits above the
+    /// node's are refused.
+    #[test]
+    fn oom_score_adj_and_rlimits() {
+        use criu_proto::images::{RlimitEntry, TaskCoreEntry, TaskRlimitsEntry};
+        let d = images(creds());
+        let p = RestorePolicy::default();
+        let put = |tc: TaskCoreEntry| {
+            let core = CoreEntry {
+                mtype: 1,
+                tc: Some(tc),
+                thread_core: Some(ThreadCoreEntry {
+                    creds: Some(creds()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            write(d.path(), "core-1.img", Header::Common(magic::CORE), &[core]);
+        };
+        put(TaskCoreEntry {
+            oom_score_adj: Some(-1000),
+            ..Default::default()
+        });
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "task 1 tc.oom_score_adj"
+        );
+        let mut low = RestorePolicy::default();
+        low.min_oom_score_adj = -1000;
+        check(d.path(), &low).unwrap();
+        // RLIMIT_NOFILE (7) one above the node's hard limit.
+        let node = p.max_hard_rlimits[7];
+        assert!(node < u64::MAX, "the node has no RLIMIT_NOFILE hard limit");
+        let mut limits = vec![RlimitEntry { cur: 0, max: 0 }; 16];
+        limits[7] = RlimitEntry {
+            cur: 1024,
+            max: node + 1,
+        };
+        put(TaskCoreEntry {
+            oom_score_adj: Some(0),
+            rlimits: Some(TaskRlimitsEntry {
+                rlimits: limits.clone(),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            check(d.path(), &p).unwrap_err().field,
+            "task 1 tc.rlimits[7]"
+        );
+        limits[7].max = node;
+        put(TaskCoreEntry {
+            oom_score_adj: Some(0),
+            rlimits: Some(TaskRlimitsEntry { rlimits: limits }),
+            ..Default::default()
+        });
+        check(d.path(), &p).unwrap();
     }
 
     #[test]

@@ -562,6 +562,7 @@ pub fn restore_policy(sec: &Security, pod: &PodRecord) -> cpengine::policy::Rest
         run_as_group: sec.run_as_group.and_then(|g| u32::try_from(g).ok()),
         seccomp_confined: false,
         host_namespaces: host,
+        oom_score_adj: None,
     })
 }
 
@@ -569,7 +570,6 @@ pub fn restore_policy(sec: &Security, pod: &PodRecord) -> cpengine::policy::Rest
 mod tests {
     use super::*;
 
-    /// An id prefix in config.dump is not a name the shim looks up; whole names and ids are.
     /// Review finding 7: CreateContainer may name only archives in the shim's
     /// --checkpoint-dir, as regular files (not another tenant's file, not a symlink out).
     #[tokio::test]
@@ -599,6 +599,7 @@ mod tests {
         assert!(detect(&name(&inside), &images, &[]).await.is_err());
     }
 
+    /// An id prefix in config.dump is not a name the shim looks up; whole names and ids are.
     #[test]
     fn archive_base_names_are_exact_only() {
         let id = "a".repeat(64);
