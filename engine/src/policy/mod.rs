@@ -168,6 +168,12 @@ pub struct RestorePolicy {
     /// Per `RLIMIT_*` number, the highest hard limit a task may have: the node's own (the
     /// verifying process's hard limits, RLIM_INFINITY where it has none).
     pub max_hard_rlimits: Vec<u64>,
+    /// The supplementary groups the request gives (every thread's groups must be among
+    /// them or its gid); `None`: the request does not fix them.
+    pub supplementary_groups: Option<Vec<u32>>,
+    /// The LSM profile the request gives; without one, a thread's `lsm_profile` and
+    /// `lsm_sockcreate` must be empty (or `unconfined`), never an image-chosen label.
+    pub lsm_profile: Option<String>,
 }
 
 /// The hard resource limits of this process, by `RLIMIT_*` number (the node's own caps).
@@ -208,6 +214,8 @@ impl RestorePolicy {
             trust_archive: false,
             min_oom_score_adj: 0,
             max_hard_rlimits: node_hard_rlimits(),
+            supplementary_groups: None,
+            lsm_profile: None,
         }
     }
 

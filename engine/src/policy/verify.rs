@@ -456,6 +456,43 @@ fn check_creds(
             }
         }
     }
+    if policy.gid.is_some() || policy.supplementary_groups.is_some() {
+        let allowed = policy.supplementary_groups.clone().unwrap_or_default();
+        if let Some(g) = c
+            .groups
+            .iter()
+            .find(|g| !allowed.contains(g) && Some(**g) != policy.gid)
+        {
+            return Err(refuse(
+                image,
+                format!("thread {tid} creds.groups"),
+                format!("has {g}, not a group the request gives"),
+            ));
+        }
+    }
+    for (f, v) in [
+        ("lsm_profile", c.lsm_profile.as_deref()),
+        ("lsm_sockcreate", c.lsm_sockcreate.as_deref()),
+    ] {
+        let v = v.unwrap_or("").trim_end_matches('\n');
+        let ok = match policy.lsm_profile.as_deref() {
+            Some(want) => v.is_empty() || v == want,
+            None => v.is_empty() || v == "unconfined",
+        };
+        if !ok {
+            return Err(refuse(
+                image,
+                format!("thread {tid} creds.{f}"),
+                format!(
+                    "is {v:?}, and the request gives {}",
+                    policy
+                        .lsm_profile
+                        .as_deref()
+                        .map_or("no LSM profile".to_string(), |p| format!("{p:?}"))
+                ),
+            ));
+        }
+    }
     if let Some(g) = policy.gid {
         for (f, v) in [
             ("gid", c.gid),
@@ -2121,6 +2158,46 @@ mod tests {
             ..Default::default()
         });
         check(d.path(), &p).unwrap();
+    }
+
+    /// Review finding 11: supplementary groups within the request's, and no LSM label the
+    /// request did not give.
+    #[test]
+    fn groups_and_lsm_labels() {
+        let p = RestorePolicy::default();
+        let mut c = creds();
+        c.groups = vec![0, 10];
+        let d = images(c);
+        // The request fixes nothing: unchecked.
+        check(d.path(), &p).unwrap();
+        let mut fixed = RestorePolicy::default();
+        fixed.gid = Some(0);
+        fixed.supplementary_groups = Some(vec![5]);
+        assert_eq!(
+            check(d.path(), &fixed).unwrap_err().field,
+            "thread 1 creds.groups"
+        );
+        fixed.supplementary_groups = Some(vec![10]);
+        check(d.path(), &fixed).unwrap();
+        for f in ["lsm_profile", "lsm_sockcreate"] {
+            let mut c = creds();
+            if f == "lsm_profile" {
+                c.lsm_profile = Some("unconfined_t:s0".into());
+            } else {
+                c.lsm_sockcreate = Some("unconfined_t:s0".into());
+            }
+            let d = images(c);
+            assert_eq!(
+                check(d.path(), &p).unwrap_err().field,
+                format!("thread 1 creds.{f}")
+            );
+            let mut with = RestorePolicy::default();
+            with.lsm_profile = Some("unconfined_t:s0".into());
+            check(d.path(), &with).unwrap();
+        }
+        let mut c = creds();
+        c.lsm_profile = Some("unconfined".into());
+        check(images(c).path(), &p).unwrap();
     }
 
     #[test]
