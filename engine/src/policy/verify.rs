@@ -8,6 +8,10 @@
 //!   requires it; the uid and gid quartets must be the request's when it fixes them; with
 //!   seccomp required, the thread must be in filter (or strict) mode with its filter present
 //!   in `seccomp.img`. Securebits are not refused: every bit only narrows what capabilities do.
+//!   Supplementary groups must be among the request's (or its gid) when it fixes them; the LSM
+//!   labels (`lsm_profile`, `lsm_sockcreate`) the request's, or empty/`unconfined` without
+//!   one; `oom_score_adj` not below [`RestorePolicy::min_oom_score_adj`]; hard rlimits not
+//!   above [`RestorePolicy::max_hard_rlimits`].
 //! - `inventory.img`, `pstree.img` and each task's `core-<pid>.img` (its `ids`): a task whose
 //!   net, ipc, uts, pid or mount namespace is the one CRIU itself ran in when it dumped
 //!   (`inventory.root_ids`, the host's) is refused unless the policy allows that host
