@@ -178,7 +178,8 @@ pub struct RestorePolicy {
 
 /// The hard resource limits of this process, by `RLIMIT_*` number (the node's own caps).
 pub fn node_hard_rlimits() -> Vec<u64> {
-    (0..libc::RLIM_NLIMITS as u32)
+    // RLIMIT_CPU (0) to RLIMIT_RTTIME (15): the 16 limits of Linux.
+    (0..16u32)
         .map(|r| {
             let mut l = libc::rlimit {
                 rlim_cur: 0,
