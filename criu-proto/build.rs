@@ -15,6 +15,7 @@ fn main() {
         "proto/sockets.proto",
         "proto/mnt.proto",
         "proto/seccomp.proto",
+        "proto/cgroup.proto",
     ];
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");

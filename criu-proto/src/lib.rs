@@ -6,7 +6,7 @@
 //!   `inventory.img`, `pstree.img`, and for inspection `core-*`, `mm-*`, `pagemap-*`, `fs-*`,
 //!   `ids-*`, `fdinfo-*`, `files.img` (with its file and socket kinds) and `tty-info.img`;
 //!   for restore verification the credentials and seccomp mode of every thread,
-//!   `mountpoints-*` and `seccomp.img`.
+//!   `mountpoints-*`, `seccomp.img` and `cgroup.img`.
 //! * [`image`] — how image files are framed: magic numbers, then `u32` little-endian
 //!   length-prefixed protobuf entries. Readers enforce a size cap before allocating.
 //!
@@ -39,6 +39,12 @@ pub mod rpc {
 /// CRIU image entries.
 pub mod images {
     pub use crate::generated::core_entry::March;
+    /// Restore verification: mounts, seccomp filters, cgroups.
+    pub use crate::generated::{
+        CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupDirEntry, CgroupEntry, CgroupPerms,
+        CgroupPropEntry, Fstype, MntEntry, RlimitEntry, SeccompEntry, SeccompFilter, SeccompMode,
+        TaskRlimitsEntry,
+    };
     pub use crate::generated::{
         CoreEntry, CredsEntry, DumpStatsEntry, EventfdFileEntry, EventpollFileEntry, ExtFileEntry,
         FdTypes, FdinfoEntry, FifoEntry, FileEntry, FsEntry, InetSkEntry, InotifyFileEntry,
@@ -48,8 +54,6 @@ pub mod images {
         StatsEntry, TaskCoreEntry, TaskKobjIdsEntry, ThreadCoreEntry, TimerfdEntry, TtyFileEntry,
         TtyInfoEntry, TtyPtyEntry, TtyType, UnixSkEntry, VmaEntry,
     };
-    /// Restore verification: mounts, seccomp filters.
-    pub use crate::generated::{Fstype, MntEntry, SeccompEntry, SeccompFilter, SeccompMode};
 }
 
 /// The encoded `FileDescriptorSet` of this crate's `.proto` files (for drift checks and tools).

@@ -198,6 +198,13 @@ fn image_entries_match_upstream() {
         "seccomp_entry",
         "seccomp_filter",
         "seccomp_mode",
+        "cgroup_entry",
+        "cg_set_entry",
+        "cg_member_entry",
+        "cg_controller_entry",
+        "cgroup_dir_entry",
+        "cgroup_prop_entry",
+        "cgroup_perms",
     ] {
         assert!(ours.contains_key(name), "{name} not declared in our protos");
         assert!(upstream.contains_key(name), "{name} not found upstream");
@@ -236,6 +243,7 @@ const UPSTREAM_IMAGE_PROTOS: &[&str] = &[
     "sk-netlink.proto",
     "mnt.proto",
     "seccomp.proto",
+    "cgroup.proto",
 ];
 
 /// Nested messages and enums (such as `core_entry.march`) are compared too: the shapes of

@@ -425,7 +425,7 @@ fn cases() -> Vec<Case> {
                 })
             }),
             flags: &[],
-            expect: &["ids.pid_ns_id missing"],
+            expect: &["ids.pid_ns_id is missing or 0"],
         },
         Case {
             name: "file outside the root",

@@ -246,6 +246,11 @@ impl Checkpointer {
         })
     }
 
+    /// The directories checkpoint archives may be written to and restored from.
+    pub fn allowed(&self) -> &[PathBuf] {
+        &self.allowed
+    }
+
     pub fn mode(&self) -> crate::restore_mode::RestoreMode {
         self.mode
     }

@@ -77,6 +77,8 @@ pub struct ProxyRuntime {
     rt: RuntimeServiceClient<Channel>,
     checkpointer: Arc<Checkpointer>,
     locks: Arc<KeyedLocks>,
+    /// The upstream's images (to tell a checkpoint image in CreateContainer).
+    rt_images: ImageServiceClient<Channel>,
 }
 
 /// The forwarding ImageService.
@@ -89,6 +91,9 @@ impl ProxyRuntime {
     pub fn new(cfg: ProxyConfig, channel: Channel, checkpointer: Arc<Checkpointer>) -> Self {
         Self {
             cfg,
+            rt_images: ImageServiceClient::new(channel.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
             rt: RuntimeServiceClient::new(channel)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
@@ -182,6 +187,30 @@ impl ProxyImages {
     }
 }
 
+/// Why a proxied CreateContainer must not reach the upstream (a restore from a checkpoint,
+/// which containerd would do itself, unverified): the image is a path (an archive), or the
+/// request, the image's annotations or the upstream's verbose image info name a checkpoint.
+pub fn proxy_restore_refusal(
+    image: &str,
+    request_annotations: &[&str],
+    upstream_info: &[String],
+) -> Option<String> {
+    let keys = crate::standalone::restore::CHECKPOINT_ANNOTATIONS;
+    if std::path::Path::new(image).is_absolute() || image.starts_with("file:") {
+        return Some(format!("image {image:?} is a checkpoint archive path"));
+    }
+    if let Some(k) = request_annotations.iter().find(|a| keys.contains(a)) {
+        return Some(format!("the request carries the checkpoint annotation {k}"));
+    }
+    if let Some(k) = keys
+        .iter()
+        .find(|k| upstream_info.iter().any(|i| i.contains(*k)))
+    {
+        return Some(format!("image {image:?} is a checkpoint image ({k})"));
+    }
+    None
+}
+
 /// The request as a client request: same message and metadata, no server-side extensions.
 fn fwd<T>(req: Request<T>) -> Request<T> {
     let (meta, _ext, msg) = req.into_parts();
@@ -219,7 +248,6 @@ impl RuntimeService for ProxyRuntime {
         remove_pod_sandbox(pb::RemovePodSandboxRequest) -> pb::RemovePodSandboxResponse;
         pod_sandbox_status(pb::PodSandboxStatusRequest) -> pb::PodSandboxStatusResponse;
         list_pod_sandbox(pb::ListPodSandboxRequest) -> pb::ListPodSandboxResponse;
-        create_container(pb::CreateContainerRequest) -> pb::CreateContainerResponse;
         start_container(pb::StartContainerRequest) -> pb::StartContainerResponse;
         stop_container(pb::StopContainerRequest) -> pb::StopContainerResponse;
         remove_container(pb::RemoveContainerRequest) -> pb::RemoveContainerResponse;
@@ -240,6 +268,62 @@ impl RuntimeService for ProxyRuntime {
         list_metric_descriptors(pb::ListMetricDescriptorsRequest) -> pb::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(pb::ListPodSandboxMetricsRequest) -> pb::ListPodSandboxMetricsResponse;
         runtime_config(pb::RuntimeConfigRequest) -> pb::RuntimeConfigResponse;
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<pb::CreateContainerRequest>,
+    ) -> Reply<pb::CreateContainerResponse> {
+        let r = request.get_ref();
+        let image = r
+            .config
+            .as_ref()
+            .and_then(|c| c.image.as_ref())
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let mut annotations: Vec<&String> = Vec::new();
+        if let Some(c) = &r.config {
+            annotations.extend(c.annotations.keys());
+            if let Some(i) = &c.image {
+                annotations.extend(i.annotations.keys());
+            }
+        }
+        // What the upstream knows of the image (its annotations, and the verbose info a
+        // checkpoint image's manifest annotations show up in).
+        let mut upstream_info = Vec::new();
+        if !image.is_empty() && !std::path::Path::new(&image).is_absolute() {
+            let st = self
+                .rt_images
+                .clone()
+                .image_status(pb::ImageStatusRequest {
+                    image: Some(pb::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: true,
+                })
+                .await;
+            if let Ok(st) = st {
+                let st = st.into_inner();
+                if let Some(i) = &st.image
+                    && let Some(spec) = &i.spec
+                {
+                    upstream_info.extend(spec.annotations.keys().cloned());
+                }
+                upstream_info.extend(st.info.into_values());
+            }
+        }
+        let ann: Vec<&str> = annotations.iter().map(|s| s.as_str()).collect();
+        if let Some(reason) = proxy_restore_refusal(&image, &ann, &upstream_info) {
+            let mode = self.checkpointer.mode();
+            let msg = format!(
+                "{reason}: the upstream runtime would restore it without cpengine's verification, so the proxy refuses it (--restore-mode {}; verified restores need the standalone shim)",
+                mode.name()
+            );
+            tracing::warn!(image = %image, "{msg}");
+            return Err(Status::failed_precondition(msg));
+        }
+        self.rt.clone().create_container(fwd(request)).await
     }
 
     async fn checkpoint_container(
@@ -285,6 +369,22 @@ impl ImageService for ProxyImages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding 8: a restore the upstream would do unverified is refused.
+    #[test]
+    fn checkpoint_creates_are_refused() {
+        let none: &[String] = &[];
+        assert!(
+            proxy_restore_refusal("busybox:latest", &["io.kubernetes.pod.name"], none).is_none()
+        );
+        let r = proxy_restore_refusal("/var/lib/kubelet/checkpoints/x.tar", &[], none).unwrap();
+        assert!(r.contains("archive path"), "{r}");
+        let k = crate::standalone::restore::CHECKPOINT_ANNOTATIONS[0];
+        assert!(proxy_restore_refusal("ckpt:latest", &[k], none).is_some());
+        let info = vec![format!("{{\"annotations\":{{\"{k}\":\"c\"}}}}")];
+        let r = proxy_restore_refusal("ckpt:latest", &[], &info).unwrap();
+        assert!(r.contains("checkpoint image"), "{r}");
+    }
 
     #[test]
     fn upstream_addresses() {

@@ -454,6 +454,18 @@ pub async fn restore(
     };
     let pid = if criu.pid > 0 { criu.pid } else { restored_pid };
     phases.extend(criu.phases.iter().cloned());
+    // The record's identity of the restored init: without its start time a later check
+    // could take any process for it, so the restore fails (Cleanup kills the tree).
+    let pid_start = match restored_start_time(pid) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(relay_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
+    };
 
     // 6. record
     let stdio = (0..3)
@@ -466,7 +478,7 @@ pub async fn restore(
     let record = ContainerRecord {
         id: id.to_string(),
         pid,
-        pid_start: crate::proc::start_time(pid).unwrap_or(0),
+        pid_start,
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         bundle: bundle.clone(),
         rootfs: rootfs.clone(),
@@ -499,6 +511,19 @@ pub async fn restore(
         phases,
         total: started.elapsed(),
     })
+}
+
+/// The start time of the restored init, or an error: a start time of 0 would match any
+/// process.
+fn restored_start_time(pid: i32) -> Result<u64> {
+    match crate::proc::start_time(pid) {
+        Some(s) if s > 0 => Ok(s),
+        _ => Err(Error::io(format!(
+            "reading the start time of the restored process {pid}"
+        ))(std::io::Error::other(
+            "no start time (the process is gone or /proc/<pid>/stat is unreadable)",
+        ))),
+    }
 }
 
 /// The checkpoint's spec with its root pointing at the new rootfs: typed, and verbatim (every
@@ -922,6 +947,17 @@ mod copy_cap_tests {
     use std::io::Read;
 
     use super::*;
+
+    /// Review finding 15: a start time that cannot be read fails the restore (it used to
+    /// be stored as 0, which matches any process).
+    #[test]
+    fn restored_start_time_is_never_zero() {
+        let me = std::process::id() as i32;
+        assert!(restored_start_time(me).unwrap() > 0);
+        // Beyond any pid_max: no such process.
+        let e = restored_start_time(i32::MAX).unwrap_err();
+        assert!(e.to_string().contains("start time"), "{e}");
+    }
 
     /// A layer that decompresses past the cap stops there with a typed error.
     #[test]

@@ -162,6 +162,34 @@ pub struct RestorePolicy {
     pub max_tmpfs_bytes: u64,
     /// The caller vouches for the archive: nothing is verified (reported loudly).
     pub trust_archive: bool,
+    /// No task may have an `oom_score_adj` below this (the request's, else the node's
+    /// default 0): a lower one would make the node kill others first.
+    pub min_oom_score_adj: i32,
+    /// Per `RLIMIT_*` number, the highest hard limit a task may have: the node's own (the
+    /// verifying process's hard limits, RLIM_INFINITY where it has none).
+    pub max_hard_rlimits: Vec<u64>,
+    /// The supplementary groups the request gives (every thread's groups must be among
+    /// them or its gid); `None`: the request does not fix them.
+    pub supplementary_groups: Option<Vec<u32>>,
+    /// The LSM profile the request gives; without one, a thread's `lsm_profile` and
+    /// `lsm_sockcreate` must be empty (or `unconfined`), never an image-chosen label.
+    pub lsm_profile: Option<String>,
+}
+
+/// The hard resource limits of this process, by `RLIMIT_*` number (the node's own caps).
+pub fn node_hard_rlimits() -> Vec<u64> {
+    // RLIMIT_CPU (0) to RLIMIT_RTTIME (15): the 16 limits of Linux.
+    (0..16u32)
+        .map(|r| {
+            let mut l = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes the struct it is given; `l` is a valid rlimit.
+            let rc = unsafe { libc::getrlimit(r as _, &mut l) };
+            if rc == 0 { l.rlim_max } else { 0 }
+        })
+        .collect()
 }
 
 impl Default for RestorePolicy {
@@ -185,6 +213,10 @@ impl RestorePolicy {
             devices: Vec::new(),
             max_tmpfs_bytes: DEFAULT_MAX_TMPFS_BYTES,
             trust_archive: false,
+            min_oom_score_adj: 0,
+            max_hard_rlimits: node_hard_rlimits(),
+            supplementary_groups: None,
+            lsm_profile: None,
         }
     }
 
@@ -224,6 +256,9 @@ impl RestorePolicy {
             SeccompRequirement::Optional
         };
         p.host_namespaces = s.host_namespaces.clone();
+        if let Some(o) = s.oom_score_adj {
+            p.min_oom_score_adj = o;
+        }
         p
     }
 }
@@ -241,6 +276,8 @@ pub struct SecurityRequest {
     /// The request's seccomp profile is RuntimeDefault or Localhost (not Unconfined).
     pub seccomp_confined: bool,
     pub host_namespaces: BTreeSet<Namespace>,
+    /// The request's `oom_score_adj` (its resources), when it sets one.
+    pub oom_score_adj: Option<i32>,
 }
 
 #[cfg(test)]

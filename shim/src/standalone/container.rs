@@ -92,7 +92,13 @@ impl<I: ImageBackend> Standalone<I> {
         if spec.tty {
             tracing::warn!(container = %spec.name, "tty requested; the container gets pipes (no terminal)");
         }
-        if let Some(source) = restore::detect(&spec.image.image, self.images.as_ref()).await? {
+        if let Some(source) = restore::detect(
+            &spec.image.image,
+            self.images.as_ref(),
+            self.checkpointer.allowed(),
+        )
+        .await?
+        {
             let mode = self.checkpointer.mode();
             if !mode.allows_restore() {
                 return Err(ShimError::FailedPrecondition(format!(

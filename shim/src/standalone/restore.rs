@@ -40,10 +40,25 @@ pub enum CheckpointSource {
     Image(String),
 }
 
-/// Whether `image` names a checkpoint.
-pub async fn detect<I: ImageBackend>(image: &str, images: &I) -> Result<Option<CheckpointSource>> {
+/// Whether `image` names a checkpoint. An archive path is accepted only in one of the
+/// `allowed` checkpoint directories (the shim's `--checkpoint-dir`s) and only as a regular
+/// file (not a symlink): the request's author names a file, the node admin decides which
+/// files may be restored. A checkpoint image is named exactly (a whole reference or id, never
+/// an id prefix, which could pick another tenant's checkpoint).
+pub async fn detect<I: ImageBackend>(
+    image: &str,
+    images: &I,
+    allowed: &[PathBuf],
+) -> Result<Option<CheckpointSource>> {
     let p = Path::new(image);
     if p.is_absolute() && p.is_file() {
+        crate::checkpoint::check_allowed(p, allowed)?;
+        let md = std::fs::symlink_metadata(p).map_err(ShimError::fs("reading", p))?;
+        if !md.file_type().is_file() {
+            return Err(ShimError::InvalidArgument(format!(
+                "checkpoint archive {image} is not a regular file"
+            )));
+        }
         return Ok(Some(CheckpointSource::Archive(p.to_path_buf())));
     }
     if p.is_absolute() {
@@ -58,6 +73,11 @@ pub async fn detect<I: ImageBackend>(image: &str, images: &I) -> Result<Option<C
                 .iter()
                 .any(|k| info.annotations.contains_key(*k)) =>
         {
+            if !cpengine::oci::is_exact_name(image) {
+                return Err(ShimError::InvalidArgument(format!(
+                    "image {image:?} names a checkpoint image by an id prefix; name checkpoint images by their whole reference or id"
+                )));
+            }
             Ok(Some(CheckpointSource::Image(image.to_string())))
         }
         _ => Ok(None),
@@ -483,12 +503,42 @@ pub fn restore_policy(sec: &Security, pod: &PodRecord) -> cpengine::policy::Rest
         run_as_group: sec.run_as_group.and_then(|g| u32::try_from(g).ok()),
         seccomp_confined: false,
         host_namespaces: host,
+        oom_score_adj: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding 7: CreateContainer may name only archives in the shim's
+    /// --checkpoint-dir, as regular files (not another tenant's file, not a symlink out).
+    #[tokio::test]
+    async fn archives_only_from_the_checkpoint_dirs() {
+        let state_dir = tempfile::tempdir().unwrap();
+        let state = cpengine::container::StateRoot::at(state_dir.path());
+        let images = crate::images::oci::OciImages::open(&state).await.unwrap();
+        let allowed = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let inside = allowed.path().join("mine.tar");
+        let outside = elsewhere.path().join("victim.tar");
+        std::fs::write(&inside, b"x").unwrap();
+        std::fs::write(&outside, b"x").unwrap();
+        let link = allowed.path().join("link.tar");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let dirs = vec![allowed.path().to_path_buf()];
+        let name = |p: &Path| p.display().to_string();
+        assert_eq!(
+            detect(&name(&inside), &images, &dirs).await.unwrap(),
+            Some(CheckpointSource::Archive(inside.clone()))
+        );
+        for bad in [&outside, &link] {
+            let e = detect(&name(bad), &images, &dirs).await.unwrap_err();
+            assert!(matches!(e, ShimError::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+        // No --checkpoint-dir at all: no archive.
+        assert!(detect(&name(&inside), &images, &[]).await.is_err());
+    }
 
     /// An id prefix in config.dump is not a name the shim looks up; whole names and ids are.
     #[test]
