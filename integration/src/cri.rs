@@ -398,6 +398,17 @@ pub fn container_config(name: &str, image: &str, script: &str) -> pb::ContainerC
                     pid: pb::NamespaceMode::Container as i32,
                     ..Default::default()
                 }),
+                // The kubelet sends the default masked and read-only /proc and /sys paths with
+                // every unprivileged container (containerd applies exactly what the request
+                // names); a container without them could write the host's /proc/sys.
+                masked_paths: cpengine::policy::verify::MASKED_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+                readonly_paths: cpengine::policy::verify::READONLY_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
                 ..Default::default()
             }),
             ..Default::default()
