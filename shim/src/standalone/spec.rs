@@ -24,24 +24,6 @@ use crate::error::{Result, ShimError};
 
 use super::store::PodRecord;
 
-/// Docker's (and the CRI runtimes') default capabilities.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// Every capability this kernel generation knows (for privileged containers).
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -85,27 +67,6 @@ const ALL_CAPS: &[&str] = &[
     "CAP_PERFMON",
     "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
-];
-
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -271,7 +232,11 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     let caps: Vec<String> = if sec.privileged {
         ALL_CAPS.iter().map(|s| s.to_string()).collect()
     } else {
-        let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+        // The runtime default set: the same list the restore policy allows.
+        let mut caps: Vec<String> = cpengine::policy::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let norm = |s: &String| {
             let u = s.to_ascii_uppercase();
             if u.starts_with("CAP_") {
@@ -407,8 +372,9 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         "cgroupsPath": format!("{parent}/{}", i.id),
     });
     if !sec.privileged {
-        linux["maskedPaths"] = json!(MASKED_PATHS);
-        linux["readonlyPaths"] = json!(READONLY_PATHS);
+        // The paths the restore verifier requires masked and read-only: one list for both.
+        linux["maskedPaths"] = json!(cpengine::policy::verify::MASKED_PATHS);
+        linux["readonlyPaths"] = json!(cpengine::policy::verify::READONLY_PATHS);
     }
 
     Ok(json!({
