@@ -200,6 +200,7 @@ pub async fn restore(
             &inherit_keys,
         )
     };
+    let shell_job = opts.shell_job;
     let RestoreOptions {
         inherit_fds: inherit,
         stdio,
@@ -257,6 +258,8 @@ pub async fn restore(
     let mut session = match criu.session(SpawnSpec {
         inherit: inherit_fds,
         stdio,
+        // A shell job joins CRIU's process group: it must stay the caller's.
+        share_process_group: shell_job,
     }) {
         Ok(s) => s,
         Err(e) => {

@@ -40,6 +40,8 @@ pub struct Shim {
     child: Option<Child>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command the shim runs under (e.g. `setpriv` dropping a capability); empty: none.
+    wrapper: Vec<String>,
 }
 
 impl Shim {
@@ -57,6 +59,17 @@ impl Shim {
     /// [`Shim::start_in`] with environment variables set after the default `PATH` (which they
     /// may replace).
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(dir, &[], extra, env)
+    }
+
+    /// [`Shim::start_with_env`] with the shim run as the last argument of `wrapper` (a program
+    /// that changes how it runs and then execs it, such as `setpriv … --`).
+    pub fn start_wrapped(
+        dir: &Path,
+        wrapper: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         crate::init();
         require_program("runc");
         let mut s = Self {
@@ -69,6 +82,7 @@ impl Shim {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
         s
@@ -85,7 +99,15 @@ impl Shim {
             .append(true)
             .open(&self.log)
             .expect("shim log");
-        let child = Command::new(shim_bin())
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(shim_bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(shim_bin());
+                c
+            }
+        };
+        let child = cmd
             .arg("--listen")
             .arg(&self.socket)
             .arg("--state-root")

@@ -84,14 +84,15 @@ pub struct Tally {
     /// Random SIGKILLs of CRIU that landed in its parasite phase and after which the workload
     /// died of CRIU's planted breakpoint (SIGTRAP; see [`Death::is_breakpoint_trap`]).
     pub parasite_casualties: usize,
-    /// Helper processes of killed CRIUs left behind (see [`kill_orphaned_criu_helpers`]).
-    pub criu_orphans: usize,
+    /// Trials after which [`assert_no_criu_helpers_left`] checked that no process a killed
+    /// CRIU had forked outlived it.
+    pub helpers_checked: usize,
 }
 
 impl Tally {
     pub fn report(&self, scenario: &str) {
         eprintln!(
-            "faults: {scenario}: {} faults injected ({} at hooks or fixed moments, {} at random delays), {} needed a repair; not injected: {} hooks never reached, {} random kills that came after the operation had finished; workload killed by criu's own breakpoint after the test SIGKILLed criu in its parasite phase: {} of {} random kills; helper processes of killed criu workers left behind (and killed by the suite): {}; every other fault survived",
+            "faults: {scenario}: {} faults injected ({} at hooks or fixed moments, {} at random delays), {} needed a repair; not injected: {} hooks never reached, {} random kills that came after the operation had finished; workload killed by criu's own breakpoint after the test SIGKILLed criu in its parasite phase: {} of {} random kills; no helper process of a killed criu outlived the operation ({} trials checked); every other fault survived",
             self.at_hooks + self.random,
             self.at_hooks,
             self.random,
@@ -100,7 +101,7 @@ impl Tally {
             self.finished_first,
             self.parasite_casualties,
             self.random,
-            self.criu_orphans
+            self.helpers_checked,
         );
     }
 
@@ -187,21 +188,32 @@ pub fn children_named(parent: i32, comm: &str) -> Vec<i32> {
     out
 }
 
-/// Kills and reaps the processes a SIGKILLed CRIU had forked (its kernel-feature probes stop
-/// or sleep in children of their own), which the suite inherits as a subreaper; returns how
-/// many there were. Call only while no CRIU of this process is at work.
-pub fn kill_orphaned_criu_helpers() -> usize {
-    let orphans = children_named(std::process::id() as i32, "criu");
-    for &p in &orphans {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+/// Checks that no process a SIGKILLed CRIU had forked (its kernel-feature probes stop or sleep
+/// in children of their own) outlives the failed operation: the engine kills CRIU's process
+/// group before it reaps CRIU. The suite is a subreaper, so such orphans become its children;
+/// killed ones are reaped here, live ones fail the trial (and are killed, so the next trial
+/// starts clean). Call only while no CRIU of this process is at work.
+pub fn assert_no_criu_helpers_left(tally: &mut Tally, what: &str) {
+    tally.helpers_checked += 1;
+    let me = std::process::id() as i32;
+    let live = || {
+        reap_zombies();
+        children_named(me, "criu")
+            .into_iter()
+            .filter(|&p| cpengine::proc::task_state(p).is_some_and(|s| s.state != 'Z'))
+            .collect::<Vec<_>>()
+    };
+    // SIGKILL is delivered at once but a task dies when next scheduled: allow for a busy host.
+    crate::wait_until(std::time::Duration::from_secs(10), || live().is_empty());
+    let left = live();
+    if !left.is_empty() {
+        let states: Vec<_> = left
+            .iter()
+            .map(|&p| (p, cpengine::proc::task_state(p).map(|s| s.state)))
+            .collect();
+        crate::kill_and_reap(&left);
+        panic!("{what}: helper processes of the killed criu outlived it: {states:?}");
     }
-    if !orphans.is_empty() {
-        crate::kill_and_reap(&orphans);
-    }
-    orphans.len()
 }
 
 /// Reaps every exited child of this process (the suite is a subreaper: CRIU workers whose

@@ -174,7 +174,7 @@ async fn criu_killed_during_a_process_dump_leaves_the_tree_running() {
             assert!(injected, "{what}: the hook was not reached: {r:?}");
         }
         count(&mut tally, &fault, injected, finished);
-        tally.criu_orphans += kill_orphaned_criu_helpers();
+        assert_no_criu_helpers_left(&mut tally, &what);
         // A task CRIU was killed inside of dies as soon as it runs again: wait until every
         // task has made progress, or one has died.
         let progressed = |w: &Workload, c: u64, k: u64| {
@@ -259,6 +259,7 @@ async fn criu_killed_during_a_process_restore_leaves_nothing_and_the_next_restor
         let finished = r.is_ok();
         let injected = injected(&r, &what);
         count(&mut tally, &fault, injected, finished);
+        assert_no_criu_helpers_left(&mut tally, &what);
         match r {
             Ok(rep) => {
                 // "setup-namespaces" is not reached without namespaces; a late random kill
@@ -407,6 +408,7 @@ async fn criu_killed_during_a_container_checkpoint_leaves_it_running_and_nothing
         let finished = r.is_ok();
         let injected = injected(&r, &what);
         count(&mut tally, &fault, injected, finished);
+        assert_no_criu_helpers_left(&mut tally, &what);
         if let FaultPoint::KillCriuAtHook(h) = &fault {
             assert!(!finished, "{what}: checkpoint succeeded despite the fault");
             if h == "query-ext-files" || h == "post-dump" {
@@ -539,6 +541,7 @@ async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_w
         let finished = r.is_ok();
         let injected = injected(&r, &what);
         count(&mut tally, &fault, injected, finished);
+        assert_no_criu_helpers_left(&mut tally, &what);
         if let FaultPoint::KillCriuAtHook(_) = &fault {
             assert!(!finished, "{what}: restore succeeded despite the fault");
         }

@@ -1340,7 +1340,7 @@ async fn listen_takes_unix_endpoints_and_refuses_other_schemes() {
 
 /// The standalone runtime's `Status` reports what it checked: ready on this machine; not ready,
 /// with the kubelet-visible reason and a message per failed check, when CRIU is not CRIU, runc
-/// is not in PATH, or the state root cannot be written.
+/// is not in PATH, the state root cannot be written, or pod network namespaces cannot be made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_real_runtime_and_network_conditions() {
     async fn conditions(shim: &Shim) -> Vec<pb::RuntimeCondition> {
@@ -1417,4 +1417,31 @@ async fn status_reports_real_runtime_and_network_conditions() {
         !get(&cs, "RuntimeReady").message.contains("not writable"),
         "{cs:?}"
     );
+    drop(broken);
+
+    // A shim that cannot make network namespaces (CAP_SYS_ADMIN dropped from every set it
+    // could regain it from) reports the pod network unavailable, with the failed step.
+    let dir = scratch("cpe-shim-nonet-").keep();
+    let nonet = Shim::start_wrapped(
+        &dir,
+        &[
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--ambient-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            "--",
+        ],
+        &[],
+        &[],
+    );
+    let cs = conditions(&nonet).await;
+    let net = get(&cs, "NetworkReady");
+    assert!(!net.status, "{net:?}");
+    assert_eq!(net.reason, "PodNetworkUnavailable", "{net:?}");
+    assert!(
+        net.message
+            .contains("cannot create a pod network namespace"),
+        "{net:?}"
+    );
+    assert!(net.message.contains("Operation not permitted"), "{net:?}");
 }

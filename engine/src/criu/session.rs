@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use criu_proto::rpc::{CriuOpts, CriuReq, CriuReqType, CriuResp};
-use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
@@ -41,6 +42,11 @@ pub struct SpawnSpec {
     /// The worker's stdin/stdout/stderr; `None` means /dev/null for stdin and stdout and a
     /// captured pipe for stderr.
     pub stdio: [Option<OwnedFd>; 3],
+    /// Keep the worker in our process group (a shell-job restore: CRIU puts the restored job
+    /// in its own group, which must then be the caller's). By default the worker leads a group
+    /// of its own, so that a terminal's signals reach only us (we stop CRIU the gentle way; see
+    /// [`Session::abort`]) and whatever a failed or killed CRIU forked can be killed with it.
+    pub share_process_group: bool,
 }
 
 impl SpawnSpec {
@@ -81,6 +87,11 @@ pub struct Session {
     channel: Channel,
     child: Option<Child>,
     stderr: Option<JoinHandle<String>>,
+    /// A pidfd of the worker: readable once it has exited, without reaping it, so that its pid
+    /// (and the process group it leads) stays ours until we reap it.
+    exit_watch: Option<AsyncFd<OwnedFd>>,
+    /// The worker leads its own process group (see [`SpawnSpec::share_process_group`]).
+    own_group: bool,
     binary: PathBuf,
     log: Option<PathBuf>,
     fault: Option<FaultPoint>,
@@ -116,6 +127,9 @@ impl Session {
         // end of the socket instead, and CRIU aborts the request itself (see `Drop`).
         let mut cmd = Command::new(binary);
         cmd.arg("swrk").arg(SOCKET_FD.to_string());
+        if !spec.share_process_group {
+            cmd.process_group(0);
+        }
         let [stdin, stdout, stderr] = spec.stdio;
         cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from));
         cmd.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
@@ -138,6 +152,14 @@ impl Session {
         let mut child = cmd.spawn().map_err(spawn_err)?;
         drop(staged);
         drop(spec.inherit);
+        // Opened while the worker is our unreaped child: it is certainly that process.
+        let exit_watch = match child.id().map(watch_exit).transpose() {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(spawn_err(e));
+            }
+        };
 
         let stderr = if capture {
             child.stderr.take().map(|mut pipe| {
@@ -169,6 +191,8 @@ impl Session {
             channel,
             child: Some(child),
             stderr,
+            exit_watch,
+            own_group: !spec.share_process_group,
             binary: binary.to_path_buf(),
             log: None,
             fault: None,
@@ -181,6 +205,8 @@ impl Session {
             channel: Channel::new(sock)?,
             child: None,
             stderr: None,
+            exit_watch: None,
+            own_group: false,
             binary: PathBuf::from("<socket>"),
             log: None,
             fault: None,
@@ -244,7 +270,7 @@ impl Session {
         );
         let watched = async {
             tokio::select! {
-                r = until_worker_exits(exchange, self.child.as_mut(), req_type) => r,
+                r = until_worker_exits(exchange, self.exit_watch.as_ref(), worker, req_type) => r,
                 () = break_failed_restore_deadlock(worker, &root, &broke_deadlock) => {
                     unreachable!("the deadlock watch never returns")
                 }
@@ -392,12 +418,27 @@ impl Session {
         }
     }
 
+    /// Waits up to `within` for the worker to exit, kills what is left of its process group
+    /// (helpers a killed CRIU forked: its kernel probes stop or sleep in children of their own;
+    /// tasks of a restore it did not finish), then reaps it.
     async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        tokio::time::timeout(within, child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok)
+        let Self {
+            child, exit_watch, ..
+        } = self;
+        let child = child.as_mut()?;
+        let own_group = self.own_group;
+        tokio::time::timeout(within, async {
+            if let Some(w) = exit_watch.as_ref() {
+                let _ = w.readable().await;
+            }
+            if own_group {
+                kill_group(child.id());
+            }
+            child.wait().await
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
     }
 
     async fn stderr_tail(&mut self) -> String {
@@ -436,9 +477,12 @@ impl Session {
         }
     }
 
-    /// Kills the worker (if any) and reaps it.
+    /// Kills the worker (if any) with its process group, and reaps it.
     pub async fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
+            if self.own_group {
+                kill_group(child.id());
+            }
             let _ = child.kill().await;
         }
     }
@@ -530,31 +574,70 @@ const REPLY_AFTER_EXIT: Duration = Duration::from_secs(1);
 /// mid-restore leaves its peer end open in half-restored tasks, and a reader would wait for
 /// the whole timeout while those tasks hang. A reply CRIU sent before it exited is still in the
 /// socket and is read.
+///
+/// The worker is not reaped here (its exit is seen through its pidfd): until the session reaps
+/// it, its pid and process group cannot be reused, so killing that group hits only what CRIU
+/// left (see [`Session::wait_exit`]).
 async fn until_worker_exits<F>(
     exchange: F,
-    child: Option<&mut Child>,
+    exit_watch: Option<&AsyncFd<OwnedFd>>,
+    worker: Option<u32>,
     req_type: CriuReqType,
 ) -> Result<CriuResp, CriuError>
 where
     F: std::future::Future<Output = Result<CriuResp, CriuError>>,
 {
-    let Some(child) = child else {
+    let (Some(watch), Some(pid)) = (exit_watch, worker) else {
         return exchange.await;
     };
     tokio::pin!(exchange);
     tokio::select! {
         r = &mut exchange => r,
-        status = child.wait() => {
+        _ = watch.readable() => {
             match tokio::time::timeout(REPLY_AFTER_EXIT, &mut exchange).await {
                 Ok(r) => r,
                 Err(_) => Err(CriuError::Closed {
                     req_type,
-                    status: status.ok(),
+                    status: unreaped_exit_status(pid),
                     stderr: String::new(),
                     log: None,
                 }),
             }
         }
+    }
+}
+
+/// A pidfd of the unreaped child `pid`, registered to wake us when it exits.
+fn watch_exit(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let fd = sys::pidfd_open(pid)?;
+    // SAFETY: `fd` is a valid open pidfd whose number never changes, owned by the `AsyncFd`
+    // for its whole life (nothing else can close it).
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(Into::into)
+}
+
+/// How an exited, not yet reaped child ended (its zombie stays).
+fn unreaped_exit_status(pid: u32) -> Option<ExitStatus> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    use std::os::unix::process::ExitStatusExt;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    match waitid(Id::Pid(pid), flags).ok()? {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+        WaitStatus::Signaled(_, sig, core) => Some(ExitStatus::from_raw(
+            sig as i32 | if core { 0x80 } else { 0 },
+        )),
+        _ => None,
+    }
+}
+
+/// SIGKILLs the process group `leader` leads. Call only while the leader is our unreaped child
+/// (alive or a zombie): then no other group can have that id.
+fn kill_group(leader: Option<u32>) {
+    if let Some(pgid) = leader.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -690,5 +773,91 @@ mod tests {
         let _ = sh.kill();
         let _ = sh.wait();
         assert!(seen, "sh waiting for its child was not seen in wait4");
+    }
+
+    /// Whether `pid` still runs (not gone, not a zombie).
+    fn runs(pid: i32) -> bool {
+        crate::host::proc::task_state(pid).is_some_and(|s| s.state != 'Z')
+    }
+
+    /// A worker SIGKILLed from outside while a process it forked still holds the socket: the
+    /// request ends when the worker exits (not at the timeout), and the forked process dies
+    /// with it when the worker led its own process group; it outlives it otherwise (the
+    /// shell-job case), which shows that the group kill is what ends it.
+    #[tokio::test]
+    async fn a_killed_workers_group_is_killed_before_it_is_reaped() {
+        use criu_proto::rpc::CriuReqType;
+        let dir = tempfile::tempdir().unwrap();
+        for share in [false, true] {
+            let pidfile = dir.path().join(format!("helper-{share}"));
+            let script = dir.path().join(format!("worker-{share}"));
+            // Stands for a CRIU whose probe forked a child that keeps the socket (fd 3).
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nsleep 300 &\necho $! > {}.tmp && mv {0}.tmp {0}\nexec sleep 300\n",
+                    pidfile.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            let mut session = Session::spawn(
+                &script,
+                SpawnSpec {
+                    share_process_group: share,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let worker = session.worker_pid().unwrap();
+            let mut helper = None;
+            for _ in 0..1000 {
+                if let Ok(p) = std::fs::read_to_string(&pidfile) {
+                    helper = p.trim().parse::<i32>().ok();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let helper = helper.expect("the worker's helper started");
+            kill_pid(worker);
+            let req = CriuReq {
+                r#type: CriuReqType::Dump as i32,
+                ..Default::default()
+            };
+            let r = session
+                .request(
+                    req,
+                    &mut crate::criu::notify::AckAll,
+                    Duration::from_secs(120),
+                )
+                .await;
+            let Err(CriuError::Closed { status, .. }) = &r else {
+                panic!("share={share}: {r:?}");
+            };
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.and_then(|s| s.signal()),
+                Some(libc::SIGKILL),
+                "{r:?}"
+            );
+            // Let `explain` reap the worker (it kills the group first).
+            drop(session);
+            // Killed: gone within seconds on a busy host; kept: still there after a second.
+            let mut gone = false;
+            for _ in 0..if share { 100 } else { 1000 } {
+                if !runs(helper) {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if share {
+                assert!(!gone, "a helper in our own group was killed");
+                kill_pid(helper as u32);
+            } else {
+                assert!(gone, "the helper of a killed worker outlived it");
+            }
+        }
     }
 }

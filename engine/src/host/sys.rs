@@ -171,6 +171,22 @@ pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
+/// A pidfd of `pid` (close-on-exec). It becomes readable when the process exits, without
+/// reaping it. Open it only for an unreaped child of ours: then the pid cannot have been reused.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and a flags word, touches no memory of ours, and returns
+    // a new fd (close-on-exec by definition) or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(r).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: `fd` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Makes this process a child subreaper: orphaned descendants (for instance children of a
 /// restored tree whose root was killed) are re-parented to us instead of init, so we can reap
 /// them promptly and their pids become free for the next restore.
