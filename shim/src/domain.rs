@@ -150,6 +150,10 @@ pub struct Resources {
     pub memory_limit_in_bytes: i64,
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
+    /// The kubelet's OOM score adjustment for the container (by QoS class: -997 Guaranteed,
+    /// 1000 BestEffort, in between Burstable); 0: none given.
+    #[serde(default)]
+    pub oom_score_adj: i64,
 }
 
 /// Security settings of a container.

@@ -257,7 +257,7 @@ impl RestorePolicy {
         };
         p.host_namespaces = s.host_namespaces.clone();
         if let Some(o) = s.oom_score_adj {
-            p.min_oom_score_adj = o;
+            p.min_oom_score_adj = p.min_oom_score_adj.min(o);
         }
         p
     }
@@ -276,7 +276,9 @@ pub struct SecurityRequest {
     /// The request's seccomp profile is RuntimeDefault or Localhost (not Unconfined).
     pub seccomp_confined: bool,
     pub host_namespaces: BTreeSet<Namespace>,
-    /// The request's `oom_score_adj` (its resources), when it sets one.
+    /// The request's `oom_score_adj` (its resources), when it sets one. It lowers the floor
+    /// below the node default 0 (a Guaranteed pod's -997), never raises it: a pod checkpointed
+    /// on a node of another size carries another, still legitimate, positive value.
     pub oom_score_adj: Option<i32>,
 }
 

@@ -271,6 +271,7 @@ pub fn container_spec(c: Option<pb::ContainerConfig>) -> Result<ContainerSpec> {
             memory_limit_in_bytes: r.memory_limit_in_bytes,
             cpuset_cpus: r.cpuset_cpus,
             cpuset_mems: r.cpuset_mems,
+            oom_score_adj: r.oom_score_adj,
         },
         security: Security {
             privileged: sc.privileged,

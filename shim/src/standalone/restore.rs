@@ -382,7 +382,7 @@ impl<I: ImageBackend> Standalone<I> {
         opts.relay_exe = Some(self.cfg.exe.clone());
         opts.binds.map = plan.binds.clone();
         // What the restored container may have comes from the live request, never the archive.
-        opts.policy = restore_policy(&rec.spec.security, &pod);
+        opts.policy = restore_policy(&rec.spec.security, rec.spec.resources.oom_score_adj, &pod);
         // Its cgroup limits come from the request too (the devices from the policy).
         let r = &rec.spec.resources;
         let pos = |v: i64| Some(v).filter(|v| *v > 0);
@@ -481,7 +481,11 @@ fn carry_log(saved: &Path, log: &Path) -> std::io::Result<bool> {
 /// namespace options, decided by [`cpengine::policy::RestorePolicy::from_security`]. Seccomp
 /// is not required: the standalone runtime does not apply seccomp profiles to the containers
 /// it creates either.
-pub fn restore_policy(sec: &Security, pod: &PodRecord) -> cpengine::policy::RestorePolicy {
+pub fn restore_policy(
+    sec: &Security,
+    oom_score_adj: i64,
+    pod: &PodRecord,
+) -> cpengine::policy::RestorePolicy {
     use cpengine::policy::Namespace;
     let mut host = std::collections::BTreeSet::new();
     if pod.spec.namespaces.network == NsMode::Node {
@@ -503,7 +507,8 @@ pub fn restore_policy(sec: &Security, pod: &PodRecord) -> cpengine::policy::Rest
         run_as_group: sec.run_as_group.and_then(|g| u32::try_from(g).ok()),
         seccomp_confined: false,
         host_namespaces: host,
-        oom_score_adj: None,
+        oom_score_adj: (oom_score_adj != 0)
+            .then(|| i32::try_from(oom_score_adj.clamp(-1000, 1000)).unwrap_or_default()),
     })
 }
 
@@ -712,7 +717,7 @@ mod tests {
             no_new_privs: true,
             ..Default::default()
         };
-        let pol = restore_policy(&sec, &p);
+        let pol = restore_policy(&sec, 0, &p);
         assert!(
             pol.capabilities
                 .contains(cpengine::policy::Cap::CAP_SYS_PTRACE)
@@ -728,7 +733,7 @@ mod tests {
         assert_eq!(pol.uid, Some(1000));
         assert!(pol.no_new_privs && pol.host_namespaces.is_empty() && !pol.trust_archive);
         p.spec.namespaces.network = NsMode::Node;
-        let pol = restore_policy(&Security::default(), &p);
+        let pol = restore_policy(&Security::default(), 0, &p);
         assert!(
             pol.host_namespaces
                 .contains(&cpengine::policy::Namespace::Net)
@@ -737,5 +742,12 @@ mod tests {
             !pol.host_namespaces
                 .contains(&cpengine::policy::Namespace::Pid)
         );
+        // The kubelet's oom_score_adj: a Guaranteed pod's -997 is allowed in the images, a
+        // Burstable pod's positive value does not refuse images from a node of another size.
+        assert_eq!(pol.min_oom_score_adj, 0);
+        let guaranteed = restore_policy(&Security::default(), -997, &p);
+        assert_eq!(guaranteed.min_oom_score_adj, -997);
+        let burstable = restore_policy(&Security::default(), 500, &p);
+        assert_eq!(burstable.min_oom_score_adj, 0);
     }
 }

@@ -377,7 +377,7 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         linux["readonlyPaths"] = json!(cpengine::policy::verify::READONLY_PATHS);
     }
 
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2-dev",
         "process": {
             "terminal": false,
@@ -393,7 +393,11 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         "mounts": mounts,
         "annotations": annotations(i),
         "linux": linux,
-    }))
+    });
+    if r.oom_score_adj != 0 {
+        spec["process"]["oomScoreAdj"] = json!(r.oom_score_adj);
+    }
+    Ok(spec)
 }
 
 fn annotations(i: &SpecInput<'_>) -> Map {
@@ -548,6 +552,7 @@ mod tests {
             ..Default::default()
         });
         c.security.pid_mode = Some(NsMode::Container);
+        c.resources.oom_score_adj = 500;
         let input = SpecInput {
             id: "c1",
             pod: &pod,
@@ -578,6 +583,7 @@ mod tests {
         assert_eq!(shm.len(), 1);
         assert_eq!(shm[0]["type"], "bind");
         assert_eq!(s["process"]["rlimits"][0]["hard"], 1024);
+        assert_eq!(s["process"]["oomScoreAdj"], 500);
         assert_eq!(s["linux"]["cgroupsPath"], "/cpengine-shim/c1");
         assert_eq!(s["annotations"]["io.kubernetes.cri.sandbox-id"], "pod1");
         // The result is a valid OCI spec.
