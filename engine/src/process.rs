@@ -260,6 +260,8 @@ pub async fn restore(
         stdio,
         // A shell job joins CRIU's process group: it must stay the caller's.
         share_process_group: shell_job,
+        // The restored tasks inherit the worker's score where their images give none.
+        keep_oom_score: true,
     }) {
         Ok(s) => s,
         Err(e) => {

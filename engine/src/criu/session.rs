@@ -47,6 +47,11 @@ pub struct SpawnSpec {
     /// of its own, so that a terminal's signals reach only us (we stop CRIU the gentle way; see
     /// [`Session::abort`]) and whatever a failed or killed CRIU forked can be killed with it.
     pub share_process_group: bool,
+    /// The worker keeps our `oom_score_adj` instead of [`WORKER_OOM_SCORE_ADJ`]: a restore.
+    /// The tasks it forks inherit the worker's score and CRIU sets an image's only when it is
+    /// not 0, so a protected worker would hand -1000 to every task whose image says 0. (The
+    /// protection matters where CRIU's parasite is inside live tasks: a dump.)
+    pub keep_oom_score: bool,
 }
 
 impl SpawnSpec {
@@ -135,12 +140,15 @@ impl Session {
         cmd.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
         let capture = stderr.is_none();
         cmd.stderr(stderr.map_or_else(Stdio::piped, Stdio::from));
+        let protect = !spec.keep_oom_score;
         // SAFETY: the closure runs between fork and exec; it only calls dup2 on fds that are
         // open in the child (the staged copies), open/write/close on a static path and buffer,
         // and reads a Vec allocated before the fork. It neither allocates nor takes locks.
         unsafe {
             cmd.pre_exec(move || {
-                protect_from_oom_killer();
+                if protect {
+                    protect_from_oom_killer();
+                }
                 for &(from, to) in &pairs {
                     if libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -152,12 +160,14 @@ impl Session {
         let mut child = cmd.spawn().map_err(spawn_err)?;
         drop(staged);
         drop(spec.inherit);
-        // Opened while the worker is our unreaped child: it is certainly that process.
+        // Opened while the worker is our unreaped child: it is certainly that process. Where
+        // pidfds are missing (kernel < 5.3, a seccomp profile denying them) the worker is
+        // watched by reaping it, and its group is not killed (its id could not be vouched for).
         let exit_watch = match child.id().map(watch_exit).transpose() {
             Ok(w) => w,
             Err(e) => {
-                let _ = child.start_kill();
-                return Err(spawn_err(e));
+                tracing::debug!(error = %e, "no pidfd for the criu worker; watching it by reaping");
+                None
             }
         };
 
@@ -184,15 +194,17 @@ impl Session {
         };
         let channel = Channel::new(ours).map_err(spawn_err)?;
         tracing::debug!(binary = %binary.display(), pid = child.id(), "started criu swrk");
-        if let Some(pid) = child.id() {
+        if let Some(pid) = child.id()
+            && protect
+        {
             warn_once_if_oom_killable(pid);
         }
         Ok(Self {
             channel,
             child: Some(child),
             stderr,
+            own_group: !spec.share_process_group && exit_watch.is_some(),
             exit_watch,
-            own_group: !spec.share_process_group,
             binary: binary.to_path_buf(),
             log: None,
             fault: None,
@@ -270,7 +282,7 @@ impl Session {
         );
         let watched = async {
             tokio::select! {
-                r = until_worker_exits(exchange, self.exit_watch.as_ref(), worker, req_type) => r,
+                r = until_worker_exits(exchange, self.exit_watch.as_ref(), self.child.as_mut(), worker, req_type) => r,
                 () = break_failed_restore_deadlock(worker, &root, &broke_deadlock) => {
                     unreachable!("the deadlock watch never returns")
                 }
@@ -432,7 +444,7 @@ impl Session {
                 let _ = w.readable().await;
             }
             if own_group {
-                kill_group(child.id());
+                kill_group(exit_watch.as_ref(), child.id());
             }
             child.wait().await
         })
@@ -481,7 +493,7 @@ impl Session {
     pub async fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
             if self.own_group {
-                kill_group(child.id());
+                kill_group(self.exit_watch.as_ref(), child.id());
             }
             let _ = child.kill().await;
         }
@@ -508,6 +520,14 @@ impl Drop for Session {
     /// curing and resuming the tasks it holds; it is not killed (see [`Session::abort`]). The
     /// dropped `Child` is reaped by tokio once it exits.
     fn drop(&mut self) {
+        // A worker that has exited (a failed reply, a killed CRIU) may have left helpers in
+        // its group: killed before `try_wait` below or tokio's orphan queue reaps it.
+        if self.own_group
+            && let Some(child) = self.child.as_ref()
+            && self.exit_watch.as_ref().is_some_and(has_exited)
+        {
+            kill_group(self.exit_watch.as_ref(), child.id());
+        }
         if let Some(child) = self.child.as_mut()
             && matches!(child.try_wait(), Ok(None))
         {
@@ -581,24 +601,33 @@ const REPLY_AFTER_EXIT: Duration = Duration::from_secs(1);
 async fn until_worker_exits<F>(
     exchange: F,
     exit_watch: Option<&AsyncFd<OwnedFd>>,
+    child: Option<&mut Child>,
     worker: Option<u32>,
     req_type: CriuReqType,
 ) -> Result<CriuResp, CriuError>
 where
     F: std::future::Future<Output = Result<CriuResp, CriuError>>,
 {
-    let (Some(watch), Some(pid)) = (exit_watch, worker) else {
-        return exchange.await;
+    let exited = async {
+        match (exit_watch, worker, child) {
+            (Some(watch), Some(pid), _) => {
+                let _ = watch.readable().await;
+                Some(unreaped_exit_status(pid))
+            }
+            // No pidfd: watched by reaping it.
+            (None, _, Some(child)) => Some(child.wait().await.ok()),
+            _ => None,
+        }
     };
     tokio::pin!(exchange);
     tokio::select! {
         r = &mut exchange => r,
-        _ = watch.readable() => {
+        Some(status) = exited => {
             match tokio::time::timeout(REPLY_AFTER_EXIT, &mut exchange).await {
                 Ok(r) => r,
                 Err(_) => Err(CriuError::Closed {
                     req_type,
-                    status: unreaped_exit_status(pid),
+                    status,
                     stderr: String::new(),
                     log: None,
                 }),
@@ -613,6 +642,16 @@ fn watch_exit(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: `fd` is a valid open pidfd whose number never changes, owned by the `AsyncFd`
     // for its whole life (nothing else can close it).
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(Into::into)
+}
+
+/// Whether the process behind `pidfd` has exited (it stays unreaped).
+fn has_exited(pidfd: &AsyncFd<OwnedFd>) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    matches!(
+        waitid(Id::PIDFd(pidfd.get_ref().as_fd()), flags),
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+    )
 }
 
 /// How an exited, not yet reaped child ended (its zombie stays).
@@ -630,15 +669,24 @@ fn unreaped_exit_status(pid: u32) -> Option<ExitStatus> {
     }
 }
 
-/// SIGKILLs the process group `leader` leads. Call only while the leader is our unreaped child
-/// (alive or a zombie): then no other group can have that id.
-fn kill_group(leader: Option<u32>) {
-    if let Some(pgid) = leader.and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+/// SIGKILLs the process group the worker behind `pidfd` leads, if the worker is still our
+/// unreaped child (alive or a zombie): then no other group can have its id. Checked through the
+/// pidfd itself, not the pid: another reaper in this process (the shim reaps stray zombies)
+/// may have reaped the worker, and its pid may name someone else by now.
+/// `leader` is the worker's pid as spawned (the pidfd's process).
+fn kill_group(pidfd: Option<&AsyncFd<OwnedFd>>, leader: Option<u32>) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let (Some(fd), Some(pgid)) = (pidfd, leader.and_then(|p| i32::try_from(p).ok())) else {
+        return;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    if waitid(Id::PIDFd(fd.get_ref().as_fd()), flags).is_err() {
+        return; // ECHILD: reaped already, by someone else
     }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// How long CRIU must have been seen waiting for an exiting restored root before the wait is

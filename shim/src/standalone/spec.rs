@@ -395,9 +395,41 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         "linux": linux,
     });
     if r.oom_score_adj != 0 {
-        spec["process"]["oomScoreAdj"] = json!(r.oom_score_adj);
+        spec["process"]["oomScoreAdj"] = json!(container_oom_score_adj(
+            r.oom_score_adj,
+            own_oom_score_adj(),
+            may_lower_oom_scores()
+        ));
     }
     Ok(spec)
+}
+
+/// The `oom_score_adj` runc gives the container: the kubelet's, within [-1000, 1000], and not
+/// below ours where we may not lower scores (no CAP_SYS_RESOURCE: runc's write would fail and
+/// the container with it; the kubelet's value is a ranking, not a requirement).
+fn container_oom_score_adj(requested: i64, own: i64, may_lower: bool) -> i64 {
+    let v = requested.clamp(-1000, 1000);
+    if may_lower { v } else { v.max(own) }
+}
+
+fn own_oom_score_adj() -> i64 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether this process has CAP_SYS_RESOURCE in its effective set.
+fn may_lower_oom_scores() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 fn annotations(i: &SpecInput<'_>) -> Map {
@@ -584,6 +616,11 @@ mod tests {
         assert_eq!(shm[0]["type"], "bind");
         assert_eq!(s["process"]["rlimits"][0]["hard"], 1024);
         assert_eq!(s["process"]["oomScoreAdj"], 500);
+        // A Guaranteed pod's -997 where the shim may not lower scores: its own score instead.
+        assert_eq!(container_oom_score_adj(-997, 0, true), -997);
+        assert_eq!(container_oom_score_adj(-997, 0, false), 0);
+        assert_eq!(container_oom_score_adj(-997, -500, false), -500);
+        assert_eq!(container_oom_score_adj(5000, 0, false), 1000);
         assert_eq!(s["linux"]["cgroupsPath"], "/cpengine-shim/c1");
         assert_eq!(s["annotations"]["io.kubernetes.cri.sandbox-id"], "pod1");
         // The result is a valid OCI spec.
