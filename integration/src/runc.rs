@@ -176,6 +176,26 @@ pub fn counting_container(prefix: &str, prelude: &str) -> (Bundle, String, RuncC
     (bundle, id, c)
 }
 
+/// A runc container `<prefix>-<unique>` running the memory workload (`cpe-workload --dir
+/// /tmp/wl <args>`, e.g. `--mem 256`) from a busybox bundle, returned once the workload is
+/// ready; it fails loudly, with the container's output, if it is not within `ready_within`.
+pub fn workload_container(
+    prefix: &str,
+    args: &str,
+    ready_within: Duration,
+) -> (Bundle, RuncContainer) {
+    let wl = crate::workload_bin();
+    let script = format!("exec /bin/cpe-workload --dir /tmp/wl {args}");
+    let bundle = Bundle::busybox_with(&script, |base| add_workload(base, &wl));
+    let c = RuncContainer::run(&bundle, &unique_id(prefix));
+    assert!(
+        wait_until(ready_within, || bundle.rootfs.join("tmp/wl/ready").exists()),
+        "workload in the container did not become ready: {}",
+        c.output()
+    );
+    (bundle, c)
+}
+
 /// A container started with `runc run -d`. Its stdout and stderr are a pipe that a thread
 /// drains into memory (the read end is ours), so the container never blocks on output.
 #[derive(Debug)]
