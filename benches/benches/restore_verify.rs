@@ -14,7 +14,7 @@ use cpengine::container::restore::{ContainerRestoreOptions, RootfsBase, restore_
 use cpengine::container::state::StateRoot;
 use cpengine::container::{Container, manage};
 use cpengine::policy::{RestorePolicy, VerifyPlan, verify};
-use cpengine_integration::runc::workload_container;
+use cpengine_integration::runc::{unique_id, workload_container};
 use cpengine_integration::{cpengine_bin, engine, scratch};
 use criterion::{Criterion, criterion_group, criterion_main};
 
