@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+use cpengine::container::manage;
 use cpengine::container::state::{ContainerRecord, StateRoot};
-use cpengine::container::{Container, manage};
 use cpengine_integration::leftovers::CliRestored;
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
@@ -112,25 +111,9 @@ fn cpengine(state: &Path, args: &[&str]) -> (bool, String, String) {
 async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
     // A real runc container, checkpointed by cpengine into an archive.
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let src_id = unique_id("cpe-cn");
-    let c = RuncContainer::run(&bundle, &src_id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
     let ck_state = scratch("cpe-cnstate-");
-    let ctr = Container::find(
-        &src_id,
-        std::slice::from_ref(&c.root),
-        &StateRoot::at(ck_state.path()),
-    )
-    .unwrap();
-    let dir = scratch("cpe-cnout-");
-    let archive = dir.path().join("checkpoint.tar");
-    let mut o = ContainerCheckpointOptions::new(&archive);
-    o.state = Some(StateRoot::at(ck_state.path()));
-    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
-    drop(c);
+    let (bundle, _dir, archive) =
+        checkpointed_counter(&engine, &StateRoot::at(ck_state.path()), "cpe-cn").await;
 
     // Restored by the CLI with limits from its flags.
     let state = scratch("cpe-cnstate-");

@@ -11,11 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+use cpengine::container::manage;
 use cpengine::container::state::StateRoot;
-use cpengine::container::{Container, manage};
 use cpengine_integration::faults::{mounts_under, restore_cgroups};
 use cpengine_integration::leftovers::{CliRestored, assert_restore_left_nothing};
 use cpengine_integration::runc::*;
@@ -36,24 +34,9 @@ struct Checkpointed {
 
 async fn checkpointed() -> Checkpointed {
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-h");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
     let state_dir = scratch("cpe-hstate-");
-    let state = StateRoot::at(state_dir.path());
-    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
-    let dir = scratch("cpe-hout-");
-    let archive = dir.path().join("checkpoint.tar");
-    let o = {
-        let mut o = ContainerCheckpointOptions::new(&archive);
-        o.state = Some(state.clone());
-        o
-    };
-    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
-    drop(c);
+    let (bundle, dir, archive) =
+        checkpointed_counter(&engine, &StateRoot::at(state_dir.path()), "cpe-h").await;
     Checkpointed {
         bundle,
         archive,
