@@ -89,6 +89,19 @@ impl Shim {
         )
     }
 
+    /// Starts a standalone shim whose image store has `ctrd`'s busybox image under the same
+    /// name ([`crate::containerd::BUSYBOX_IMAGE`]), as a node restoring containerd's archives
+    /// would have it.
+    pub fn with_image_of(ctrd: &crate::containerd::Containerd) -> Self {
+        let shim = Self::start();
+        import_image(
+            &shim.state(),
+            &ctrd.cache.join("busybox.oci.tar"),
+            crate::containerd::BUSYBOX_IMAGE,
+        );
+        shim
+    }
+
     /// The state root the shim uses.
     pub fn state(&self) -> cpengine::container::state::StateRoot {
         cpengine::container::state::StateRoot::at(self.dir.join("state"))

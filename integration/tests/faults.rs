@@ -452,6 +452,18 @@ fn restore_opts(id: &str, state: &StateRoot, base: &Path) -> ContainerRestoreOpt
     o
 }
 
+/// Asserts the container restored as `id` (rootfs at `rootfs`) runs, its counter moving within
+/// 5 s, then deletes it and reaps what it left.
+async fn counts_then_delete(state: &StateRoot, id: &str, rootfs: &Path, what: &str) {
+    let first = counter_in(rootfs);
+    assert!(
+        wait_until(Duration::from_secs(5), || counter_in(rootfs) > first + 1),
+        "{what}: restored container does not run"
+    );
+    manage::delete(state, id, true).await.unwrap();
+    reap_zombies();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_works() {
     let engine = engine().await;
@@ -500,14 +512,7 @@ async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_w
         let rep = restore(None)
             .await
             .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
-        let first = counter_in(&rep.rootfs);
-        assert!(
-            wait_until(Duration::from_secs(5), || counter_in(&rep.rootfs)
-                > first + 1),
-            "{what}: restored container does not run"
-        );
-        manage::delete(&state, &new_id, true).await.unwrap();
-        reap_zombies();
+        counts_then_delete(&state, &new_id, &rep.rootfs, &what).await;
     }
     kill_relays_under(state.run.parent().unwrap());
     tally.report("container restore");
@@ -942,14 +947,7 @@ async fn engine_killed_mid_restore_is_repaired_by_the_next_command() {
         )
         .await
         .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
-        let first = counter_in(&rep.rootfs);
-        assert!(
-            wait_until(Duration::from_secs(5), || counter_in(&rep.rootfs)
-                > first + 1),
-            "{what}: restored container does not run"
-        );
-        manage::delete(&state, &new_id, true).await.unwrap();
-        reap_zombies();
+        counts_then_delete(&state, &new_id, &rep.rootfs, &what).await;
     }
     kill_relays_under(state.run.parent().unwrap());
     assert!(

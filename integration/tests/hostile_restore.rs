@@ -20,7 +20,8 @@ use cpengine_integration::runc::*;
 use cpengine_integration::*;
 use criu_proto::image::{ImageReader, ImageWriter, header_for};
 use criu_proto::images::{
-    CoreEntry, FdTypes, FileEntry, Fstype, InventoryEntry, MntEntry, RegFileEntry, TaskKobjIdsEntry,
+    CoreEntry, CredsEntry, FdTypes, FileEntry, Fstype, InventoryEntry, MntEntry, RegFileEntry,
+    TaskKobjIdsEntry,
 };
 use criu_proto::prost::Message;
 
@@ -107,6 +108,13 @@ impl Unpacked {
         format!("core-{}.img", tasks[0].pid)
     }
 
+    /// Lets `f` edit the credentials in the init's core image.
+    fn edit_init_creds(&self, f: impl FnOnce(&mut CredsEntry)) {
+        self.edit::<CoreEntry>(&self.init_core(), |e| {
+            f(e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap())
+        })
+    }
+
     fn pack(&self, out: &Path) {
         let names: Vec<String> = std::fs::read_dir(self.dir.path())
             .unwrap()
@@ -185,6 +193,14 @@ fn all_caps() -> Vec<u32> {
     vec![0xffff_ffff, 0x1ff]
 }
 
+/// Every capability in the init's effective and permitted sets.
+fn raise_caps(u: &Unpacked) {
+    u.edit_init_creds(|c| {
+        c.cap_eff = all_caps();
+        c.cap_prm = all_caps();
+    })
+}
+
 fn tmpfs_dev_image(u: &Unpacked) -> String {
     let names = u.image_names("tmpfs-dev-");
     assert!(
@@ -238,45 +254,19 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "capabilities raised",
-            edit: Box::new(|u| {
-                u.edit::<CoreEntry>(&u.init_core(), |e| {
-                    let c = e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap();
-                    c.cap_eff = all_caps();
-                    c.cap_prm = all_caps();
-                })
-            }),
+            edit: Box::new(raise_caps),
             flags: &[],
             expect: &["creds.cap_prm has", "CAP_SYS_ADMIN", "core-"],
         },
         Case {
             name: "bounding set raised",
-            edit: Box::new(|u| {
-                u.edit::<CoreEntry>(&u.init_core(), |e| {
-                    e[0].thread_core
-                        .as_mut()
-                        .unwrap()
-                        .creds
-                        .as_mut()
-                        .unwrap()
-                        .cap_bnd = all_caps();
-                })
-            }),
+            edit: Box::new(|u| u.edit_init_creds(|c| c.cap_bnd = all_caps())),
             flags: &[],
             expect: &["creds.cap_bnd has", "CAP_SYS_MODULE"],
         },
         Case {
             name: "no_new_privs cleared",
-            edit: Box::new(|u| {
-                u.edit::<CoreEntry>(&u.init_core(), |e| {
-                    e[0].thread_core
-                        .as_mut()
-                        .unwrap()
-                        .creds
-                        .as_mut()
-                        .unwrap()
-                        .no_new_privs = Some(0);
-                })
-            }),
+            edit: Box::new(|u| u.edit_init_creds(|c| c.no_new_privs = Some(0))),
             flags: &[],
             expect: &["creds.no_new_privs is 0"],
         },
@@ -535,11 +525,7 @@ async fn the_shim_refuses_a_hostile_archive_and_honours_the_restore_mode() {
 
     // Raised capabilities in the archive's init core.
     let u = Unpacked::new(&loc);
-    u.edit::<CoreEntry>(&u.init_core(), |e| {
-        let c = e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap();
-        c.cap_eff = all_caps();
-        c.cap_prm = all_caps();
-    });
+    raise_caps(&u);
     let edited = dest.path().join("edited.tar");
     u.pack(&edited);
     let pod2 = f

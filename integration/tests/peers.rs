@@ -131,12 +131,7 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     );
 
     // 2. The standalone shim: CreateContainer with the archive as the image.
-    let shim = Shim::start();
-    import_image(
-        &shim.state(),
-        &ctrd.cache.join("busybox.oci.tar"),
-        BUSYBOX_IMAGE,
-    );
+    let shim = Shim::with_image_of(&ctrd);
     let (mut s, _) = shim.clients();
     let pod2 = Pod::run(
         &s,

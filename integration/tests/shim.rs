@@ -564,6 +564,18 @@ fn archive_facts(path: &std::path::Path) -> (Vec<String>, serde_json::Value, ser
     (members, config, spec)
 }
 
+/// An archive's config.dump and spec.dump, asserting it has each of `members`.
+fn archive_with(
+    path: &std::path::Path,
+    members: &[&str],
+) -> (serde_json::Value, serde_json::Value) {
+    let (have, config, spec) = archive_facts(path);
+    for m in members {
+        assert!(have.iter().any(|x| x == m), "member {m} missing: {have:?}");
+    }
+    (config, spec)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoint_image() {
     let f = ShimPod::start("web", pb::NamespaceMode::Pod).await;
@@ -609,21 +621,18 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 1, "only the archive is left: {names:?}");
-    let (members, config, spec) = archive_facts(&loc);
-    for m in [
-        "checkpoint/",
-        "checkpoint/inventory.img",
-        "checkpoint/descriptors.json",
-        "config.dump",
-        "spec.dump",
-        "rootfs-diff.tar",
-        "deleted.files",
-    ] {
-        assert!(
-            members.iter().any(|x| x == m),
-            "member {m} missing: {members:?}"
-        );
-    }
+    let (config, spec) = archive_with(
+        &loc,
+        &[
+            "checkpoint/",
+            "checkpoint/inventory.img",
+            "checkpoint/descriptors.json",
+            "config.dump",
+            "spec.dump",
+            "rootfs-diff.tar",
+            "deleted.files",
+        ],
+    );
     assert_eq!(config["id"], ctr.as_str());
     assert_eq!(
         config["rootfsImageName"],
@@ -790,19 +799,16 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
                 .join("checkpoint-counter-pod_default-counter-containerd-0.tar")
         ),
     );
-    let (members, config, spec) = archive_facts(&archive);
-    for m in [
-        "checkpoint/",
-        "checkpoint/inventory.img",
-        "config.dump",
-        "spec.dump",
-        "rootfs-diff.tar",
-    ] {
-        assert!(
-            members.iter().any(|x| x == m),
-            "member {m} missing: {members:?}"
-        );
-    }
+    let (config, spec) = archive_with(
+        &archive,
+        &[
+            "checkpoint/",
+            "checkpoint/inventory.img",
+            "config.dump",
+            "spec.dump",
+            "rootfs-diff.tar",
+        ],
+    );
     assert_eq!(config["id"], ctr.as_str());
     assert_eq!(config["name"], "counter");
     assert_eq!(config["runtime"], "io.containerd.runc.v2");
@@ -864,12 +870,7 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
     // image store has the same base image.
     pod.stop().await;
     pod.remove().await;
-    let standalone = Shim::start();
-    import_image(
-        &standalone.state(),
-        &ctrd.cache.join("busybox.oci.tar"),
-        BUSYBOX_IMAGE,
-    );
+    let standalone = Shim::with_image_of(&ctrd);
     let (mut srt, _) = standalone.clients();
     let pod2 = Pod::run(
         &srt,
