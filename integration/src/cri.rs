@@ -550,6 +550,20 @@ pub async fn status_of(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::
     .expect("a status")
 }
 
+/// The state of a pod sandbox (PodSandboxStatus).
+pub async fn pod_state(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) -> i32 {
+    rt.pod_sandbox_status(pb::PodSandboxStatusRequest {
+        pod_sandbox_id: pod_id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("PodSandboxStatus")
+    .into_inner()
+    .status
+    .expect("a pod status")
+    .state
+}
+
 /// Runs a command in a container with ExecSync.
 pub async fn exec(
     rt: &mut RuntimeServiceClient<Channel>,

@@ -43,16 +43,8 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     }));
 
     let (logs, pod, pod_cfg) = (&f.logs, f.pod.id.clone(), f.pod.config.clone());
-    let ps = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        ps.status.unwrap().state,
+        pod_state(&mut rt, &pod).await,
         pb::PodSandboxState::SandboxReady as i32
     );
     // The same pod twice is refused.
@@ -306,16 +298,8 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     })
     .await
     .expect("StopPodSandbox");
-    let ps = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        ps.status.unwrap().state,
+        pod_state(&mut rt, &pod).await,
         pb::PodSandboxState::SandboxNotready as i32
     );
     rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
