@@ -19,7 +19,7 @@ const MIB: u64 = 256;
 fn container_checkpoint(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let engine = rt.block_on(engine());
-    let (bundle, rc) = workload_container(
+    let (_bundle, rc) = workload_container(
         "cpe-bench",
         &format!("--mem {MIB}"),
         Duration::from_secs(60),

@@ -1584,7 +1584,8 @@ mod tests {
         // Then, one task id edited at a time: a mount namespace id of 0 (with all host
         // namespaces allowed), a user namespace of its own (its maps would be written from the
         // image), a time namespace id of 0.
-        let cases: [(fn(&mut TaskKobjIdsEntry), &RestorePolicy, &str); 3] = [
+        type Edit = fn(&mut TaskKobjIdsEntry);
+        let cases: [(Edit, &RestorePolicy, &str); 3] = [
             (|t| t.mnt_ns_id = Some(0), &all, "task 1 ids.mnt_ns_id"),
             (|t| t.user_ns_id = Some(7), &p, "task 1 ids.user_ns_id"),
             (|t| t.time_ns_id = Some(0), &p, "task 1 ids.time_ns_id"),
