@@ -10,8 +10,8 @@ use cpengine::archive::Compression;
 use cpengine::container::Container;
 use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
 use cpengine::container::state::StateRoot;
-use cpengine_integration::runc::{Bundle, RuncContainer, add_workload, unique_id};
-use cpengine_integration::{engine, scratch, wait_until, workload_bin};
+use cpengine_integration::runc::workload_container;
+use cpengine_integration::{engine, scratch};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const MIB: u64 = 256;
@@ -19,18 +19,10 @@ const MIB: u64 = 256;
 fn container_checkpoint(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let engine = rt.block_on(engine());
-    let wl = workload_bin();
-    let bundle = Bundle::busybox_with(
-        &format!("exec /bin/cpe-workload --dir /tmp/wl --mem {MIB}"),
-        |base| add_workload(base, &wl),
-    );
-    let rc = RuncContainer::run(&bundle, &unique_id("cpe-bench"));
-    assert!(
-        wait_until(Duration::from_secs(60), || bundle
-            .rootfs
-            .join("tmp/wl/ready")
-            .exists()),
-        "workload not ready"
+    let (_bundle, rc) = workload_container(
+        "cpe-bench",
+        &format!("--mem {MIB}"),
+        Duration::from_secs(60),
     );
     let state = StateRoot::at(scratch("cpe-bench-state-").keep());
     let ctr = Container::find(&rc.id, std::slice::from_ref(&rc.root), &state).expect("find");

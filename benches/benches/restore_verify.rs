@@ -14,8 +14,8 @@ use cpengine::container::restore::{ContainerRestoreOptions, RootfsBase, restore_
 use cpengine::container::state::StateRoot;
 use cpengine::container::{Container, manage};
 use cpengine::policy::{RestorePolicy, VerifyPlan, verify};
-use cpengine_integration::runc::{Bundle, RuncContainer, add_workload, unique_id};
-use cpengine_integration::{cpengine_bin, engine, scratch, wait_until, workload_bin};
+use cpengine_integration::runc::{unique_id, workload_container};
+use cpengine_integration::{cpengine_bin, engine, scratch};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const MIB: u64 = 1024;
@@ -23,18 +23,10 @@ const MIB: u64 = 1024;
 fn restore_verification(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let engine = rt.block_on(engine());
-    let wl = workload_bin();
-    let bundle = Bundle::busybox_with(
-        &format!("exec /bin/cpe-workload --dir /tmp/wl --mem {MIB}"),
-        |base| add_workload(base, &wl),
-    );
-    let rc = RuncContainer::run(&bundle, &unique_id("cpe-vbench"));
-    assert!(
-        wait_until(Duration::from_secs(120), || bundle
-            .rootfs
-            .join("tmp/wl/ready")
-            .exists()),
-        "workload not ready"
+    let (bundle, rc) = workload_container(
+        "cpe-vbench",
+        &format!("--mem {MIB}"),
+        Duration::from_secs(120),
     );
     let state_dir = scratch("cpe-vbench-state-");
     let state = StateRoot::at(state_dir.path());

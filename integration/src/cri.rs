@@ -88,6 +88,34 @@ impl Shim {
         s
     }
 
+    /// Starts a shim in a new scratch directory proxying to `ctrd` (`--upstream` its socket,
+    /// `--upstream-runc-root` its runc root).
+    pub fn proxy(ctrd: &crate::containerd::Containerd) -> Self {
+        let dir = crate::scratch("cpe-shimproxy-").keep();
+        Self::start_in(
+            &dir,
+            &[
+                "--upstream",
+                &format!("unix://{}", ctrd.socket.display()),
+                "--upstream-runc-root",
+                &ctrd.runc_root.display().to_string(),
+            ],
+        )
+    }
+
+    /// Starts a standalone shim whose image store has `ctrd`'s busybox image under the same
+    /// name ([`crate::containerd::BUSYBOX_IMAGE`]), as a node restoring containerd's archives
+    /// would have it.
+    pub fn with_image_of(ctrd: &crate::containerd::Containerd) -> Self {
+        let shim = Self::start();
+        import_image(
+            &shim.state(),
+            &ctrd.cache.join("busybox.oci.tar"),
+            crate::containerd::BUSYBOX_IMAGE,
+        );
+        shim
+    }
+
     /// The state root the shim uses.
     pub fn state(&self) -> cpengine::container::state::StateRoot {
         cpengine::container::state::StateRoot::at(self.dir.join("state"))
@@ -356,14 +384,20 @@ pub fn import_busybox_with(
     std::fs::write(app.join("etc/app.conf"), "from the second layer\n").unwrap();
     std::fs::write(app.join("etc/motd"), "motd of the second layer\n").unwrap();
     oci_layout_with(&layout, name, &[&base, &app], &["sh"], stop_signal);
+    import_image(state, &layout, name);
+}
+
+/// `cpengine image import <image> --tag <tag>` into the image store under `state`; `image` is
+/// an OCI layout directory or archive.
+pub fn import_image(state: &cpengine::container::state::StateRoot, image: &Path, tag: &str) {
     let root = state.lib.parent().expect("state root").to_path_buf();
     let (st, _, err) = crate::run(
         Command::new(crate::cpengine_bin())
             .arg("--state-root")
             .arg(&root)
             .args(["image", "import"])
-            .arg(&layout)
-            .args(["--tag", name]),
+            .arg(image)
+            .args(["--tag", tag]),
     );
     assert!(st.success(), "cpengine image import: {err}");
 }
@@ -439,6 +473,14 @@ pub fn container_config(name: &str, image: &str, script: &str) -> pb::ContainerC
     }
 }
 
+/// The config of a container restored from `image` (a checkpoint archive's path or a checkpoint
+/// image's name), as CRI-O takes it: [`container_config`] with no command of its own.
+pub fn restore_config(name: &str, image: &str) -> pb::ContainerConfig {
+    let mut cfg = container_config(name, image, "unused");
+    cfg.command.clear();
+    cfg
+}
+
 /// The kubelet's checkpoint file name: `checkpoint-<pod>_<ns>-<ctr>-<RFC3339 local time>.tar`.
 pub fn kubelet_location(dir: &Path, pod: &str, ns: &str, ctr: &str) -> PathBuf {
     let ts = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -482,6 +524,41 @@ pub async fn create_start(
     id
 }
 
+/// CheckpointContainer of `id` to `location`, with the kubelet's `timeout` in seconds.
+pub async fn checkpoint_to(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    location: &Path,
+    timeout: i64,
+) -> Result<(), tonic::Status> {
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: id.into(),
+        location: location.display().to_string(),
+        timeout,
+    })
+    .await
+    .map(drop)
+}
+
+/// StopContainer with `timeout` seconds before the KILL; panics if it fails.
+pub async fn stop(rt: &mut RuntimeServiceClient<Channel>, id: &str, timeout: i64) {
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: id.into(),
+        timeout,
+    })
+    .await
+    .expect("StopContainer");
+}
+
+/// RemoveContainer; panics if it fails.
+pub async fn remove_container(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .expect("RemoveContainer");
+}
+
 /// The status of a container.
 pub async fn status_of(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::ContainerStatus {
     rt.container_status(pb::ContainerStatusRequest {
@@ -493,6 +570,20 @@ pub async fn status_of(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> pb::
     .into_inner()
     .status
     .expect("a status")
+}
+
+/// The state of a pod sandbox (PodSandboxStatus).
+pub async fn pod_state(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) -> i32 {
+    rt.pod_sandbox_status(pb::PodSandboxStatusRequest {
+        pod_sandbox_id: pod_id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("PodSandboxStatus")
+    .into_inner()
+    .status
+    .expect("a pod status")
+    .state
 }
 
 /// Runs a command in a container with ExecSync.
@@ -519,6 +610,21 @@ pub async fn counter_via_exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, 
         .unwrap_or(0)
 }
 
+/// Whether the counter the container `id` writes to `/tmp/counter` reaches `at_least` within
+/// `timeout` (read through ExecSync every 50 ms).
+pub async fn counter_reaches(
+    rt: &RuntimeServiceClient<Channel>,
+    id: &str,
+    at_least: u64,
+    timeout: Duration,
+) -> bool {
+    eventually(timeout, || {
+        let (mut r, c) = (rt.clone(), id.to_string());
+        async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= at_least }
+    })
+    .await
+}
+
 /// Polls `f` every 50 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
@@ -534,5 +640,101 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The image the standalone fixtures import (the two-layer busybox of [`import_busybox`]).
+pub const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+/// A pod sandbox run over CRI, with the client and the config it was run with (containers in
+/// it are created with that config as their sandbox config). What the pod holds is torn down
+/// with the runtime that runs it ([`Shim`]'s or containerd's guard) when a test ends early.
+#[derive(Debug)]
+pub struct Pod {
+    pub rt: RuntimeServiceClient<Channel>,
+    pub id: String,
+    pub config: pb::PodSandboxConfig,
+}
+
+impl Pod {
+    /// RunPodSandbox with `config`.
+    pub async fn run(rt: &RuntimeServiceClient<Channel>, config: pb::PodSandboxConfig) -> Self {
+        let mut rt = rt.clone();
+        let id = run_pod(&mut rt, config.clone()).await;
+        Self { rt, id, config }
+    }
+
+    /// CreateContainer then StartContainer of `cfg` in this pod; the container's id.
+    pub async fn start(&self, cfg: pb::ContainerConfig) -> String {
+        create_start(&mut self.rt.clone(), &self.id, &self.config, cfg).await
+    }
+
+    /// CreateContainer of `cfg` in this pod (not started): its id, or the runtime's refusal.
+    pub async fn create(&self, cfg: pb::ContainerConfig) -> Result<String, tonic::Status> {
+        self.rt
+            .clone()
+            .create_container(pb::CreateContainerRequest {
+                pod_sandbox_id: self.id.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(self.config.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    /// StopPodSandbox; panics if it fails.
+    pub async fn stop(&self) {
+        self.rt
+            .clone()
+            .stop_pod_sandbox(pb::StopPodSandboxRequest {
+                pod_sandbox_id: self.id.clone(),
+            })
+            .await
+            .expect("StopPodSandbox");
+    }
+
+    /// RemovePodSandbox (which stops the pod first); panics if it fails.
+    pub async fn remove(self) {
+        self.rt
+            .clone()
+            .remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                pod_sandbox_id: self.id.clone(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+}
+
+/// The standalone CRI suites' shared set-up: a [`Shim`] with [`BUSYBOX`] imported, a runtime
+/// client, a scratch directory for container logs, and one running pod. Dropped (also when a
+/// test fails half-way), the shim's guard stops everything it started.
+#[derive(Debug)]
+pub struct ShimPod {
+    // Dropped in this order: the pod's client, the logs, the shim last.
+    pub pod: Pod,
+    pub rt: RuntimeServiceClient<Channel>,
+    pub logs: tempfile::TempDir,
+    pub shim: Shim,
+}
+
+impl ShimPod {
+    /// Starts a shim, imports busybox and runs pod `pod_name` (its network `Node` or `Pod`).
+    pub async fn start(pod_name: &str, network: pb::NamespaceMode) -> Self {
+        let shim = Shim::start();
+        import_busybox(&shim.state(), BUSYBOX);
+        let (rt, _) = shim.clients();
+        let logs = crate::scratch("cpe-podlogs-");
+        let pod = Pod::run(&rt, pod_config(pod_name, logs.path(), network)).await;
+        Self {
+            pod,
+            rt,
+            logs,
+            shim,
+        }
+    }
+
+    /// Runs another pod `name` in the same shim, logging into the same directory.
+    pub async fn another_pod(&self, name: &str, network: pb::NamespaceMode) -> Pod {
+        Pod::run(&self.rt, pod_config(name, self.logs.path(), network)).await
     }
 }

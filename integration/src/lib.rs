@@ -25,6 +25,7 @@ pub mod cri;
 pub mod faults;
 pub mod grpc_core;
 pub mod imgedit;
+pub mod leftovers;
 pub mod podman;
 pub mod registry;
 pub mod runc;

@@ -176,6 +176,47 @@ pub fn counting_container(prefix: &str, prelude: &str) -> (Bundle, String, RuncC
     (bundle, id, c)
 }
 
+/// A [`counting_container`] (ids `<prefix>-…`) checkpointed by the engine, with `state` as its
+/// state root, into `c.tar` in a new scratch directory, then destroyed: its bundle (whose base
+/// restores use), the directory and the archive.
+pub async fn checkpointed_counter(
+    engine: &cpengine::Engine,
+    state: &cpengine::container::state::StateRoot,
+    prefix: &str,
+) -> (Bundle, tempfile::TempDir, PathBuf) {
+    use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+    let (bundle, id, mut c) = counting_container(prefix, "");
+    let ctr = cpengine::container::Container::find(&id, std::slice::from_ref(&c.root), state)
+        .expect("the engine finds the runc container");
+    let out = scratch(&format!("{prefix}out-"));
+    let archive = out.path().join("c.tar");
+    let mut o = ContainerCheckpointOptions::new(&archive);
+    o.state = Some(state.clone());
+    checkpoint(engine, &ctr, &o).await.expect("checkpoint");
+    c.destroy();
+    (bundle, out, archive)
+}
+
+/// A runc container `<prefix>-<unique>` running the memory workload (`cpe-workload --dir
+/// /tmp/wl <args>`, e.g. `--mem 256`) from a busybox bundle, returned once the workload is
+/// ready; it fails loudly, with the container's output, if it is not within `ready_within`.
+pub fn workload_container(
+    prefix: &str,
+    args: &str,
+    ready_within: Duration,
+) -> (Bundle, RuncContainer) {
+    let wl = crate::workload_bin();
+    let script = format!("exec /bin/cpe-workload --dir /tmp/wl {args}");
+    let bundle = Bundle::busybox_with(&script, |base| add_workload(base, &wl));
+    let c = RuncContainer::run(&bundle, &unique_id(prefix));
+    assert!(
+        wait_until(ready_within, || bundle.rootfs.join("tmp/wl/ready").exists()),
+        "workload in the container did not become ready: {}",
+        c.output()
+    );
+    (bundle, c)
+}
+
 /// A container started with `runc run -d`. Its stdout and stderr are a pipe that a thread
 /// drains into memory (the read end is ours), so the container never blocks on output.
 #[derive(Debug)]

@@ -13,12 +13,7 @@ use cpengine_integration::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_dump_then_restore_continues_the_counter() {
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-c");
-    let mut c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (bundle, id, mut c) = counting_container("cpe-c", "");
     std::fs::write(
         bundle.rootfs.join("root/note.txt"),
         "written before the checkpoint\n",

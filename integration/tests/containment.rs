@@ -14,28 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+use cpengine::container::manage;
 use cpengine::container::state::{ContainerRecord, StateRoot};
-use cpengine::container::{Container, manage};
+use cpengine_integration::leftovers::CliRestored;
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
-
-/// Deletes a restored container when dropped (also when an assertion fails first).
-struct Restored {
-    state: PathBuf,
-    id: String,
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = Command::new(cpengine_bin())
-            .arg("--state-root")
-            .arg(&self.state)
-            .args(["delete", "--force", &self.id])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
 
 /// A block device of this host with data on it (not a loop device), as "major:minor".
 fn host_block_device() -> String {
@@ -64,6 +47,58 @@ fn status_field(status: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The /proc status fields of an exec'd process that must equal its container init's.
+const CONFINEMENT: [&str; 9] = [
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+    "Seccomp",
+    "Uid",
+    "Gid",
+];
+
+/// The cgroup directory of a restored container's `controller` hierarchy, from its record.
+fn cgroup_of(rec: &ContainerRecord, controller: &str) -> PathBuf {
+    rec.cgroup_paths
+        .iter()
+        .find(|(k, _)| k.split(',').any(|c| c == controller))
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {:?}", rec.cgroup_paths))
+}
+
+/// A v1 device cgroup's `devices.list`, sorted.
+fn devices_list(devices_cgroup: &Path) -> Vec<String> {
+    let mut list: Vec<String> = std::fs::read_to_string(devices_cgroup.join("devices.list"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    list.sort();
+    list
+}
+
+/// The standard character devices a container may use, sorted as [`devices_list`] is.
+fn allowed_devices() -> Vec<String> {
+    let mut want: Vec<String> = [
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.sort();
+    want
+}
+
 fn cpengine(state: &Path, args: &[&str]) -> (bool, String, String) {
     let (st, out, err) = run(Command::new(cpengine_bin())
         .arg("--state-root")
@@ -76,25 +111,9 @@ fn cpengine(state: &Path, args: &[&str]) -> (bool, String, String) {
 async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
     // A real runc container, checkpointed by cpengine into an archive.
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let src_id = unique_id("cpe-cn");
-    let c = RuncContainer::run(&bundle, &src_id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
     let ck_state = scratch("cpe-cnstate-");
-    let ctr = Container::find(
-        &src_id,
-        std::slice::from_ref(&c.root),
-        &StateRoot::at(ck_state.path()),
-    )
-    .unwrap();
-    let dir = scratch("cpe-cnout-");
-    let archive = dir.path().join("checkpoint.tar");
-    let mut o = ContainerCheckpointOptions::new(&archive);
-    o.state = Some(StateRoot::at(ck_state.path()));
-    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
-    drop(c);
+    let (bundle, _dir, archive) =
+        checkpointed_counter(&engine, &StateRoot::at(ck_state.path()), "cpe-cn").await;
 
     // Restored by the CLI with limits from its flags.
     let state = scratch("cpe-cnstate-");
@@ -114,20 +133,11 @@ async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
             "64",
         ],
     );
-    let _guard = Restored {
-        state: state.path().into(),
-        id: id.clone(),
-    };
+    let _guard = CliRestored::new(state.path(), &id);
     assert!(ok, "restore failed: {err}");
     let root = StateRoot::at(state.path());
     let rec = ContainerRecord::load(&root.container_record(&id)).unwrap();
-    let cg = |key: &str| -> PathBuf {
-        rec.cgroup_paths
-            .iter()
-            .find(|(k, _)| k.split(',').any(|c| c == key))
-            .map(|(_, p)| p.clone())
-            .unwrap_or_else(|| panic!("no {key} cgroup in {:?}", rec.cgroup_paths))
-    };
+    let cg = |key: &str| cgroup_of(&rec, key);
     let devices = cg("devices");
     // The init is in the cgroups the limits were written to.
     let init_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", rec.pid)).unwrap();
@@ -140,27 +150,7 @@ async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
     );
 
     // (a) devices.list is exactly the allowed set.
-    let mut list: Vec<String> = std::fs::read_to_string(devices.join("devices.list"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    list.sort();
-    let mut want: Vec<String> = [
-        "c 1:3 rwm",
-        "c 1:5 rwm",
-        "c 1:7 rwm",
-        "c 1:8 rwm",
-        "c 1:9 rwm",
-        "c 5:0 rwm",
-        "c 5:1 rwm",
-        "c 5:2 rwm",
-        "c 136:* rwm",
-    ]
-    .map(String::from)
-    .to_vec();
-    want.sort();
-    assert_eq!(list, want);
+    assert_eq!(devices_list(&devices), allowed_devices());
     // A fully privileged process in the container's mount namespace: outside the device
     // cgroup it may make a host block device node, inside it not; a node made outside
     // (as an archive's /dev could carry one) cannot be opened inside.
@@ -239,17 +229,7 @@ async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
         "1",
         "the exec'd process is not in the container's pid namespace: {init}"
     );
-    for k in [
-        "CapInh",
-        "CapPrm",
-        "CapEff",
-        "CapBnd",
-        "CapAmb",
-        "NoNewPrivs",
-        "Seccomp",
-        "Uid",
-        "Gid",
-    ] {
+    for k in CONFINEMENT {
         assert_eq!(status_field(mine, k), status_field(init, k), "{k}");
     }
     // Not the host's root: runc's default set, with no_new_privs.
@@ -283,20 +263,13 @@ async fn a_cli_restored_container_is_contained_and_exec_is_confined() {
 async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
     use cpengine_integration::cri::*;
     use k8s_cri::v1 as pb;
-    let shim = Shim::start();
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("contain", logs.path(), pb::NamespaceMode::Pod);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let f = ShimPod::start("contain", pb::NamespaceMode::Pod).await;
+    let mut rt = f.rt.clone();
     let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("counter", "busybox", script),
-    )
-    .await;
+    let ctr = f
+        .pod
+        .start(container_config("counter", "busybox", script))
+        .await;
     // ExecSync into the runc container (runc exec) has its init's confinement too.
     let r = rt
         .exec_sync(pb::ExecSyncRequest {
@@ -322,24 +295,15 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
     }
     let dest = scratch("cpe-kubelet-checkpoints-");
     let loc = kubelet_location(dest.path(), "contain", "default", "counter");
-    rt.checkpoint_container(pb::CheckpointContainerRequest {
-        container_id: ctr.clone(),
-        location: loc.display().to_string(),
-        timeout: 60,
-    })
-    .await
-    .expect("CheckpointContainer");
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
+    checkpoint_to(&mut rt, &ctr, &loc, 60)
+        .await
+        .expect("CheckpointContainer");
+    stop(&mut rt, &ctr, 0).await;
 
-    let pod2_cfg = pod_config("contain-restored", logs.path(), pb::NamespaceMode::Pod);
-    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
-    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
-    cfg.command.clear();
+    let pod2 = f
+        .another_pod("contain-restored", pb::NamespaceMode::Pod)
+        .await;
+    let mut cfg = restore_config("counter", &loc.display().to_string());
     cfg.envs = vec![pb::KeyValue {
         key: "CPE_LIVE".into(),
         value: "from-the-request".into(),
@@ -349,37 +313,13 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
         cpu_shares: 512,
         ..Default::default()
     });
-    let id = create_start(&mut rt, &pod2, &pod2_cfg, cfg).await;
-    let state = shim.state();
+    let id = pod2.start(cfg).await;
+    let state = f.shim.state();
     let rec = ContainerRecord::load(&state.container_record(&id)).expect("engine record");
-    let cg = |key: &str| -> PathBuf {
-        rec.cgroup_paths
-            .iter()
-            .find(|(k, _)| k.split(',').any(|c| c == key))
-            .map(|(_, p)| p.clone())
-            .unwrap_or_else(|| panic!("no {key} cgroup in {:?}", rec.cgroup_paths))
-    };
+    let cg = |key: &str| cgroup_of(&rec, key);
     let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap();
     // (a) only the standard devices.
-    let mut list: Vec<String> = read(cg("devices").join("devices.list"))
-        .lines()
-        .map(str::to_string)
-        .collect();
-    list.sort();
-    assert_eq!(
-        list,
-        [
-            "c 136:* rwm",
-            "c 1:3 rwm",
-            "c 1:5 rwm",
-            "c 1:7 rwm",
-            "c 1:8 rwm",
-            "c 1:9 rwm",
-            "c 5:0 rwm",
-            "c 5:1 rwm",
-            "c 5:2 rwm",
-        ]
-    );
+    assert_eq!(devices_list(&cg("devices")), allowed_devices());
     // (b) the request's limits.
     assert_eq!(
         read(cg("memory").join("memory.limit_in_bytes")).trim(),
@@ -410,17 +350,7 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
     let parts: Vec<&str> = out.split("===\n").collect();
     assert_eq!(parts.len(), 4, "{out}");
     let init_status = read(PathBuf::from(format!("/proc/{}/status", rec.pid)));
-    for k in [
-        "CapInh",
-        "CapPrm",
-        "CapEff",
-        "CapBnd",
-        "CapAmb",
-        "NoNewPrivs",
-        "Seccomp",
-        "Uid",
-        "Gid",
-    ] {
+    for k in CONFINEMENT {
         assert_eq!(
             status_field(parts[0], k),
             status_field(&init_status, k),
@@ -470,10 +400,5 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
         "the timed-out exec is still running: {}",
         procs(cg("pids"))
     );
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: id,
-        timeout: 0,
-    })
-    .await
-    .unwrap();
+    stop(&mut rt, &id, 0).await;
 }

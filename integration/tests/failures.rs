@@ -15,6 +15,7 @@ use cpengine::container::restore::{ContainerRestoreOptions, RootfsBase, restore_
 use cpengine::container::state::StateRoot;
 use cpengine::container::{Container, ContainerError, Status, manage};
 use cpengine_integration::faults::*;
+use cpengine_integration::leftovers::assert_restore_left_nothing;
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
 
@@ -77,12 +78,7 @@ fn cli(state: &StateRoot) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_failures_are_clear_errors_and_leave_the_workload_untouched() {
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-x");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (bundle, id, c) = counting_container("cpe-x", "");
     let state = state();
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
 
@@ -235,18 +231,7 @@ async fn failed_restores_clean_up_and_never_modify_the_archive() {
         o
     };
     let left_nothing = |new_id: &str, what: &str| {
-        assert!(!state.container_record(new_id).exists(), "{what}: record");
-        assert!(!state.container_run_dir(new_id).exists(), "{what}: run dir");
-        assert!(!state.container_lib_dir(new_id).exists(), "{what}: lib dir");
-        assert!(
-            names_in(&state.lib.join("restores")).is_empty(),
-            "{what}: extraction left"
-        );
-        let root = state.run.parent().unwrap();
-        assert!(mounts_under(root).is_empty(), "{what}: mounts");
-        for cg in restore_cgroups(new_id) {
-            assert!(!cg.exists(), "{what}: cgroup {}", cg.display());
-        }
+        assert_restore_left_nothing(&state, new_id, what);
         assert_eq!(fingerprint(&archive), sum, "{what}: archive modified");
     };
     let src = archive.display().to_string();

@@ -22,21 +22,11 @@ fn state() -> StateRoot {
 /// A runc container running the memory workload: `--mem` MiB of verifiable memory, `children`
 /// extra processes (one page image each), a loop every `interval_ms`.
 fn workload_container(mem: u32, children: u32, interval_ms: u32) -> (Bundle, RuncContainer) {
-    let wl = workload_bin();
-    let script = format!(
-        "exec /bin/cpe-workload --dir /tmp/wl --mem {mem} --children {children} --interval-ms {interval_ms}"
-    );
-    let bundle = Bundle::busybox_with(&script, |base| add_workload(base, &wl));
-    let c = RuncContainer::run(&bundle, &unique_id("cpe-p"));
-    assert!(
-        wait_until(Duration::from_secs(60), || bundle
-            .rootfs
-            .join("tmp/wl/ready")
-            .exists()),
-        "workload in the container did not become ready: {}",
-        c.output()
-    );
-    (bundle, c)
+    cpengine_integration::runc::workload_container(
+        "cpe-p",
+        &format!("--mem {mem} --children {children} --interval-ms {interval_ms}"),
+        Duration::from_secs(60),
+    )
 }
 
 /// Asks the workload in a container (rootfs at `rootfs`) to check its memory pattern.

@@ -20,6 +20,7 @@ use cpengine::container::{Container, Status, manage};
 use cpengine::fault::{DUMP_HOOKS, FaultPoint, RESTORE_HOOKS};
 use cpengine::{CheckpointOptions, RestoreOptions};
 use cpengine_integration::faults::*;
+use cpengine_integration::leftovers::assert_restore_left_nothing;
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
 
@@ -340,12 +341,7 @@ fn assert_container_unharmed(ctr: &Container, bundle: &Bundle, what: &str) {
 
 /// A running counter container and what the engine knows of it.
 async fn counter_container(state: &StateRoot) -> (Bundle, RuncContainer, Container) {
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-fc");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
+    let (bundle, id, c) = counting_container("cpe-fc", "");
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), state).unwrap();
     assert!(
         cpengine::netlock::foreign_netns_of(ctr.init_pid).is_some(),
@@ -458,57 +454,16 @@ fn restore_opts(id: &str, state: &StateRoot, base: &Path) -> ContainerRestoreOpt
     o
 }
 
-/// Nothing of a failed container restore is left.
-fn assert_restore_left_nothing(state: &StateRoot, id: &str, what: &str) {
+/// Asserts the container restored as `id` (rootfs at `rootfs`) runs, its counter moving within
+/// 5 s, then deletes it and reaps what it left.
+async fn counts_then_delete(state: &StateRoot, id: &str, rootfs: &Path, what: &str) {
+    let first = counter_in(rootfs);
     assert!(
-        !state.container_record(id).exists(),
-        "{what}: a record was left"
+        wait_until(Duration::from_secs(5), || counter_in(rootfs) > first + 1),
+        "{what}: restored container does not run"
     );
-    assert!(
-        !state.container_run_dir(id).exists(),
-        "{what}: run dir left"
-    );
-    assert!(
-        !state.container_lib_dir(id).exists(),
-        "{what}: lib dir left"
-    );
-    assert!(
-        names_in(&state.lib.join("restores")).is_empty(),
-        "{what}: extracted checkpoint left: {:?}",
-        names_in(&state.lib.join("restores"))
-    );
-    let root = state.run.parent().unwrap();
-    assert!(
-        mounts_under(root).is_empty(),
-        "{what}: mounts left: {:?}",
-        mounts_under(root)
-    );
-    for cg in restore_cgroups(id) {
-        assert!(!cg.exists(), "{what}: cgroup {} left", cg.display());
-    }
-}
-
-/// A busybox counter container (ids prefixed `prefix`), checkpointed into `c.tar` in a scratch
-/// directory and destroyed: its bundle (whose base restores use), the directory, the archive.
-async fn checkpointed_counter(
-    engine: &cpengine::Engine,
-    state: &StateRoot,
-    prefix: &str,
-) -> (Bundle, tempfile::TempDir, PathBuf) {
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id(prefix);
-    let mut c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
-    let ctr = Container::find(&id, std::slice::from_ref(&c.root), state).unwrap();
-    let out = scratch(&format!("{prefix}out-"));
-    let archive = out.path().join("c.tar");
-    let mut o = ContainerCheckpointOptions::new(&archive);
-    o.state = Some(state.clone());
-    checkpoint(engine, &ctr, &o).await.expect("checkpoint");
-    c.destroy();
-    (bundle, out, archive)
+    manage::delete(state, id, true).await.unwrap();
+    reap_zombies();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,14 +515,7 @@ async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_w
         let rep = restore(None)
             .await
             .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
-        let first = counter_in(&rep.rootfs);
-        assert!(
-            wait_until(Duration::from_secs(5), || counter_in(&rep.rootfs)
-                > first + 1),
-            "{what}: restored container does not run"
-        );
-        manage::delete(&state, &new_id, true).await.unwrap();
-        reap_zombies();
+        counts_then_delete(&state, &new_id, &rep.rootfs, &what).await;
     }
     kill_relays_under(state.run.parent().unwrap());
     tally.report("container restore");
@@ -1002,14 +950,7 @@ async fn engine_killed_mid_restore_is_repaired_by_the_next_command() {
         )
         .await
         .unwrap_or_else(|e| panic!("{what}: next restore: {e:?}"));
-        let first = counter_in(&rep.rootfs);
-        assert!(
-            wait_until(Duration::from_secs(5), || counter_in(&rep.rootfs)
-                > first + 1),
-            "{what}: restored container does not run"
-        );
-        manage::delete(&state, &new_id, true).await.unwrap();
-        reap_zombies();
+        counts_then_delete(&state, &new_id, &rep.rootfs, &what).await;
     }
     kill_relays_under(state.run.parent().unwrap());
     assert!(

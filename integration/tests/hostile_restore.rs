@@ -11,17 +11,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use cpengine::container::checkpoint::{ContainerCheckpointOptions, checkpoint};
+use cpengine::container::manage;
 use cpengine::container::state::StateRoot;
-use cpengine::container::{Container, manage};
 use cpengine_integration::faults::{mounts_under, restore_cgroups};
+use cpengine_integration::leftovers::{CliRestored, assert_restore_left_nothing};
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
 use criu_proto::image::{ImageReader, ImageWriter, header_for};
 use criu_proto::images::{
-    CoreEntry, FdTypes, FileEntry, Fstype, InventoryEntry, MntEntry, RegFileEntry, TaskKobjIdsEntry,
+    CoreEntry, CredsEntry, FdTypes, FileEntry, Fstype, InventoryEntry, MntEntry, RegFileEntry,
+    TaskKobjIdsEntry,
 };
 use criu_proto::prost::Message;
 
@@ -33,44 +33,11 @@ struct Checkpointed {
     _state: tempfile::TempDir,
 }
 
-/// Deletes a restored container when dropped (also when an assertion fails first).
-struct Restored {
-    state: PathBuf,
-    id: String,
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = Command::new(cpengine_bin())
-            .arg("--state-root")
-            .arg(&self.state)
-            .args(["delete", "--force", &self.id])
-            // Already deleted by the test when it got that far.
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 async fn checkpointed() -> Checkpointed {
     let engine = engine().await;
-    let bundle = Bundle::busybox(COUNTER_SCRIPT);
-    let id = unique_id("cpe-h");
-    let c = RuncContainer::run(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(10), || counter_in(
-        &bundle.rootfs
-    ) >= 3));
     let state_dir = scratch("cpe-hstate-");
-    let state = StateRoot::at(state_dir.path());
-    let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
-    let dir = scratch("cpe-hout-");
-    let archive = dir.path().join("checkpoint.tar");
-    let o = {
-        let mut o = ContainerCheckpointOptions::new(&archive);
-        o.state = Some(state.clone());
-        o
-    };
-    checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
-    drop(c);
+    let (bundle, dir, archive) =
+        checkpointed_counter(&engine, &StateRoot::at(state_dir.path()), "cpe-h").await;
     Checkpointed {
         bundle,
         archive,
@@ -141,6 +108,13 @@ impl Unpacked {
         format!("core-{}.img", tasks[0].pid)
     }
 
+    /// Lets `f` edit the credentials in the init's core image.
+    fn edit_init_creds(&self, f: impl FnOnce(&mut CredsEntry)) {
+        self.edit::<CoreEntry>(&self.init_core(), |e| {
+            f(e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap())
+        })
+    }
+
     fn pack(&self, out: &Path) {
         let names: Vec<String> = std::fs::read_dir(self.dir.path())
             .unwrap()
@@ -178,13 +152,11 @@ fn restore_cli(
     (st.success(), out, err)
 }
 
-/// Nothing of a refused restore exists: no container state, no file naming the id, no mount
-/// under the state root, no cgroup, no process whose command line names the state root.
+/// Nothing of a refused restore exists: nothing a failed restore may leave (the shared check:
+/// container state, extraction, mounts under the state root, cgroups), no file naming the id,
+/// no process whose command line names the state root.
 fn assert_nothing_left(state: &Path, id: &str) {
-    let root = StateRoot::at(state);
-    assert!(!root.container_record(id).exists(), "container record left");
-    assert!(!root.container_run_dir(id).exists(), "run dir left");
-    assert!(!root.container_lib_dir(id).exists(), "lib dir left");
+    assert_restore_left_nothing(&StateRoot::at(state), id, "refused restore");
     let mut stack = vec![state.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -195,18 +167,6 @@ fn assert_nothing_left(state: &Path, id: &str) {
                 stack.push(p);
             }
         }
-    }
-    let restores = state.join("lib/restores");
-    assert!(
-        std::fs::read_dir(&restores)
-            .map(|r| r.count() == 0)
-            .unwrap_or(true),
-        "extraction left in {}",
-        restores.display()
-    );
-    assert_eq!(mounts_under(state), Vec::<PathBuf>::new(), "mounts left");
-    for cg in restore_cgroups(id) {
-        assert!(!cg.exists(), "cgroup {} left", cg.display());
     }
     let needle = state.display().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -231,6 +191,14 @@ struct Case {
 
 fn all_caps() -> Vec<u32> {
     vec![0xffff_ffff, 0x1ff]
+}
+
+/// Every capability in the init's effective and permitted sets.
+fn raise_caps(u: &Unpacked) {
+    u.edit_init_creds(|c| {
+        c.cap_eff = all_caps();
+        c.cap_prm = all_caps();
+    })
 }
 
 fn tmpfs_dev_image(u: &Unpacked) -> String {
@@ -286,45 +254,19 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "capabilities raised",
-            edit: Box::new(|u| {
-                u.edit::<CoreEntry>(&u.init_core(), |e| {
-                    let c = e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap();
-                    c.cap_eff = all_caps();
-                    c.cap_prm = all_caps();
-                })
-            }),
+            edit: Box::new(raise_caps),
             flags: &[],
             expect: &["creds.cap_prm has", "CAP_SYS_ADMIN", "core-"],
         },
         Case {
             name: "bounding set raised",
-            edit: Box::new(|u| {
-                u.edit::<CoreEntry>(&u.init_core(), |e| {
-                    e[0].thread_core
-                        .as_mut()
-                        .unwrap()
-                        .creds
-                        .as_mut()
-                        .unwrap()
-                        .cap_bnd = all_caps();
-                })
-            }),
+            edit: Box::new(|u| u.edit_init_creds(|c| c.cap_bnd = all_caps())),
             flags: &[],
             expect: &["creds.cap_bnd has", "CAP_SYS_MODULE"],
         },
         Case {
             name: "no_new_privs cleared",
-            edit: Box::new(|u| {
-                u.edit::<CoreEntry>(&u.init_core(), |e| {
-                    e[0].thread_core
-                        .as_mut()
-                        .unwrap()
-                        .creds
-                        .as_mut()
-                        .unwrap()
-                        .no_new_privs = Some(0);
-                })
-            }),
+            edit: Box::new(|u| u.edit_init_creds(|c| c.no_new_privs = Some(0))),
             flags: &[],
             expect: &["creds.no_new_privs is 0"],
         },
@@ -470,10 +412,7 @@ async fn hostile_edits_are_refused_before_anything_is_created() {
             restore_cli(&edited, &id, &ck.bundle.base, state.path(), case.flags);
         if ok {
             // Never leave a restored hostile container running.
-            drop(Restored {
-                state: state.path().into(),
-                id: id.clone(),
-            });
+            drop(CliRestored::new(state.path(), &id));
             failures.push(format!("{}: restored! {stdout}", case.name));
             continue;
         }
@@ -506,10 +445,7 @@ async fn the_unedited_and_the_trusted_archive_restore() {
         let state = scratch("cpe-hstate-");
         let id = unique_id("cpe-hok");
         let (ok, stdout, stderr) = restore_cli(archive, &id, &ck.bundle.base, state.path(), flags);
-        let _guard = Restored {
-            state: state.path().into(),
-            id: id.clone(),
-        };
+        let _guard = CliRestored::new(state.path(), &id);
         assert!(ok, "restore failed: {stderr}");
         if flags.is_empty() {
             // The shell and its sleep, each one thread.
@@ -557,10 +493,7 @@ async fn the_unedited_and_the_trusted_archive_restore() {
         state.path(),
         &["--seccomp", "required", "--trust-archive"],
     );
-    let _guard = Restored {
-        state: state.path().into(),
-        id: id.clone(),
-    };
+    let _guard = CliRestored::new(state.path(), &id);
     assert!(ok, "trusted restore failed: {stderr}");
     assert!(stderr.contains("WARNING: --trust-archive"), "{stderr}");
     assert!(stdout.contains("verified NO"), "{stdout}");
@@ -576,59 +509,32 @@ async fn the_unedited_and_the_trusted_archive_restore() {
 async fn the_shim_refuses_a_hostile_archive_and_honours_the_restore_mode() {
     use cpengine_integration::cri::*;
     use k8s_cri::v1 as pb;
-    let shim = Shim::start();
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("hostile", logs.path(), pb::NamespaceMode::Pod);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let f = ShimPod::start("hostile", pb::NamespaceMode::Pod).await;
+    let mut rt = f.rt.clone();
     let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("counter", "busybox", script),
-    )
-    .await;
+    let ctr = f
+        .pod
+        .start(container_config("counter", "busybox", script))
+        .await;
     let dest = scratch("cpe-kubelet-checkpoints-");
     let loc = kubelet_location(dest.path(), "hostile", "default", "counter");
-    rt.checkpoint_container(pb::CheckpointContainerRequest {
-        container_id: ctr.clone(),
-        location: loc.display().to_string(),
-        timeout: 60,
-    })
-    .await
-    .expect("CheckpointContainer");
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
+    checkpoint_to(&mut rt, &ctr, &loc, 60)
+        .await
+        .expect("CheckpointContainer");
+    stop(&mut rt, &ctr, 0).await;
 
     // Raised capabilities in the archive's init core.
     let u = Unpacked::new(&loc);
-    u.edit::<CoreEntry>(&u.init_core(), |e| {
-        let c = e[0].thread_core.as_mut().unwrap().creds.as_mut().unwrap();
-        c.cap_eff = all_caps();
-        c.cap_prm = all_caps();
-    });
+    raise_caps(&u);
     let edited = dest.path().join("edited.tar");
     u.pack(&edited);
-    let pod2_cfg = pod_config("hostile-restored", logs.path(), pb::NamespaceMode::Pod);
-    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
-    let mut cfg = container_config("counter", &edited.display().to_string(), "unused");
-    cfg.command.clear();
-    let id = rt
-        .create_container(pb::CreateContainerRequest {
-            pod_sandbox_id: pod2.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(pod2_cfg.clone()),
-        })
+    let pod2 = f
+        .another_pod("hostile-restored", pb::NamespaceMode::Pod)
+        .await;
+    let id = pod2
+        .create(restore_config("counter", &edited.display().to_string()))
         .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
+        .expect("CreateContainer");
     let e = rt
         .start_container(pb::StartContainerRequest {
             container_id: id.clone(),
@@ -646,7 +552,7 @@ async fn the_shim_refuses_a_hostile_archive_and_honours_the_restore_mode() {
         pb::ContainerState::ContainerRunning as i32,
         "{s:?}"
     );
-    let state = shim.state();
+    let state = f.shim.state();
     assert_eq!(
         mounts_under(&state.container_run_dir(&id)),
         Vec::<PathBuf>::new()
@@ -655,22 +561,18 @@ async fn the_shim_refuses_a_hostile_archive_and_honours_the_restore_mode() {
         assert!(!cg.exists(), "cgroup {} left", cg.display());
     }
     assert!(!state.container_record(&id).exists(), "engine record left");
-    drop(shim);
+    let pod2_cfg = pod2.config.clone();
+    drop(pod2);
+    drop(f);
 
     // checkpoint-only: CreateContainer naming a checkpoint is refused before anything.
     let dir = scratch("cpe-shim-").keep();
     let shim = Shim::start_in(&dir, &["--restore-mode", "checkpoint-only"]);
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let pod3 = run_pod(&mut rt, pod2_cfg.clone()).await;
-    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
-    cfg.command.clear();
-    let e = rt
-        .create_container(pb::CreateContainerRequest {
-            pod_sandbox_id: pod3,
-            config: Some(cfg),
-            sandbox_config: Some(pod2_cfg),
-        })
+    import_busybox(&shim.state(), BUSYBOX);
+    let (rt, _) = shim.clients();
+    let pod3 = Pod::run(&rt, pod2_cfg).await;
+    let e = pod3
+        .create(restore_config("counter", &loc.display().to_string()))
         .await
         .expect_err("restore is switched off");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");

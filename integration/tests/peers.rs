@@ -93,34 +93,24 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     let ctrd = Containerd::start();
     let (mut c, _) = clients(&ctrd.socket);
     let logs = scratch("cpe-peer-logs-");
-    let pod_cfg = pod_config("ctrd-pod", logs.path(), pb::NamespaceMode::Node);
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut c,
-        &pod,
-        &pod_cfg,
-        container_config("counter", BUSYBOX_IMAGE, COUNTER),
+    let pod = Pod::run(
+        &c,
+        pod_config("ctrd-pod", logs.path(), pb::NamespaceMode::Node),
     )
     .await;
-    let (c2, id2) = (c.clone(), ctr.clone());
+    let ctr = pod
+        .start(container_config("counter", BUSYBOX_IMAGE, COUNTER))
+        .await;
     assert!(
-        eventually(Duration::from_secs(20), || {
-            let (mut r, id) = (c2.clone(), id2.clone());
-            async move { counter_via_exec(&mut r, &id, "/tmp/counter").await >= 5 }
-        })
-        .await,
+        counter_reaches(&c, &ctr, 5, Duration::from_secs(20)).await,
         "the container does not count"
     );
     let dest = scratch("cpe-peer-ckpt-");
     let archive = dest.path().join("checkpoint-ctrd-pod_default-counter.tar");
     let before = counter_via_exec(&mut c, &ctr, "/tmp/counter").await;
-    c.checkpoint_container(pb::CheckpointContainerRequest {
-        container_id: ctr.clone(),
-        location: archive.display().to_string(),
-        timeout: 60,
-    })
-    .await
-    .expect("containerd's own CheckpointContainer");
+    checkpoint_to(&mut c, &ctr, &archive, 60)
+        .await
+        .expect("containerd's own CheckpointContainer");
     // It is containerd's archive (its members and its reduced config.dump), read by cpengine.
     let info = cpengine::archive::read_info(&archive).expect("cpengine reads the archive");
     assert_eq!(info.engine, cpengine::archive::EngineKind::Containerd);
@@ -128,16 +118,8 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     assert_eq!(info.config.runtime, "io.containerd.runc.v2");
     assert!(info.has_rootfs_diff);
     // The original goes away (its pids must be free for the restore).
-    c.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    c.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    pod.stop().await;
+    pod.remove().await;
 
     // 1. The CLI, on the busybox tree the image was made from.
     restore_with_the_cli(
@@ -149,22 +131,16 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
     );
 
     // 2. The standalone shim: CreateContainer with the archive as the image.
-    let shim = Shim::start();
-    let root = shim.state().lib.parent().unwrap().to_path_buf();
-    let (st, _, err) = run(std::process::Command::new(cpengine_bin())
-        .arg("--state-root")
-        .arg(&root)
-        .args(["image", "import"])
-        .arg(ctrd.cache.join("busybox.oci.tar"))
-        .args(["--tag", BUSYBOX_IMAGE]));
-    assert!(st.success(), "cpengine image import: {err}");
+    let shim = Shim::with_image_of(&ctrd);
     let (mut s, _) = shim.clients();
-    let pod2_cfg = pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node);
-    let pod2 = run_pod(&mut s, pod2_cfg.clone()).await;
+    let pod2 = Pod::run(
+        &s,
+        pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node),
+    )
+    .await;
     let hosts = logs.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
-    let mut cfg = container_config("counter", &archive.display().to_string(), "unused");
-    cfg.command.clear();
+    let mut cfg = restore_config("counter", &archive.display().to_string());
     cfg.log_path = "restored/0.log".into();
     for dest in [
         "/etc/hosts",
@@ -178,7 +154,7 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
             ..Default::default()
         });
     }
-    let restored = create_start(&mut s, &pod2, &pod2_cfg, cfg).await;
+    let restored = pod2.start(cfg).await;
     assert_eq!(
         status_of(&mut s, &restored).await.state,
         pb::ContainerState::ContainerRunning as i32
@@ -189,24 +165,15 @@ async fn containerd_written_archives_restore_through_the_cli_and_the_shim() {
         first >= before,
         "restored counter {first}; archived at {before} or later"
     );
-    let (s2, r2) = (s.clone(), restored.clone());
     assert!(
-        eventually(Duration::from_secs(10), || {
-            let (mut r, id) = (s2.clone(), r2.clone());
-            async move { counter_via_exec(&mut r, &id, "/tmp/counter").await > first + 2 }
-        })
-        .await,
+        counter_reaches(&s, &restored, first + 3, Duration::from_secs(10)).await,
         "the container restored by the shim does not count on"
     );
     let note = exec(&mut s, &restored, &["cat", "/root/note.txt"])
         .await
         .unwrap();
     assert_eq!(note.stdout, b"kept\n");
-    s.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod2,
-    })
-    .await
-    .unwrap();
+    pod2.remove().await;
 }
 
 /// The proxy in front of Debian bookworm's containerd 1.6.20: the pod and container lifecycle
@@ -217,16 +184,7 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
     use cpengine_integration::containerd::{BUSYBOX_IMAGE, Containerd, Version};
     let ctrd = Containerd::start_version(Version::V1_6_20);
     let (mut direct, _) = clients(&ctrd.socket);
-    let dir = scratch("cpe-proxy16-").keep();
-    let proxy = Shim::start_in(
-        &dir,
-        &[
-            "--upstream",
-            &format!("unix://{}", ctrd.socket.display()),
-            "--upstream-runc-root",
-            &ctrd.runc_root.display().to_string(),
-        ],
-    );
+    let proxy = Shim::proxy(&ctrd);
     let (mut rt, mut img) = proxy.clients();
     let v = rt
         .version(pb::VersionRequest::default())
@@ -249,15 +207,14 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
     );
 
     let logs = scratch("cpe-proxy16-logs-");
-    let pod_cfg = pod_config("old-ctrd-pod", logs.path(), pb::NamespaceMode::Node);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("counter", BUSYBOX_IMAGE, COUNTER),
+    let pod = Pod::run(
+        &rt,
+        pod_config("old-ctrd-pod", logs.path(), pb::NamespaceMode::Node),
     )
     .await;
+    let ctr = pod
+        .start(container_config("counter", BUSYBOX_IMAGE, COUNTER))
+        .await;
     let listed = rt
         .list_containers(pb::ListContainersRequest::default())
         .await
@@ -275,41 +232,33 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
         .into_inner()
         .items;
     assert!(
-        pods.iter().any(|p| p.id == pod),
-        "containerd does not list {pod}"
+        pods.iter().any(|p| p.id == pod.id),
+        "containerd does not list {}",
+        pod.id
     );
-    let (r2, id2) = (rt.clone(), ctr.clone());
     assert!(
-        eventually(Duration::from_secs(20), || {
-            let (mut r, id) = (r2.clone(), id2.clone());
-            async move { counter_via_exec(&mut r, &id, "/tmp/counter").await >= 5 }
-        })
-        .await,
+        counter_reaches(&rt, &ctr, 5, Duration::from_secs(20)).await,
         "the container does not count"
     );
 
     let dest = scratch("cpe-proxy16-ckpt-");
-    let theirs = direct
-        .checkpoint_container(pb::CheckpointContainerRequest {
-            container_id: ctr.clone(),
-            location: dest.path().join("by-containerd.tar").display().to_string(),
-            timeout: 60,
-        })
-        .await
-        .unwrap_err();
+    let theirs = checkpoint_to(
+        &mut direct,
+        &ctr,
+        &dest.path().join("by-containerd.tar"),
+        60,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(theirs.code(), tonic::Code::Unimplemented, "{theirs:?}");
 
     let archive = dest
         .path()
         .join("checkpoint-old-ctrd-pod_default-counter.tar");
     let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
-    rt.checkpoint_container(pb::CheckpointContainerRequest {
-        container_id: ctr.clone(),
-        location: archive.display().to_string(),
-        timeout: 60,
-    })
-    .await
-    .expect("CheckpointContainer through the proxy");
+    checkpoint_to(&mut rt, &ctr, &archive, 60)
+        .await
+        .expect("CheckpointContainer through the proxy");
     assert_eq!(
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerRunning as i32,
@@ -322,31 +271,14 @@ async fn proxy_adds_checkpoint_to_containerd_1_6() {
     assert_eq!(info.config.rootfs_image_name, BUSYBOX_IMAGE);
 
     // The rest of the lifecycle, through the proxy.
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 2,
-    })
-    .await
-    .expect("StopContainer");
+    stop(&mut rt, &ctr, 2).await;
     assert_eq!(
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerExited as i32
     );
-    rt.remove_container(pb::RemoveContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("RemoveContainer");
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_container(&mut rt, &ctr).await;
+    pod.stop().await;
+    pod.remove().await;
     let pods = direct
         .list_pod_sandbox(pb::ListPodSandboxRequest::default())
         .await

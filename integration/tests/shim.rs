@@ -12,9 +12,9 @@ const COUNTER: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_lifecycle_logs_exec_and_shim_restart() {
-    let mut shim = Shim::start();
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, mut img) = shim.clients();
+    // A pod with its own network, IPC and UTS namespaces.
+    let mut f = ShimPod::start("web", pb::NamespaceMode::Pod).await;
+    let (mut rt, mut img) = f.shim.clients();
 
     let v = rt
         .version(pb::VersionRequest::default())
@@ -42,20 +42,9 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
             .contains(&"docker.io/library/busybox:latest".to_string())
     }));
 
-    // A pod with its own network, IPC and UTS namespaces.
-    let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("web", logs.path(), pb::NamespaceMode::Pod);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ps = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (logs, pod, pod_cfg) = (&f.logs, f.pod.id.clone(), f.pod.config.clone());
     assert_eq!(
-        ps.status.unwrap().state,
+        pod_state(&mut rt, &pod).await,
         pb::PodSandboxState::SandboxReady as i32
     );
     // The same pod twice is refused.
@@ -174,8 +163,8 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
 
     // The shim dies (SIGKILL) and comes back: the container kept running and is found again.
     let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
-    shim.restart();
-    let (mut rt, _img) = shim.clients();
+    f.shim.restart();
+    let (mut rt, _img) = f.shim.clients();
     let list = rt
         .list_containers(pb::ListContainersRequest::default())
         .await
@@ -189,14 +178,8 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerRunning as i32
     );
-    let rt2 = rt.clone();
-    let c2 = ctr.clone();
     assert!(
-        eventually(Duration::from_secs(10), || {
-            let (mut r, c) = (rt2.clone(), c2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > before + 2 }
-        })
-        .await,
+        counter_reaches(&rt, &ctr, before + 3, Duration::from_secs(10)).await,
         "the container stopped counting across the shim restart"
     );
     let pods = rt
@@ -248,6 +231,7 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     assert_eq!(nf.code(), tonic::Code::NotFound);
 
     // A container created by this shim instance reports its exit code.
+    // (With the client made after the restart: the pod's own predates it.)
     let short = create_start(
         &mut rt,
         &pod,
@@ -255,6 +239,7 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
         container_config("short", "busybox", "echo bye; exit 7"),
     )
     .await;
+    let rt2 = rt.clone();
     assert!(
         eventually(Duration::from_secs(10), || {
             let (mut r, c) = (rt2.clone(), short.clone());
@@ -282,12 +267,7 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     assert!(!logs.path().join("short/0.log").exists());
 
     // Stop (TERM is ignored by sh as pid 1, so KILL after the timeout), remove, pod down.
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 1,
-    })
-    .await
-    .expect("StopContainer");
+    stop(&mut rt, &ctr, 1).await;
     assert_eq!(
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerExited as i32
@@ -318,16 +298,8 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     })
     .await
     .expect("StopPodSandbox");
-    let ps = rt
-        .pod_sandbox_status(pb::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        ps.status.unwrap().state,
+        pod_state(&mut rt, &pod).await,
         pb::PodSandboxState::SandboxNotready as i32
     );
     rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
@@ -345,22 +317,20 @@ async fn standalone_lifecycle_logs_exec_and_shim_restart() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&ctr), "a mount of {ctr} is left");
-    assert!(!shim.state().run.join("shim/containers").join(&ctr).exists());
+    assert!(
+        !f.shim
+            .state()
+            .run
+            .join("shim/containers")
+            .join(&ctr)
+            .exists()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_forwards_the_lifecycle_to_containerd() {
     let ctrd = cpengine_integration::containerd::Containerd::start();
-    let dir = scratch("cpe-shimproxy-").keep();
-    let shim = Shim::start_in(
-        &dir,
-        &[
-            "--upstream",
-            &format!("unix://{}", ctrd.socket.display()),
-            "--upstream-runc-root",
-            &ctrd.runc_root.display().to_string(),
-        ],
-    );
+    let shim = Shim::proxy(&ctrd);
     let (mut rt, mut img) = shim.clients();
     let v = rt
         .version(pb::VersionRequest::default())
@@ -383,34 +353,25 @@ async fn proxy_forwards_the_lifecycle_to_containerd() {
     );
 
     let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("proxied", logs.path(), pb::NamespaceMode::Node);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config(
+    let pod = Pod::run(
+        &rt,
+        pod_config("proxied", logs.path(), pb::NamespaceMode::Node),
+    )
+    .await;
+    let ctr = pod
+        .start(container_config(
             "counter",
             cpengine_integration::containerd::BUSYBOX_IMAGE,
             COUNTER,
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerRunning as i32
     );
     // The container is containerd's: its runc state is in containerd's runc root.
     assert!(ctrd.runc_root.join(&ctr).join("state.json").is_file());
-    let rt2 = rt.clone();
-    let c2 = ctr.clone();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let (mut r, c) = (rt2.clone(), c2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 3 }
-        })
-        .await
-    );
+    assert!(counter_reaches(&rt, &ctr, 3, Duration::from_secs(10)).await);
     // Errors pass through with their codes.
     let nf = rt
         .container_status(pb::ContainerStatusRequest {
@@ -421,31 +382,14 @@ async fn proxy_forwards_the_lifecycle_to_containerd() {
         .unwrap_err();
     assert_eq!(nf.code(), tonic::Code::NotFound);
 
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 1,
-    })
-    .await
-    .expect("StopContainer");
+    stop(&mut rt, &ctr, 1).await;
     assert_eq!(
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerExited as i32
     );
-    rt.remove_container(pb::RemoveContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("RemoveContainer");
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("RemovePodSandbox");
+    remove_container(&mut rt, &ctr).await;
+    pod.stop().await;
+    pod.remove().await;
     drop(shim);
 }
 
@@ -458,19 +402,12 @@ fn frozen(state: &cpengine::container::state::StateRoot, id: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_running() {
-    let shim = Shim::start();
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("guarded", logs.path(), pb::NamespaceMode::Node);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("counter", "busybox", COUNTER),
-    )
-    .await;
+    let f = ShimPod::start("guarded", pb::NamespaceMode::Node).await;
+    let mut rt = f.rt.clone();
+    let ctr = f
+        .pod
+        .start(container_config("counter", "busybox", COUNTER))
+        .await;
     let dest = scratch("cpe-ckpt-");
     let ok_loc = kubelet_location(dest.path(), "guarded", "default", "counter");
     let ckpt = |id: &str, location: String, timeout: i64| pb::CheckpointContainerRequest {
@@ -570,39 +507,24 @@ async fn standalone_checkpoint_refuses_bad_requests_and_leaves_the_workload_runn
     );
     assert!(!ok_loc.exists());
     assert!(
-        !frozen(&shim.state(), &ctr),
+        !frozen(&f.shim.state(), &ctr),
         "the container was left frozen"
     );
     let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
-    let rt2 = rt.clone();
-    let c2 = ctr.clone();
     assert!(
-        eventually(Duration::from_secs(5), || {
-            let (mut r, c) = (rt2.clone(), c2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > before + 2 }
-        })
-        .await,
+        counter_reaches(&rt, &ctr, before + 3, Duration::from_secs(5)).await,
         "the workload stopped counting"
     );
 
     // A stopped container cannot be checkpointed.
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
+    stop(&mut rt, &ctr, 0).await;
     let e = rt
         .checkpoint_container(ckpt(&ctr, ok_loc.display().to_string(), 0))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(!ok_loc.exists());
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    f.pod.remove().await;
 }
 
 /// Reads an archive's members and its config.dump / spec.dump.
@@ -626,21 +548,26 @@ fn archive_facts(path: &std::path::Path) -> (Vec<String>, serde_json::Value, ser
     (members, config, spec)
 }
 
+/// An archive's config.dump and spec.dump, asserting it has each of `members`.
+fn archive_with(
+    path: &std::path::Path,
+    members: &[&str],
+) -> (serde_json::Value, serde_json::Value) {
+    let (have, config, spec) = archive_facts(path);
+    for m in members {
+        assert!(have.iter().any(|x| x == m), "member {m} missing: {have:?}");
+    }
+    (config, spec)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoint_image() {
-    let shim = Shim::start();
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("web", logs.path(), pb::NamespaceMode::Pod);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("counter", "busybox", COUNTER),
-    )
-    .await;
+    let f = ShimPod::start("web", pb::NamespaceMode::Pod).await;
+    let mut rt = f.rt.clone();
+    let ctr = f
+        .pod
+        .start(container_config("counter", "busybox", COUNTER))
+        .await;
     let e = exec(
         &mut rt,
         &ctr,
@@ -653,27 +580,15 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
     .await
     .unwrap();
     assert_eq!(e.exit_code, 0, "{}", String::from_utf8_lossy(&e.stderr));
-    let rt2 = rt.clone();
-    let c2 = ctr.clone();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let (mut r, c) = (rt2.clone(), c2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 5 }
-        })
-        .await
-    );
+    assert!(counter_reaches(&rt, &ctr, 5, Duration::from_secs(10)).await);
 
     // The kubelet's call: a location in its checkpoints directory, a timeout in seconds.
     let dest = scratch("cpe-kubelet-checkpoints-");
     let loc = kubelet_location(dest.path(), "web", "default", "counter");
     let t = std::time::Instant::now();
-    rt.checkpoint_container(pb::CheckpointContainerRequest {
-        container_id: ctr.clone(),
-        location: loc.display().to_string(),
-        timeout: 60,
-    })
-    .await
-    .expect("CheckpointContainer");
+    checkpoint_to(&mut rt, &ctr, &loc, 60)
+        .await
+        .expect("CheckpointContainer");
     eprintln!(
         "CheckpointContainer through the standalone shim: {:?}",
         t.elapsed()
@@ -690,21 +605,18 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 1, "only the archive is left: {names:?}");
-    let (members, config, spec) = archive_facts(&loc);
-    for m in [
-        "checkpoint/",
-        "checkpoint/inventory.img",
-        "checkpoint/descriptors.json",
-        "config.dump",
-        "spec.dump",
-        "rootfs-diff.tar",
-        "deleted.files",
-    ] {
-        assert!(
-            members.iter().any(|x| x == m),
-            "member {m} missing: {members:?}"
-        );
-    }
+    let (config, spec) = archive_with(
+        &loc,
+        &[
+            "checkpoint/",
+            "checkpoint/inventory.img",
+            "checkpoint/descriptors.json",
+            "config.dump",
+            "spec.dump",
+            "rootfs-diff.tar",
+            "deleted.files",
+        ],
+    );
     assert_eq!(config["id"], ctr.as_str());
     assert_eq!(
         config["rootfsImageName"],
@@ -716,32 +628,15 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         status_of(&mut rt, &ctr).await.state,
         pb::ContainerState::ContainerRunning as i32
     );
-    let c2 = ctr.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let (mut r, c) = (rt2.clone(), c2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > at_checkpoint + 2 }
-        })
-        .await
-    );
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
-    rt.remove_container(pb::RemoveContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .unwrap();
+    assert!(counter_reaches(&rt, &ctr, at_checkpoint + 3, Duration::from_secs(5)).await);
+    stop(&mut rt, &ctr, 0).await;
+    remove_container(&mut rt, &ctr).await;
 
     // Restore as CRI-O does: a new pod, CreateContainer whose image is the archive.
-    let pod2_cfg = pod_config("web-restored", logs.path(), pb::NamespaceMode::Pod);
-    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
-    let mut cfg = container_config("counter", &loc.display().to_string(), "unused");
-    cfg.command.clear();
-    let restored = create_start(&mut rt, &pod2, &pod2_cfg, cfg).await;
+    let pod2 = f.another_pod("web-restored", pb::NamespaceMode::Pod).await;
+    let restored = pod2
+        .start(restore_config("counter", &loc.display().to_string()))
+        .await;
     let s = status_of(&mut rt, &restored).await;
     assert_eq!(
         s.state,
@@ -753,13 +648,8 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         first >= at_checkpoint.saturating_sub(1),
         "counter restarted: {first} < {at_checkpoint}"
     );
-    let c3 = restored.clone();
     assert!(
-        eventually(Duration::from_secs(5), || {
-            let (mut r, c) = (rt2.clone(), c3.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > first + 2 }
-        })
-        .await,
+        counter_reaches(&rt, &restored, first + 3, Duration::from_secs(5)).await,
         "the restored container does not count"
     );
     let note = exec(&mut rt, &restored, &["cat", "/root/note.txt"])
@@ -770,7 +660,7 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         .await
         .unwrap();
     assert_ne!(gone.exit_code, 0, "a deleted file came back");
-    let new_log = logs.path().join("counter/0.log");
+    let new_log = f.logs.path().join("counter/0.log");
     let n = first + 2;
     assert!(
         wait_until(Duration::from_secs(10), || std::fs::read_to_string(
@@ -782,7 +672,7 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
     );
 
     // And from a checkpoint image built from the same archive (`cpengine image build`).
-    let root = shim.state().lib.parent().unwrap().to_path_buf();
+    let root = f.shim.state().lib.parent().unwrap().to_path_buf();
     let (st, _, err) = run(std::process::Command::new(cpengine_bin())
         .arg("--state-root")
         .arg(&root)
@@ -790,12 +680,12 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         .arg(&loc)
         .args(["--tag", "localhost/checkpoints/counter:1"]));
     assert!(st.success(), "cpengine image build: {err}");
-    let pod3_cfg = pod_config("web-from-image", logs.path(), pb::NamespaceMode::Pod);
-    let pod3 = run_pod(&mut rt, pod3_cfg.clone()).await;
-    let mut cfg = container_config("counter", "localhost/checkpoints/counter:1", "unused");
-    cfg.command.clear();
+    let pod3 = f
+        .another_pod("web-from-image", pb::NamespaceMode::Pod)
+        .await;
+    let mut cfg = restore_config("counter", "localhost/checkpoints/counter:1");
     cfg.log_path = "from-image/0.log".into();
-    let from_image = create_start(&mut rt, &pod3, &pod3_cfg, cfg).await;
+    let from_image = pod3.start(cfg).await;
     let v = counter_via_exec(&mut rt, &from_image, "/tmp/counter").await;
     assert!(
         v >= at_checkpoint.saturating_sub(1),
@@ -806,10 +696,8 @@ async fn standalone_checkpoint_then_restore_from_the_archive_and_from_a_checkpoi
         .unwrap();
     assert_eq!(note.stdout, b"kept\n");
 
-    for p in [pod2, pod3, pod] {
-        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+    for p in [pod2, pod3, f.pod] {
+        p.remove().await;
     }
     assert!(
         rt.list_containers(pb::ListContainersRequest::default())
@@ -830,41 +718,23 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone_shim() {
     use cpengine_integration::containerd::{BUSYBOX_IMAGE, Containerd};
     let ctrd = Containerd::start();
-    let dir = scratch("cpe-shimproxy-").keep();
-    let proxy = Shim::start_in(
-        &dir,
-        &[
-            "--upstream",
-            &format!("unix://{}", ctrd.socket.display()),
-            "--upstream-runc-root",
-            &ctrd.runc_root.display().to_string(),
-        ],
-    );
+    let proxy = Shim::proxy(&ctrd);
     let (mut rt, _) = proxy.clients();
     let (mut direct, _) = clients(&ctrd.socket);
     let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("counter-pod", logs.path(), pb::NamespaceMode::Node);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("counter", BUSYBOX_IMAGE, COUNTER),
+    let pod = Pod::run(
+        &rt,
+        pod_config("counter-pod", logs.path(), pb::NamespaceMode::Node),
     )
     .await;
+    let ctr = pod
+        .start(container_config("counter", BUSYBOX_IMAGE, COUNTER))
+        .await;
     let e = exec(&mut rt, &ctr, &["sh", "-c", "echo kept > /root/note.txt"])
         .await
         .unwrap();
     assert_eq!(e.exit_code, 0);
-    let rt2 = rt.clone();
-    let c2 = ctr.clone();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let (mut r, c) = (rt2.clone(), c2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await >= 5 }
-        })
-        .await
-    );
+    assert!(counter_reaches(&rt, &ctr, 5, Duration::from_secs(10)).await);
 
     // The same container, checkpointed alternately by the engine (through the shim) and by
     // containerd itself; both leave it running. Printed, not asserted: timing is a
@@ -879,24 +749,15 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         // The counter just before the first checkpoint: its archive holds at least this.
         let before = counter_via_exec(&mut rt, &ctr, "/tmp/counter").await;
         let t = std::time::Instant::now();
-        rt.checkpoint_container(pb::CheckpointContainerRequest {
-            container_id: ctr.clone(),
-            location: loc.display().to_string(),
-            timeout: 60,
-        })
-        .await
-        .expect("CheckpointContainer through the shim");
+        checkpoint_to(&mut rt, &ctr, &loc, 60)
+            .await
+            .expect("CheckpointContainer through the shim");
         ours.push(t.elapsed());
         let loc2 = dest.path().join(format!(
             "checkpoint-counter-pod_default-counter-containerd-{round}.tar"
         ));
         let t = std::time::Instant::now();
-        direct
-            .checkpoint_container(pb::CheckpointContainerRequest {
-                container_id: ctr.clone(),
-                location: loc2.display().to_string(),
-                timeout: 60,
-            })
+        checkpoint_to(&mut direct, &ctr, &loc2, 60)
             .await
             .expect("containerd's own CheckpointContainer");
         theirs.push(t.elapsed());
@@ -922,19 +783,16 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
                 .join("checkpoint-counter-pod_default-counter-containerd-0.tar")
         ),
     );
-    let (members, config, spec) = archive_facts(&archive);
-    for m in [
-        "checkpoint/",
-        "checkpoint/inventory.img",
-        "config.dump",
-        "spec.dump",
-        "rootfs-diff.tar",
-    ] {
-        assert!(
-            members.iter().any(|x| x == m),
-            "member {m} missing: {members:?}"
-        );
-    }
+    let (config, spec) = archive_with(
+        &archive,
+        &[
+            "checkpoint/",
+            "checkpoint/inventory.img",
+            "config.dump",
+            "spec.dump",
+            "rootfs-diff.tar",
+        ],
+    );
     assert_eq!(config["id"], ctr.as_str());
     assert_eq!(config["name"], "counter");
     assert_eq!(config["runtime"], "io.containerd.runc.v2");
@@ -946,13 +804,9 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
 
     // The same comparison for a container holding 256 MiB of non-zero memory.
     let big_script = "x=$(busybox head -c 268435456 /dev/zero | busybox tr '\\0' a); echo ready > /tmp/ready; while true; do sleep 1; done";
-    let big = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("big", BUSYBOX_IMAGE, big_script),
-    )
-    .await;
+    let big = pod
+        .start(container_config("big", BUSYBOX_IMAGE, big_script))
+        .await;
     let rt3 = rt.clone();
     let b2 = big.clone();
     assert!(
@@ -975,12 +829,7 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         ] {
             let loc = dest.path().join(format!("big-{who}-{round}.tar"));
             let t = std::time::Instant::now();
-            client
-                .checkpoint_container(pb::CheckpointContainerRequest {
-                    container_id: big.clone(),
-                    location: loc.display().to_string(),
-                    timeout: 120,
-                })
+            checkpoint_to(client, &big, &loc, 120)
                 .await
                 .unwrap_or_else(|e| panic!("{who} checkpoint of the big container: {e:?}"));
             times.push(t.elapsed());
@@ -1003,35 +852,21 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
 
     // The container goes away in containerd; the archive comes back in a standalone shim whose
     // image store has the same base image.
-    rt.stop_pod_sandbox(pb::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
-    let standalone = Shim::start();
-    let root = standalone.state().lib.parent().unwrap().to_path_buf();
-    let (st, _, err) = run(std::process::Command::new(cpengine_bin())
-        .arg("--state-root")
-        .arg(&root)
-        .args(["image", "import"])
-        .arg(ctrd.cache.join("busybox.oci.tar"))
-        .args(["--tag", BUSYBOX_IMAGE]));
-    assert!(st.success(), "cpengine image import: {err}");
+    pod.stop().await;
+    pod.remove().await;
+    let standalone = Shim::with_image_of(&ctrd);
     let (mut srt, _) = standalone.clients();
-    let pod2_cfg = pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node);
-    let pod2 = run_pod(&mut srt, pod2_cfg.clone()).await;
+    let pod2 = Pod::run(
+        &srt,
+        pod_config("restored-pod", logs.path(), pb::NamespaceMode::Node),
+    )
+    .await;
     // containerd gave the container an /etc/hosts bind mount: runtime-managed in the engine's
     // one list, so the restore needs no declaration of it and gets a fresh file (loopback
     // entries), never the checkpoint's host path.
-    let mut cfg = container_config("counter", &archive.display().to_string(), "unused");
-    cfg.command.clear();
+    let mut cfg = restore_config("counter", &archive.display().to_string());
     cfg.log_path = "restored/0.log".into();
-    let restored = create_start(&mut srt, &pod2, &pod2_cfg, cfg).await;
+    let restored = pod2.start(cfg).await;
     assert_eq!(
         status_of(&mut srt, &restored).await.state,
         pb::ContainerState::ContainerRunning as i32
@@ -1044,14 +879,8 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         first >= at_checkpoint && first < at_end,
         "restored counter {first}; counter {at_checkpoint} just before the checkpoint, original later at {at_end}"
     );
-    let srt2 = srt.clone();
-    let r2 = restored.clone();
     assert!(
-        eventually(Duration::from_secs(5), || {
-            let (mut r, c) = (srt2.clone(), r2.clone());
-            async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > first + 2 }
-        })
-        .await,
+        counter_reaches(&srt, &restored, first + 3, Duration::from_secs(5)).await,
         "the restored container does not count"
     );
     let hosts = exec(&mut srt, &restored, &["cat", "/etc/hosts"])
@@ -1083,35 +912,15 @@ async fn proxy_checkpoint_is_served_by_the_engine_and_restores_in_the_standalone
         }),
         "no records in the restored container's reopened log"
     );
-    srt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod2,
-    })
-    .await
-    .unwrap();
+    pod2.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checkpoints_of_one_container_queue_and_of_two_containers_all_succeed() {
-    let shim = Shim::start();
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("pair", logs.path(), pb::NamespaceMode::Pod);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let a = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("a", "busybox", COUNTER),
-    )
-    .await;
-    let b = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config("b", "busybox", COUNTER),
-    )
-    .await;
+    let f = ShimPod::start("pair", pb::NamespaceMode::Pod).await;
+    let mut rt = f.rt.clone();
+    let a = f.pod.start(container_config("a", "busybox", COUNTER)).await;
+    let b = f.pod.start(container_config("b", "busybox", COUNTER)).await;
     let dest = scratch("cpe-ckpt-");
     // Two checkpoints of `a` at once (they must take turns: CRIU cannot dump a tree that is
     // being dumped), and one of `b` alongside.
@@ -1145,13 +954,9 @@ async fn concurrent_checkpoints_of_one_container_queue_and_of_two_containers_all
             status_of(&mut rt, id).await.state,
             pb::ContainerState::ContainerRunning as i32
         );
-        assert!(!frozen(&shim.state(), id));
+        assert!(!frozen(&f.shim.state(), id));
     }
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    f.pod.remove().await;
 }
 
 /// StopContainer sends the image's `StopSignal` first (here SIGUSR1, which the container's shell
@@ -1167,19 +972,18 @@ async fn stop_container_sends_the_image_stop_signal_first() {
     );
     let (mut rt, _) = shim.clients();
     let logs = scratch("cpe-podlogs-");
-    let pod_cfg = pod_config("stopper", logs.path(), pb::NamespaceMode::Node);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let ctr = create_start(
-        &mut rt,
-        &pod,
-        &pod_cfg,
-        container_config(
+    let pod = Pod::run(
+        &rt,
+        pod_config("stopper", logs.path(), pb::NamespaceMode::Node),
+    )
+    .await;
+    let ctr = pod
+        .start(container_config(
             "stopper",
             "stopper",
             "trap 'echo got usr1; exit 42' USR1; echo ready; while true; do sleep 0.1; done",
-        ),
-    )
-    .await;
+        ))
+        .await;
     let log = logs.path().join("stopper/0.log");
     assert!(
         wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
@@ -1188,23 +992,14 @@ async fn stop_container_sends_the_image_stop_signal_first() {
         "the container never started"
     );
     let t = std::time::Instant::now();
-    rt.stop_container(pb::StopContainerRequest {
-        container_id: ctr.clone(),
-        timeout: 20,
-    })
-    .await
-    .expect("StopContainer");
+    stop(&mut rt, &ctr, 20).await;
     let took = t.elapsed();
     let s = status_of(&mut rt, &ctr).await;
     assert_eq!(s.state, pb::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 42, "stopped by something else than SIGUSR1");
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("got usr1"));
-    rt.remove_pod_sandbox(pb::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    pod.remove().await;
 }
 
 /// grpc-core clients (Python grpcio, C++, Ruby) send the percent-encoded socket path as

@@ -14,42 +14,31 @@ const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; s
 /// Containers checkpointed at once.
 const CONTAINERS: usize = 8;
 
+/// Whether the container's counter goes above `above` within 10 s.
 async fn counting(
     rt: &pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     id: &str,
     above: u64,
 ) -> bool {
-    eventually(Duration::from_secs(10), || {
-        let (mut r, c) = (rt.clone(), id.to_string());
-        async move { counter_via_exec(&mut r, &c, "/tmp/counter").await > above }
-    })
-    .await
+    counter_reaches(rt, id, above + 1, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_containers_checkpointed_twice_at_once_keep_running_and_restore() {
-    let shim = Shim::start();
+    let f = ShimPod::start("load", pb::NamespaceMode::Pod).await;
     // The CRI socket is root's alone (connecting needs write permission on it). Its default
     // directory, /run/cpengine, is created 0700 (the shim's unit tests check that).
-    let md = std::fs::metadata(&shim.socket).unwrap();
+    let md = std::fs::metadata(&f.shim.socket).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o600, "socket mode");
     assert_eq!(md.uid(), 0, "socket owner");
 
-    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
-    let (mut rt, _) = shim.clients();
-    let logs = scratch("cpe-loadlogs-");
-    let pod_cfg = pod_config("load", logs.path(), pb::NamespaceMode::Pod);
-    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let mut rt = f.rt.clone();
     let mut ids = Vec::new();
     for i in 0..CONTAINERS {
         ids.push(
-            create_start(
-                &mut rt,
-                &pod,
-                &pod_cfg,
-                container_config(&format!("c{i}"), "busybox", COUNTER),
-            )
-            .await,
+            f.pod
+                .start(container_config(&format!("c{i}"), "busybox", COUNTER))
+                .await,
         );
     }
     for id in &ids {
@@ -123,24 +112,14 @@ async fn eight_containers_checkpointed_twice_at_once_keep_running_and_restore() 
 
     // Archive locations: only in an allowed directory, never over an existing file.
     let outside = scratch_in("/tmp", "cpe-outside-");
-    let e = rt
-        .checkpoint_container(pb::CheckpointContainerRequest {
-            container_id: ids[0].clone(),
-            location: outside.path().join("x.tar").display().to_string(),
-            timeout: 60,
-        })
+    let e = checkpoint_to(&mut rt, &ids[0], &outside.path().join("x.tar"), 60)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(!outside.path().join("x.tar").exists());
     let taken = dest.path().join("c0-1.tar");
     let before = std::fs::read(&taken).unwrap();
-    let e = rt
-        .checkpoint_container(pb::CheckpointContainerRequest {
-            container_id: ids[0].clone(),
-            location: taken.display().to_string(),
-            timeout: 60,
-        })
+    let e = checkpoint_to(&mut rt, &ids[0], &taken, 60)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
@@ -152,20 +131,14 @@ async fn eight_containers_checkpointed_twice_at_once_keep_running_and_restore() 
 
     // Every container's second archive restores into a new pod and counts on from where it was.
     for id in &ids {
-        rt.stop_container(pb::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
+        stop(&mut rt, id, 0).await;
     }
-    let pod2_cfg = pod_config("load-restored", logs.path(), pb::NamespaceMode::Pod);
-    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let pod2 = f.another_pod("load-restored", pb::NamespaceMode::Pod).await;
     for i in 0..CONTAINERS {
         let loc = dest.path().join(format!("c{i}-2.tar"));
-        let mut cfg = container_config(&format!("c{i}"), &loc.display().to_string(), "unused");
-        cfg.command.clear();
-        let restored = create_start(&mut rt, &pod2, &pod2_cfg, cfg).await;
+        let restored = pod2
+            .start(restore_config(&format!("c{i}"), &loc.display().to_string()))
+            .await;
         let first = counter_via_exec(&mut rt, &restored, "/tmp/counter").await;
         assert!(first > 2, "c{i}: counter restarted ({first})");
         assert!(
@@ -173,10 +146,8 @@ async fn eight_containers_checkpointed_twice_at_once_keep_running_and_restore() 
             "c{i}: the restored container does not count"
         );
     }
-    for p in [pod, pod2] {
-        rt.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+    for p in [f.pod, pod2] {
+        p.remove().await;
     }
 }
 

@@ -948,18 +948,28 @@ mod tests {
         (port, log, fake)
     }
 
-    #[tokio::test]
-    async fn pull_answers_a_bearer_challenge_with_a_token_from_the_realm() {
-        let (port, log, fake) = fake_registry(false).await;
+    /// An empty image store in a temporary directory (removed when the guard drops).
+    async fn fresh_store() -> (tempfile::TempDir, ImageStore) {
         let root = tempfile::tempdir().unwrap();
         let store = ImageStore::open(root.path()).await.unwrap();
+        (root, store)
+    }
+
+    /// Pulls `team/app:v1` from the fake registry at `host:port` into `store`, with the
+    /// credentials its token service accepts.
+    async fn pull_app(host: &str, port: u16, store: &ImageStore) -> OciResult<PullOutcome> {
         let opts = RegistryOptions {
             credentials: Some(("u".into(), "p".into())),
             ..Default::default()
         };
-        let out = pull(&format!("127.0.0.1:{port}/team/app:v1"), &store, &opts)
-            .await
-            .unwrap();
+        pull(&format!("{host}:{port}/team/app:v1"), store, &opts).await
+    }
+
+    #[tokio::test]
+    async fn pull_answers_a_bearer_challenge_with_a_token_from_the_realm() {
+        let (port, log, fake) = fake_registry(false).await;
+        let (_root, store) = fresh_store().await;
+        let out = pull_app("127.0.0.1", port, &store).await.unwrap();
         assert_eq!(out.image.manifest_digest, sha256_of(&fake.manifest));
         assert_eq!(out.image.annotations["k"], "v");
         assert_eq!(out.blobs_fetched, 2);
@@ -1000,15 +1010,8 @@ mod tests {
     #[tokio::test]
     async fn a_plain_http_realm_on_another_host_gets_no_credentials() {
         let (port, log, _) = fake_registry(false).await;
-        let root = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(root.path()).await.unwrap();
-        let opts = RegistryOptions {
-            credentials: Some(("u".into(), "p".into())),
-            ..Default::default()
-        };
-        let err = pull(&format!("localhost:{port}/team/app:v1"), &store, &opts)
-            .await
-            .unwrap_err();
+        let (_root, store) = fresh_store().await;
+        let err = pull_app("localhost", port, &store).await.unwrap_err();
         assert!(
             matches!(&err, OciError::Token { source, .. }
                 if matches!(**source, OciError::RegistryProtocol { .. })),
@@ -1023,15 +1026,8 @@ mod tests {
     #[tokio::test]
     async fn a_declared_blob_size_beyond_the_free_space_is_refused_before_download() {
         let (port, log, _) = fake_registry_declaring(false, Some(1 << 60)).await;
-        let root = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(root.path()).await.unwrap();
-        let opts = RegistryOptions {
-            credentials: Some(("u".into(), "p".into())),
-            ..Default::default()
-        };
-        let err = pull(&format!("127.0.0.1:{port}/team/app:v1"), &store, &opts)
-            .await
-            .unwrap_err();
+        let (_root, store) = fresh_store().await;
+        let err = pull_app("127.0.0.1", port, &store).await.unwrap_err();
         assert!(
             matches!(err, OciError::TooLarge { what: "image blobs", size, .. } if size >= 1 << 60),
             "{err:?}"
@@ -1043,15 +1039,8 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_blob_from_a_registry_is_refused_and_nothing_is_committed() {
         let (port, _, fake) = fake_registry(true).await;
-        let root = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(root.path()).await.unwrap();
-        let opts = RegistryOptions {
-            credentials: Some(("u".into(), "p".into())),
-            ..Default::default()
-        };
-        let err = pull(&format!("127.0.0.1:{port}/team/app:v1"), &store, &opts)
-            .await
-            .unwrap_err();
+        let (_root, store) = fresh_store().await;
+        let err = pull_app("127.0.0.1", port, &store).await.unwrap_err();
         assert!(
             matches!(&err, OciError::DigestMismatch { expected, .. } if *expected == sha256_of(&fake.layer)),
             "{err:?}"

@@ -1581,28 +1581,21 @@ mod tests {
                 ..Default::default()
             }],
         );
-        let mut t = ids(10);
-        t.mnt_ns_id = Some(0);
-        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
-        assert_eq!(
-            check(d.path(), &all).unwrap_err().field,
-            "task 1 ids.mnt_ns_id"
-        );
-        // A user namespace of its own (its maps would be written from the image).
-        let mut t = ids(10);
-        t.user_ns_id = Some(7);
-        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
-        assert_eq!(
-            check(d.path(), &p).unwrap_err().field,
-            "task 1 ids.user_ns_id"
-        );
-        let mut t = ids(10);
-        t.time_ns_id = Some(0);
-        write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
-        assert_eq!(
-            check(d.path(), &p).unwrap_err().field,
-            "task 1 ids.time_ns_id"
-        );
+        // Then, one task id edited at a time: a mount namespace id of 0 (with all host
+        // namespaces allowed), a user namespace of its own (its maps would be written from the
+        // image), a time namespace id of 0.
+        type Edit = fn(&mut TaskKobjIdsEntry);
+        let cases: [(Edit, &RestorePolicy, &str); 3] = [
+            (|t| t.mnt_ns_id = Some(0), &all, "task 1 ids.mnt_ns_id"),
+            (|t| t.user_ns_id = Some(7), &p, "task 1 ids.user_ns_id"),
+            (|t| t.time_ns_id = Some(0), &p, "task 1 ids.time_ns_id"),
+        ];
+        for (edit, policy, field) in cases {
+            let mut t = ids(10);
+            edit(&mut t);
+            write(d.path(), "ids-1.img", Header::Common(magic::IDS), &[t]);
+            assert_eq!(check(d.path(), policy).unwrap_err().field, field);
+        }
         write(
             d.path(),
             "ids-1.img",
