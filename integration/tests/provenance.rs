@@ -369,3 +369,113 @@ fn a_world_readable_node_key_is_refused() {
     assert!(!ok);
     assert!(stderr.contains("has mode 0644"), "{stderr}");
 }
+
+/// The shim with `--require-signed`: its CheckpointContainer archive (signed with the node key
+/// of its state root) restores at CreateContainer; the same archive without its signature is
+/// refused at StartContainer with PERMISSION_DENIED, nothing of it running or mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_requiring_signatures_restores_its_own_archives_only() {
+    use cpengine_integration::cri::*;
+    use k8s_cri::v1 as pb;
+    let dir = scratch("cpe-shim-").keep();
+    let shim = Shim::start_in(&dir, &["--require-signed"]);
+    import_busybox(&shim.state(), "docker.io/library/busybox:latest");
+    let (mut rt, _) = shim.clients();
+    let logs = scratch("cpe-podlogs-");
+    let pod_cfg = pod_config("signed", logs.path(), pb::NamespaceMode::Pod);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await;
+    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+    let ctr = create_start(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("counter", "busybox", script),
+    )
+    .await;
+    let dest = scratch("cpe-kubelet-checkpoints-");
+    let loc = kubelet_location(dest.path(), "signed", "default", "counter");
+    rt.checkpoint_container(pb::CheckpointContainerRequest {
+        container_id: ctr.clone(),
+        location: loc.display().to_string(),
+        timeout: 60,
+    })
+    .await
+    .expect("CheckpointContainer");
+    rt.stop_container(pb::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        member_names(&loc).last().map(String::as_str),
+        Some(SIGNATURE)
+    );
+
+    let unsigned = dest.path().join("unsigned.tar");
+    rewrite(&loc, &unsigned, |n, _| n != SIGNATURE);
+    let pod2_cfg = pod_config("signed-restored", logs.path(), pb::NamespaceMode::Pod);
+    let pod2 = run_pod(&mut rt, pod2_cfg.clone()).await;
+    let create = |image: &Path| {
+        let mut cfg = container_config("counter", &image.display().to_string(), "unused");
+        cfg.command.clear();
+        pb::CreateContainerRequest {
+            pod_sandbox_id: pod2.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod2_cfg.clone()),
+        }
+    };
+    let id = rt
+        .create_container(create(&unsigned))
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    let e = rt
+        .start_container(pb::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("an unsigned archive must not start");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("the archive is not signed"), "{e:?}");
+    let s = status_of(&mut rt, &id).await;
+    assert_ne!(
+        s.state,
+        pb::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let state = shim.state();
+    assert_eq!(
+        mounts_under(&state.container_run_dir(&id)),
+        Vec::<PathBuf>::new()
+    );
+    for cg in restore_cgroups(&id) {
+        assert!(!cg.exists(), "cgroup {} left", cg.display());
+    }
+    assert!(!state.container_record(&id).exists(), "engine record left");
+    rt.remove_container(pb::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+
+    // The signed original restores and runs.
+    let id = rt
+        .create_container(create(&loc))
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(pb::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("the signed archive starts");
+    let s = status_of(&mut rt, &id).await;
+    assert_eq!(
+        s.state,
+        pb::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+}
