@@ -267,24 +267,20 @@ impl<I: ImageBackend> Standalone<I> {
         };
         // The archive, or the checkpoint image's layer, through the engine's safe extractor.
         let dir = lib_dir.join("checkpoint");
-        let (ckpt, extracted) = cpengine::Engine::open_checkpoint(
-            &source_name,
-            &self.cfg.state,
-            &dir,
-            false,
-            self.checkpointer.require_signed(),
-        )
-        .await
-        .map_err(|source| match source {
-            cpengine::Error::Archive(source) => ShimError::Archive {
-                step: "extracting the checkpoint",
-                source,
-            },
-            source => ShimError::Engine {
-                step: "opening the checkpoint",
-                source,
-            },
-        })?;
+        let trust = self.checkpointer.require_signed();
+        let (ckpt, extracted) =
+            cpengine::Engine::open_checkpoint(&source_name, &self.cfg.state, &dir, false, trust)
+                .await
+                .map_err(|source| match source {
+                    cpengine::Error::Archive(source) => ShimError::Archive {
+                        step: "extracting the checkpoint",
+                        source,
+                    },
+                    source => ShimError::Engine {
+                        step: "opening the checkpoint",
+                        source,
+                    },
+                })?;
         if !ckpt.has_images() {
             return Err(ShimError::InvalidArgument(format!(
                 "{source_name} is not a checkpoint: checkpoint/inventory.img is missing"
