@@ -932,17 +932,8 @@ pub async fn restore_archive(
         work.clone()
     }));
     let t = Instant::now();
-    let (ckpt, extracted) = open_source(
-        source,
-        &opts.state,
-        &work,
-        insecure,
-        opts.require_signed.as_ref(),
-    )
-    .await?;
-    if let Some(k) = &extracted.signed_by {
-        tracing::info!(key_id = %k.key_id(), "the checkpoint's signature verified");
-    }
+    let trust = opts.require_signed.as_ref();
+    let (ckpt, extracted) = open_source(source, &opts.state, &work, insecure, trust).await?;
     let extract_time = t.elapsed();
     let mut opts = opts.clone();
     if opts.base.is_none() && opts.base_layers.is_empty() {
