@@ -372,7 +372,7 @@ fn a_world_readable_node_key_is_refused() {
 
 /// The shim with `--require-signed`: its CheckpointContainer archive (signed with the node key
 /// of its state root) restores at CreateContainer; the same archive without its signature is
-/// refused at StartContainer with PERMISSION_DENIED, nothing of it running or mounted.
+/// refused at CreateContainer with PERMISSION_DENIED, nothing of it created or mounted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shim_requiring_signatures_restores_its_own_archives_only() {
     use cpengine_integration::cri::*;
@@ -425,40 +425,34 @@ async fn the_shim_requiring_signatures_restores_its_own_archives_only() {
             sandbox_config: Some(pod2_cfg.clone()),
         }
     };
-    let id = rt
+    // Refused at CreateContainer (the archive is extracted there), before anything exists.
+    let e = rt
         .create_container(create(&unsigned))
         .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    let e = rt
-        .start_container(pb::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect_err("an unsigned archive must not start");
+        .expect_err("an unsigned archive must not be created");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("the archive is not signed"), "{e:?}");
-    let s = status_of(&mut rt, &id).await;
-    assert_ne!(
-        s.state,
-        pb::ContainerState::ContainerRunning as i32,
-        "{s:?}"
+    let listed = rt
+        .list_containers(pb::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(
+        listed.len(),
+        1,
+        "only the checkpointed container: {listed:?}"
     );
     let state = shim.state();
     assert_eq!(
-        mounts_under(&state.container_run_dir(&id)),
+        state.container_ids(),
+        Vec::<String>::new(),
+        "engine records left"
+    );
+    assert_eq!(
+        mounts_under(&state.run.join("containers")),
         Vec::<PathBuf>::new()
     );
-    for cg in restore_cgroups(&id) {
-        assert!(!cg.exists(), "cgroup {} left", cg.display());
-    }
-    assert!(!state.container_record(&id).exists(), "engine record left");
-    rt.remove_container(pb::RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
 
     // The signed original restores and runs.
     let id = rt
