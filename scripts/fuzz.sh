@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes cpengine's parsers of untrusted input with cargo-fuzz (libFuzzer + AddressSanitizer,
 # nightly toolchain): CRIU images and the inspection built on them, the archive reader, safe
-# extraction and rootfs apply, the JSON members, CRIU's swrk replies, and the restore verifier
-# (policy checks of CRIU images). See fuzz/.
+# extraction and rootfs apply, the JSON members, CRIU's swrk replies, the restore verifier
+# (policy checks of CRIU images), and the signature check of signed archives. See fuzz/.
 #
 #   scripts/fuzz.sh --ci             every target for FUZZ_SECONDS (default 30) each: CI
 #   scripts/fuzz.sh [TARGET] [SECS]  one target (or all) for SECS seconds (default 600)
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(criu_image archive_read archive_extract json_members swrk_reply restore_verify)
+TARGETS=(criu_image archive_read archive_extract json_members swrk_reply restore_verify signature_verify)
 
 ci=0
 if [ "${1:-}" = "--ci" ]; then
@@ -58,6 +58,11 @@ seed() {
     criu_image)
       # pstree with one task (pid 1), then an empty core file.
       printf '\x19\x43\x56\x54\x30\x30\x27\x50\x08\x00\x00\x00\x08\x01\x10\x00\x18\x01\x20\x01\xffIMG\x19\x43\x56\x54\x47\x38\x05\x55' >"$dir/pstree" ;;
+    signature_verify)
+      # The archives of the corpus (unsigned), and a signature member whose signature does not
+      # verify (key of seed [7; 32]).
+      cp integration/corpus/*.tar "$dir"/
+      printf '%s' '{"version":1,"algorithm":"ed25519","key_id":"x","public_key":"ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c","members":[{"name":"checkpoint","type":"dir","size":0,"sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}],"signature":"00"}' >"$dir/doc" ;;
     restore_verify)
       # Policy knobs 0, then inventory (version 2, root_ids with net ns 7), pstree with pid 1,
       # and a core of pid 1 (x86_64, empty creds).

@@ -15,7 +15,9 @@ use crate::values::{Compression, NetworkLock};
 pub struct Args {
     /// Id of the container (runc, containerd, CRI-O, or one cpengine restored).
     pub id: String,
-    /// The archive to write (appears only when complete).
+    /// The archive to write (appears only when complete). It is signed with the node key
+    /// (<state lib>/keys/node.ed25519, created on first use; see `cpengine key show`) for
+    /// `cpengine restore --require-signed`.
     #[arg(long, short)]
     pub output: PathBuf,
     /// A runc state root to look in (repeatable). Default: /run/runc, /run/cpengine/runc and

@@ -7,6 +7,7 @@ mod dump;
 mod exec;
 mod image;
 mod inspect;
+mod key;
 mod kill;
 mod list;
 mod output;
@@ -44,7 +45,7 @@ enum Command {
     Checkpoint(checkpoint::Args),
     /// Restore a container from a checkpoint archive or image, or a process tree from CRIU
     /// images; it keeps running after cpengine exits.
-    Restore(restore::Args),
+    Restore(Box<restore::Args>),
     /// List the containers cpengine restored.
     Ps(ps::Args),
     /// Send a signal to a container cpengine restored.
@@ -61,6 +62,8 @@ enum Command {
     List(list::Args),
     /// Manage images: import, list, remove, build checkpoint images, push and pull.
     Image(image::Args),
+    /// The node key checkpoint archives are signed with: show or export its public key.
+    Key(key::Args),
 }
 
 impl Command {
@@ -138,11 +141,12 @@ fn main() -> ExitCode {
             Command::Delete(a) => delete::run(a, &state).await,
             Command::Check(a) => check::run(a).await,
             Command::Dump(a) => dump::run(a).await,
-            Command::Restore(a) => restore::run(a, &state).await,
+            Command::Restore(a) => restore::run(*a, &state).await,
             Command::Checkpoint(a) => checkpoint::run(a, &state).await,
             Command::Inspect(a) => inspect::run(a).await,
             Command::List(a) => list::run(a).await,
             Command::Image(a) => image::run(a, &state).await,
+            Command::Key(a) => key::run(a, &state),
         }
     });
     match result {

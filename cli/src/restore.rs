@@ -113,6 +113,18 @@ pub struct Args {
     /// see `cpengine check`).
     #[arg(long)]
     pub lazy: bool,
+    /// Restore only an archive signed by this node's key (<state lib>/keys/node.ed25519,
+    /// which `cpengine checkpoint` signs with) or by a --trusted-key: checked while it is
+    /// extracted, before anything is created (an unsigned archive, another key, or a member
+    /// added, removed or changed is refused). The images are still verified (see
+    /// --trust-archive).
+    #[arg(long, requires = "source")]
+    pub require_signed: bool,
+    /// A public key file (`ed25519 <hex>`, as `cpengine key show` prints it) whose
+    /// signatures are trusted too, such as another node's (repeatable; needs
+    /// --require-signed).
+    #[arg(long = "trusted-key", value_name = "FILE", requires = "require_signed")]
+    pub trusted_keys: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -153,11 +165,20 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         cpu_quota: a.cpu_quota,
         cpu_period: None,
     };
+    if a.require_signed {
+        let mut keys = cpengine::archive::sign::TrustedKeys::default();
+        keys.add(Engine::node_key(state)?.public());
+        for f in &a.trusted_keys {
+            keys.add(cpengine::archive::sign::PublicKey::from_file(f)?);
+        }
+        o.require_signed = Some(keys);
+    }
     if a.trust_archive {
         eprintln!(
             "WARNING: --trust-archive: the checkpoint is restored WITHOUT verification; its images decide the container's privileges"
         );
     }
+    let trusted = o.require_signed.as_ref().map(|k| k.keys().len());
     let report = engine
         .restore_container_from(&source, &o, a.insecure)
         .await?;
@@ -175,6 +196,9 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
                 "  verified {} threads, {} tasks' namespaces, {} mounts, {} tmpfs entries, {} files",
                 v.threads, v.tasks, v.mounts, v.tmpfs_entries, v.files
             );
+        }
+        if let Some(n) = trusted {
+            println!("  signature verified (one of {n} trusted keys)");
         }
         print!(
             "{}",

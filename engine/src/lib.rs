@@ -142,14 +142,26 @@ impl Engine {
     }
 
     /// Extracts a checkpoint (an archive file, or a checkpoint image in the store or a
-    /// registry) into `target` through the hardened archive reader.
+    /// registry) into `target` through the hardened archive reader; with `trust`, only an
+    /// archive signed by one of those keys (see [`archive::sign`]).
     pub async fn open_checkpoint(
         source: &str,
         state: &container::StateRoot,
         target: &std::path::Path,
         insecure: bool,
+        trust: Option<&archive::sign::TrustedKeys>,
     ) -> Result<(CheckpointDir, archive::Extracted)> {
-        container::restore::open_source(source, state, target, insecure).await
+        container::restore::open_source(source, state, target, insecure, trust).await
+    }
+
+    /// The node key of a state root (`<lib>/keys/node.ed25519`), created on first use: what
+    /// checkpoints with that state root are signed with.
+    pub fn node_key(
+        state: &container::StateRoot,
+    ) -> std::result::Result<archive::sign::NodeKey, archive::ArchiveError> {
+        Ok(archive::sign::NodeKey::load_or_create(
+            &archive::sign::node_key_path(&state.lib),
+        )?)
     }
 
     /// The containers cpengine restored (`cpengine ps`).

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&path, data).expect("writing the input");
     let opts = ReadOptions {
         limits: limits(),
-        progress: None,
+        ..Default::default()
     };
     let _ = archive::read_info_with(&path, &opts);
     let mut buf = vec![0u8; 4096];

@@ -134,6 +134,8 @@ pub struct Checkpointer {
     allowed: Vec<PathBuf>,
     /// What the admin allows of checkpoint/restore (`--restore-mode`).
     mode: crate::restore_mode::RestoreMode,
+    /// Restore only archives signed by one of these keys (`--require-signed`).
+    require_signed: Option<cpengine::archive::sign::TrustedKeys>,
 }
 
 /// The hidden name the archive is written under until it is committed.
@@ -238,12 +240,29 @@ impl Checkpointer {
         allowed: Vec<PathBuf>,
         mode: crate::restore_mode::RestoreMode,
     ) -> Arc<Self> {
+        Self::with_provenance(state, allowed, mode, None)
+    }
+
+    /// As [`Self::with_mode`]; with `require_signed`, a restore accepts only an archive signed
+    /// by one of those keys (checked while it is extracted, before anything is created).
+    pub fn with_provenance(
+        state: StateRoot,
+        allowed: Vec<PathBuf>,
+        mode: crate::restore_mode::RestoreMode,
+        require_signed: Option<cpengine::archive::sign::TrustedKeys>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine: tokio::sync::OnceCell::new(),
             state,
             allowed,
             mode,
+            require_signed,
         })
+    }
+
+    /// The keys a restored archive must be signed by, if signatures are required.
+    pub fn require_signed(&self) -> Option<&cpengine::archive::sign::TrustedKeys> {
+        self.require_signed.as_ref()
     }
 
     /// The directories checkpoint archives may be written to and restored from.

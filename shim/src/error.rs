@@ -224,6 +224,8 @@ fn archive_code(e: &cpengine::archive::ArchiveError) -> tonic::Code {
         | A::ThroughSymlink { .. }
         | A::MissingMember { .. }
         | A::DecodeJson { .. } => tonic::Code::InvalidArgument,
+        // Unsigned, or not signed by a trusted key, or not what was signed.
+        A::Provenance(_) => tonic::Code::PermissionDenied,
         _ => tonic::Code::Internal,
     }
 }

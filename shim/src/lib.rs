@@ -64,6 +64,9 @@ pub struct ShimConfig {
     pub checkpoint_dirs: Vec<PathBuf>,
     /// What the CRI allows of checkpoint/restore (default: verified restores).
     pub restore_mode: restore_mode::RestoreMode,
+    /// Restore only archives signed by one of these keys (`--require-signed`); `None`
+    /// accepts unsigned archives. CheckpointContainer always signs with the node key.
+    pub require_signed: Option<cpengine::archive::sign::TrustedKeys>,
 }
 
 /// Serves the CRI until `shutdown` resolves. The socket is removed on the way out; pods and
@@ -74,10 +77,11 @@ pub async fn run(
 ) -> Result<()> {
     let listener = server::bind(&cfg.listen).await?;
     let _guard = server::SocketGuard(cfg.listen.clone());
-    let checkpointer = checkpoint::Checkpointer::with_mode(
+    let checkpointer = checkpoint::Checkpointer::with_provenance(
         cfg.state.clone(),
         cfg.checkpoint_dirs.clone(),
         cfg.restore_mode,
+        cfg.require_signed.clone(),
     );
     checkpointer.recover();
     // Locate CRIU now rather than in the first CheckpointContainer (a missing CRIU is logged,

@@ -40,6 +40,16 @@ struct Cli {
     /// before they start).
     #[arg(long, value_enum, default_value_t)]
     restore_mode: cpengine_shim::restore_mode::RestoreMode,
+    /// Restore at CreateContainer only archives signed by this node's key
+    /// (<state lib>/keys/node.ed25519, created on first use; CheckpointContainer signs with
+    /// it) or by a --trusted-key. Checked while the archive is extracted, before anything is
+    /// created; the restore policy is verified too.
+    #[arg(long)]
+    require_signed: bool,
+    /// A public key file (`ed25519 <hex>`, as `cpengine key show` prints it) whose signatures
+    /// are trusted too: another node's (repeatable; needs --require-signed).
+    #[arg(long = "trusted-key", value_name = "FILE", requires = "require_signed")]
+    trusted_keys: Vec<PathBuf>,
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -85,9 +95,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .map(cpengine_shim::proxy::upstream_path)
         .transpose()?;
+    let state = cpengine::container::StateRoot::resolve(cli.state_root.as_deref());
+    let require_signed = if cli.require_signed {
+        let mut keys = cpengine::archive::sign::TrustedKeys::default();
+        keys.add(cpengine::Engine::node_key(&state)?.public());
+        for f in &cli.trusted_keys {
+            keys.add(cpengine::archive::sign::PublicKey::from_file(f)?);
+        }
+        Some(keys)
+    } else {
+        None
+    };
     let cfg = cpengine_shim::ShimConfig {
         listen: cli.listen,
-        state: cpengine::container::StateRoot::resolve(cli.state_root.as_deref()),
+        state,
         upstream,
         upstream_runc_root: cli.upstream_runc_root,
         upstream_runtime_name: cli.upstream_runtime_name,
@@ -95,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         exe: std::env::current_exe()?,
         checkpoint_dirs: cli.checkpoint_dirs,
         restore_mode: cli.restore_mode,
+        require_signed,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,5 +172,24 @@ mod tests {
         let e =
             Cli::try_parse_from(["cpengine-shim", "--listen", "tcp://127.0.0.1:9"]).unwrap_err();
         assert!(e.to_string().contains("is not supported"), "{e}");
+    }
+
+    #[test]
+    fn provenance_flags_parse() {
+        let c = Cli::try_parse_from(["cpengine-shim"]).unwrap();
+        assert!(!c.require_signed && c.trusted_keys.is_empty());
+        let c = Cli::try_parse_from([
+            "cpengine-shim",
+            "--require-signed",
+            "--trusted-key",
+            "/etc/a.pub",
+            "--trusted-key",
+            "/etc/b.pub",
+        ])
+        .unwrap();
+        assert!(c.require_signed);
+        assert_eq!(c.trusted_keys.len(), 2);
+        // A trusted key means nothing without the requirement.
+        assert!(Cli::try_parse_from(["cpengine-shim", "--trusted-key", "/etc/a.pub"]).is_err());
     }
 }

@@ -22,9 +22,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::sign::{DigestKind, MemberDigest, NodeKey, SIGNATURE_MEMBER};
 use super::tarfmt::{self, BLOCK, END_LEN, Meta, TypeFlag, pad_len, padded};
 use super::write::{MemberStats, Out, plan_with, write_members};
 use super::{ArchiveError, ArchiveInput, Compression, Progress, WriteReport};
+use sha2::{Digest, Sha256};
 
 /// With [`ArchiveBuilder::set_early_writeback`], start writeback of the archive's dirty pages
 /// every this many bytes while data streams in.
@@ -80,6 +82,18 @@ pub struct ArchiveBuilder {
     /// The helper thread that starts writeback (see [`Self::start_writeback`]).
     writeback: Option<Writeback>,
     started: Instant,
+    /// The key the archive is signed with ([`Self::set_signer`]), and the members recorded for
+    /// the signature in archive order.
+    signer: Option<std::sync::Arc<NodeKey>>,
+    digests: Vec<Pending>,
+}
+
+/// A member recorded for the signature: its digest, or (for a streamed member, whose data the
+/// kernel moved) where its data is, hashed by [`ArchiveBuilder::finish`].
+#[derive(Debug)]
+enum Pending {
+    Done(MemberDigest),
+    Stream { name: String, at: u64, len: u64 },
 }
 
 impl ArchiveBuilder {
@@ -137,6 +151,8 @@ impl ArchiveBuilder {
             early_writeback: false,
             writeback: None,
             started,
+            signer: None,
+            digests: Vec::new(),
         })
     }
 
@@ -158,6 +174,19 @@ impl ArchiveBuilder {
         if self.pos > self.writeback_from {
             self.start_writeback();
         }
+    }
+
+    /// Signs the archive with `key` (see [`super::sign`]): a digest of every member is
+    /// recorded, and [`Self::finish`] appends the signature as the last member. Only before
+    /// anything is written.
+    pub fn set_signer(&mut self, key: std::sync::Arc<NodeKey>) -> Result<(), ArchiveError> {
+        if self.pos != 0 {
+            return Err((self.werr())(io::Error::other(
+                "the signer is set before the first member",
+            )));
+        }
+        self.signer = Some(key);
+        Ok(())
     }
 
     /// The archive's final path.
@@ -206,6 +235,9 @@ impl ArchiveBuilder {
         let n = format!("{name}/");
         let h = tarfmt::encode(&Meta::new(n.as_bytes(), TypeFlag::Dir, 0o700, 0, mtime));
         self.put_at_end(&h)?;
+        if self.signer.is_some() {
+            self.digests.push(Pending::Done(MemberDigest::dir(name)));
+        }
         self.written.push(name.to_owned());
         Ok(())
     }
@@ -343,6 +375,13 @@ impl ArchiveBuilder {
         if m.name.starts_with("checkpoint/") {
             self.images_bytes += m.len;
         }
+        if self.signer.is_some() {
+            self.digests.push(Pending::Stream {
+                name: m.name.clone(),
+                at: m.header_at + BLOCK,
+                len: m.len,
+            });
+        }
         self.written.push(m.name);
         Ok(m.len)
     }
@@ -367,7 +406,12 @@ impl ArchiveBuilder {
         let mut file = self.file.try_clone().map_err(&werr)?;
         file.seek(SeekFrom::Start(self.pos)).map_err(&werr)?;
         let mut out = Out::plain(file, self.pos, total, progress);
+        if self.signer.is_some() {
+            out.record_digests();
+        }
         let st = write_members(&mut out, &members, &werr)?;
+        self.digests
+            .extend(out.take_digests().into_iter().map(Pending::Done));
         let end = out.done();
         out.finish().map_err(&werr)?;
         if end + END_LEN != total {
@@ -393,6 +437,42 @@ impl ArchiveBuilder {
         self.check_idle()?;
         self.stop_writeback();
         let werr = self.werr();
+        let mut signed_by = None;
+        if let Some(key) = self.signer.take() {
+            // The streamed members' data went pipe → archive in the kernel: hash it from the
+            // archive file now (the workload runs again).
+            let mut buf = vec![0u8; 1 << 20];
+            let mut digests = Vec::with_capacity(self.digests.len());
+            for p in std::mem::take(&mut self.digests) {
+                digests.push(match p {
+                    Pending::Done(d) => d,
+                    Pending::Stream { name, at, len } => {
+                        let mut h = Sha256::new();
+                        super::sign::hash_range(&self.file, at, len, &mut buf, &mut h)
+                            .map_err(&werr)?;
+                        MemberDigest {
+                            name,
+                            kind: DigestKind::File,
+                            size: len,
+                            sha256: h.finalize().into(),
+                        }
+                    }
+                });
+            }
+            let doc = key.signature_member(&digests);
+            let h = tarfmt::encode(&Meta::new(
+                SIGNATURE_MEMBER.as_bytes(),
+                TypeFlag::File,
+                0o600,
+                doc.len() as u64,
+                super::write::now_secs(),
+            ));
+            self.put_at_end(&h)?;
+            self.put_at_end(&doc)?;
+            self.put_at_end(&tarfmt::ZEROS[..pad_len(doc.len() as u64)])?;
+            self.written.push(SIGNATURE_MEMBER.to_owned());
+            signed_by = Some(key.public().key_id());
+        }
         let end = [0u8; END_LEN as usize];
         self.put_at_end(&end)?;
         self.file.set_len(self.pos).map_err(&werr)?;
@@ -437,6 +517,7 @@ impl ArchiveBuilder {
             changed_files: stats.changed,
             duration: started.elapsed(),
             compression: Compression::None,
+            signed_by,
         })
     }
 }

@@ -15,6 +15,7 @@
 //! | `rootfs-diff.tar` | the container's changed files, an uncompressed tar without whiteouts |
 //! | `deleted.files` | JSON array of absolute in-container paths deleted from the image |
 //! | extras | e.g. `status.dump`, as the caller supplies them |
+//! | `cpengine-signature.json` | last, when signed: the member manifest and its ed25519 signature ([`sign`]) |
 //!
 //! The outer tar holds only regular files (mode 0600) and directories (mode 0700), owned by
 //! uid/gid 0: containerd's restore skips every other type, and the archive holds every memory
@@ -41,11 +42,19 @@
 //! resolves every member beneath the target with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)` and refuses links, devices, traversal and duplicates with typed
 //! errors before writing anything for that member.
+//!
+//! # Provenance ([`sign`])
+//!
+//! A writer given a node key appends `cpengine-signature.json` as the last member: an
+//! ed25519 signature over the name, type, size and SHA-256 of every other member. An
+//! extraction given trusted keys refuses an archive that is unsigned, signed by another key,
+//! or whose members differ from what was signed.
 
 mod builder;
 mod compress;
 mod config;
 mod read;
+pub mod sign;
 pub mod spec;
 // The tar layer under the names the archive code uses.
 pub(crate) use crate::tar::format as tarfmt;
@@ -240,4 +249,10 @@ pub enum ArchiveError {
     TargetNotEmpty { path: PathBuf },
     #[error("extracting {name}")]
     Extract { name: String, source: io::Error },
+
+    // --- provenance
+    #[error(transparent)]
+    Provenance(#[from] sign::ProvenanceError),
+    #[error(transparent)]
+    Key(#[from] sign::KeyError),
 }

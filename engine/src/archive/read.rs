@@ -95,6 +95,9 @@ pub struct ReadOptions<'a> {
     pub limits: Limits,
     /// Reports bytes of the archive file consumed, of its size.
     pub progress: Option<&'a dyn Progress>,
+    /// Require a signature by one of these keys ([`extract_with`] only; see
+    /// [`super::sign`]). `None`: a signature member is extracted like any other.
+    pub trust: Option<&'a super::sign::TrustedKeys>,
 }
 
 impl std::fmt::Debug for ReadOptions<'_> {
@@ -102,6 +105,7 @@ impl std::fmt::Debug for ReadOptions<'_> {
         f.debug_struct("ReadOptions")
             .field("limits", &self.limits)
             .field("progress", &self.progress.is_some())
+            .field("trust", &self.trust)
             .finish()
     }
 }
@@ -556,6 +560,9 @@ pub struct Extracted {
     pub members: Vec<String>,
     /// Bytes of file data written.
     pub bytes: u64,
+    /// The key whose signature was verified ([`ReadOptions::trust`]); `None` when no
+    /// signature was required (a signature member is then not checked).
+    pub signed_by: Option<super::sign::PublicKey>,
 }
 
 /// [`extract_with`] without progress.
@@ -565,7 +572,7 @@ pub fn extract(path: &Path, target: &Path, limits: &Limits) -> Result<Extracted,
         target,
         &ReadOptions {
             limits: *limits,
-            progress: None,
+            ..Default::default()
         },
     )
 }
@@ -610,8 +617,25 @@ pub fn extract_with(
     let mut members = Vec::new();
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 1 << 20];
+    // With a signature required: every member's digest, checked at the end of the stream,
+    // before anything extracted is parsed or returned (see `super::sign`).
+    let mut verifier = opts.trust.map(super::sign::StreamVerifier::new);
     let compression = visit(path, opts, |m, r| {
         let name = &m.name;
+        if let Some(v) = verifier.as_mut() {
+            v.check_order(name)?;
+            if name == super::sign::SIGNATURE_MEMBER {
+                if m.kind != MemberKind::File {
+                    return Err(super::sign::ProvenanceError::BadSignatureMember {
+                        field: "type",
+                        detail: format!("a {:?}, not a regular file", m.kind),
+                    }
+                    .into());
+                }
+                v.set_signature(read_json_bytes(m, r, super::sign::MAX_SIGNATURE_BYTES)?);
+                return Ok(());
+            }
+        }
         match m.kind {
             MemberKind::File | MemberKind::Dir => {}
             MemberKind::Symlink => {
@@ -660,10 +684,16 @@ pub fn extract_with(
             .map_err(|e| fail(e.into()))?;
             nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(mode))
                 .map_err(|e| fail(e.into()))?;
+            if let Some(v) = verifier.as_mut() {
+                v.record(super::sign::MemberDigest::dir(name));
+            }
         } else {
             let mode = (m.mode & 0o777) | 0o600;
             let mut f =
                 crate::sys::create_new_at(parent.as_fd(), leaf).map_err(|e| fail(e.into()))?;
+            let mut hash = verifier
+                .as_ref()
+                .map(|_| <sha2::Sha256 as sha2::Digest>::new());
             let mut left = m.size;
             while left > 0 {
                 let n = r.read(&mut buf).map_err(|e| io_read_err(path, e))?;
@@ -672,8 +702,19 @@ pub fn extract_with(
                         path: path.to_path_buf(),
                     });
                 }
+                if let Some(h) = &mut hash {
+                    sha2::Digest::update(h, &buf[..n]);
+                }
                 io::Write::write_all(&mut f, &buf[..n]).map_err(fail)?;
                 left -= n as u64;
+            }
+            if let (Some(v), Some(h)) = (verifier.as_mut(), hash) {
+                v.record(super::sign::MemberDigest {
+                    name: name.clone(),
+                    kind: super::sign::DigestKind::File,
+                    size: m.size,
+                    sha256: sha2::Digest::finalize(h).into(),
+                });
             }
             bytes += m.size;
             nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(mode))
@@ -684,6 +725,10 @@ pub fn extract_with(
         members.push(name.clone());
         Ok(())
     })?;
+    // Nothing extracted is read before the signature and every digest are checked.
+    let signed_by = verifier
+        .map(super::sign::StreamVerifier::finish)
+        .transpose()?;
 
     let missing = |name| ArchiveError::MissingMember {
         path: path.to_path_buf(),
@@ -747,6 +792,7 @@ pub fn extract_with(
         log: names::LOGS.iter().find_map(|l| opt(l)),
         members,
         bytes,
+        signed_by,
     })
 }
 

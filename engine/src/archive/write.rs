@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::names;
+use super::sign::{DigestKind, MemberDigest};
 use super::tarfmt::{self, END_LEN, Meta, TarSink, TypeFlag, encode, pad_len, padded};
 use super::{ArchiveError, Compression, ConfigDump, Progress};
 use crate::rootfs::RootfsDiff;
@@ -86,6 +87,8 @@ pub struct WriteOptions<'a> {
     /// zstd worker threads; `None` for one per available core.
     pub workers: Option<u32>,
     pub progress: Option<&'a dyn Progress>,
+    /// Sign the archive with this key (a last member, see [`super::sign`]).
+    pub signer: Option<&'a super::sign::NodeKey>,
 }
 
 impl std::fmt::Debug for WriteOptions<'_> {
@@ -95,6 +98,7 @@ impl std::fmt::Debug for WriteOptions<'_> {
             .field("level", &self.level)
             .field("workers", &self.workers)
             .field("progress", &self.progress.is_some())
+            .field("signer", &self.signer)
             .finish()
     }
 }
@@ -121,6 +125,9 @@ pub struct WriteReport {
     )]
     pub duration: Duration,
     pub compression: Compression,
+    /// The key id of the signature, if the archive is signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 pub(super) enum Body<'a> {
@@ -147,6 +154,13 @@ impl Planned<'_> {
             n.push(b'/');
         }
         n
+    }
+
+    fn digest_kind(&self) -> DigestKind {
+        match self.body {
+            Body::Dir => DigestKind::Dir,
+            _ => DigestKind::File,
+        }
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -246,7 +260,8 @@ fn plan_file(name: &str, path: &Path) -> Result<Planned<'static>, ArchiveError> 
     })
 }
 
-const RESERVED: [&str; 6] = [
+const RESERVED: [&str; 7] = [
+    super::sign::SIGNATURE_MEMBER,
     names::CONFIG_DUMP,
     names::SPEC_DUMP,
     names::STATS_DUMP,
@@ -378,6 +393,10 @@ pub(super) struct Out<'p> {
     /// Cleared after the first `copy_file_range` refusal (e.g. across filesystems on old
     /// kernels); everything then goes through the buffer.
     cfr: bool,
+    /// When signing: the digests of the members written so far ([`write_members`] records
+    /// one per member) and the hash of the current member's data.
+    digests: Option<Vec<MemberDigest>>,
+    hash: Option<sha2::Sha256>,
 }
 
 impl<'p> Out<'p> {
@@ -397,7 +416,19 @@ impl<'p> Out<'p> {
             progress,
             buf: vec![0; COPY_BUF],
             cfr: true,
+            digests: None,
+            hash: None,
         }
+    }
+
+    /// Records the digest of every member [`write_members`] writes from now on.
+    pub(super) fn record_digests(&mut self) {
+        self.digests.get_or_insert_with(Vec::new);
+    }
+
+    /// The digests recorded (see [`Self::record_digests`]).
+    pub(super) fn take_digests(&mut self) -> Vec<MemberDigest> {
+        self.digests.take().unwrap_or_default()
     }
 
     /// Bytes of tar written so far.
@@ -411,6 +442,19 @@ impl<'p> Out<'p> {
             Enc::Gzip(w) => w,
             Enc::Zstd(w) => w,
         }
+    }
+
+    /// Appends a whole member (header, data, padding) whose data is in memory, unhashed.
+    pub(super) fn put_member(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.put(&encode(&Meta::new(
+            name.as_bytes(),
+            TypeFlag::File,
+            0o600,
+            data.len() as u64,
+            now_secs(),
+        )))?;
+        self.put(data)?;
+        self.put_zeros(pad_len(data.len() as u64) as u64)
     }
 
     fn advance(&mut self, n: u64) {
@@ -440,6 +484,7 @@ impl<'p> Out<'p> {
         };
         w.flush()?;
         let dst = w.get_ref().try_clone()?;
+        let at = io::Seek::stream_position(&mut &dst)?;
         let mut off = offset as i64;
         let mut copied = 0u64;
         while copied < len {
@@ -461,12 +506,19 @@ impl<'p> Out<'p> {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The kernel copied these bytes: hash them as they are in the archive (page cache).
+        if let Some(h) = &mut self.hash {
+            super::sign::hash_range(&dst, at, copied, &mut self.buf, h)?;
+        }
         Ok(Some(copied))
     }
 }
 
 impl TarSink for Out<'_> {
     fn put(&mut self, buf: &[u8]) -> io::Result<()> {
+        if let Some(h) = &mut self.hash {
+            sha2::Digest::update(h, buf);
+        }
         self.writer().write_all(buf)?;
         self.advance(buf.len() as u64);
         Ok(())
@@ -514,6 +566,9 @@ pub(super) fn write_members(
     let mut changed = Vec::new();
     for m in members {
         out.put(&m.header()).map_err(werr)?;
+        if out.digests.is_some() {
+            out.hash = Some(sha2::Digest::new());
+        }
         match &m.body {
             Body::Dir => {}
             Body::File { path, size } => {
@@ -545,6 +600,14 @@ pub(super) fn write_members(
                 rootfs_diff_bytes = *planned;
                 changed.extend(st.changed);
             }
+        }
+        if let (Some(h), Some(d)) = (out.hash.take(), out.digests.as_mut()) {
+            d.push(MemberDigest {
+                name: m.name.clone(),
+                kind: m.digest_kind(),
+                size: m.size(),
+                sha256: sha2::Digest::finalize(h).into(),
+            });
         }
         out.put_zeros(pad_len(m.size()) as u64).map_err(werr)?;
     }
@@ -639,21 +702,38 @@ pub fn write_archive(
         progress: opts.progress,
         buf: vec![0; COPY_BUF],
         cfr: true,
+        digests: None,
+        hash: None,
     };
+    if opts.signer.is_some() {
+        out.record_digests();
+    }
 
     let MemberStats {
         images_bytes,
         rootfs_diff_bytes,
         changed,
     } = write_members(&mut out, &members, &werr)?;
-    out.put_zeros(END_LEN).map_err(&werr)?;
-    if out.done != tar_bytes {
+    if out.done + END_LEN != tar_bytes {
         return Err(ArchiveError::SizeMismatch {
             member: "archive",
-            planned: tar_bytes,
+            planned: tar_bytes - END_LEN,
             written: out.done,
         });
     }
+    // The signature: the last member, over the digests of all the others.
+    let mut signed_by = None;
+    let mut member_count = members.len() as u64;
+    if let Some(key) = opts.signer {
+        let digests = out.take_digests();
+        let doc = key.signature_member(&digests);
+        out.put_member(super::sign::SIGNATURE_MEMBER, &doc)
+            .map_err(&werr)?;
+        signed_by = Some(key.public().key_id());
+        member_count += 1;
+    }
+    out.put_zeros(END_LEN).map_err(&werr)?;
+    let tar_bytes = out.done;
     if let Some(p) = opts.progress {
         p.update(out.done, tar_bytes);
     }
@@ -680,12 +760,13 @@ pub fn write_archive(
         path: dest.to_path_buf(),
         bytes,
         tar_bytes,
-        members: members.len() as u64,
+        members: member_count,
         images_bytes,
         rootfs_diff_bytes,
         deleted_files: input.rootfs.as_ref().map_or(0, |d| d.deleted.len() as u64),
         changed_files: changed,
         duration: start.elapsed(),
         compression: opts.compression,
+        signed_by,
     })
 }

@@ -338,6 +338,13 @@ impl std::fmt::Display for ContainerCheckpointReport {
                         self.rootfs_deleted
                     ),
                 ),
+                (
+                    "signed by".into(),
+                    match &self.archive.signed_by {
+                        Some(k) => format!("node key {k}"),
+                        None => "unsigned".into(),
+                    },
+                ),
             ],
         )
     }
@@ -382,6 +389,9 @@ pub async fn checkpoint(
     let mut excludes = crate::rootfs::default_excludes();
     excludes.extend(ctr.spec_mounts.iter().map(|m| m.destination.clone()));
     let base = rootfs_base(ctr, opts, &rootfs_kind)?;
+    // With a state root the archive is signed by its node key (created on first use), loaded
+    // now so that a missing or unsafe key fails before the workload is frozen.
+    let signer = node_signer(opts)?;
 
     // Staging beside the destination: same filesystem, page cache (measured faster than tmpfs
     // here: 464 vs 694 ms for 1 GiB, see the design notes).
@@ -405,6 +415,9 @@ pub async fn checkpoint(
     let stream = opts.stream_pages && opts.compression == archive::Compression::None;
     let mut pages = if stream {
         let mut b = ArchiveBuilder::create(&output)?;
+        if let Some(k) = &signer {
+            b.set_signer(k.clone())?;
+        }
         b.append_dir(archive::names::CHECKPOINT_DIR, unix_now())?;
         let fifos = task_count(ctr) + super::stream::SPARE_FIFOS;
         Some(
@@ -500,7 +513,7 @@ pub async fn checkpoint(
         rootfs: rootfs_plan,
         extra: opts.extra_members.clone(),
     };
-    let (archive, streamed) = write_archive(pages.take(), input, &output, opts).await?;
+    let (archive, streamed) = write_archive(pages.take(), input, &output, opts, signer).await?;
     let archive_time = t.elapsed();
     drop(staging);
     drop(journal);
@@ -771,6 +784,7 @@ async fn write_archive(
     input: crate::archive::ArchiveInput,
     output: &Path,
     opts: &ContainerCheckpointOptions,
+    signer: Option<std::sync::Arc<crate::archive::sign::NodeKey>>,
 ) -> crate::Result<(
     crate::archive::WriteReport,
     Option<super::stream::StreamStats>,
@@ -801,6 +815,7 @@ async fn write_archive(
                     progress: progress
                         .as_deref()
                         .map(|p| p as &dyn crate::archive::Progress),
+                    signer: signer.as_deref(),
                     ..Default::default()
                 };
                 Ok((archive::write_archive(&out, &input, &wo)?, None))
@@ -809,6 +824,19 @@ async fn write_archive(
         }
     };
     Ok(written)
+}
+
+/// The node key of `opts.state` (see [`crate::archive::sign`]); none without a state root.
+fn node_signer(
+    opts: &ContainerCheckpointOptions,
+) -> crate::Result<Option<std::sync::Arc<crate::archive::sign::NodeKey>>> {
+    let Some(state) = &opts.state else {
+        return Ok(None);
+    };
+    let path = crate::archive::sign::node_key_path(&state.lib);
+    let key = crate::archive::sign::NodeKey::load_or_create(&path)
+        .map_err(crate::archive::ArchiveError::from)?;
+    Ok(Some(std::sync::Arc::new(key)))
 }
 
 /// Tasks of the container: its init's tree, or the freezer cgroup's members if more (one

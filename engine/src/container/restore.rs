@@ -95,6 +95,9 @@ pub struct ContainerRestoreOptions {
     /// container's cgroups before CRIU resumes it (the policy's devices and `privileged` are
     /// added to them).
     pub containment: super::containment::Containment,
+    /// Accept only an archive signed by one of these keys, verified while it is extracted
+    /// (see [`crate::archive::sign`]); `None` accepts unsigned archives.
+    pub require_signed: Option<crate::archive::sign::TrustedKeys>,
 }
 
 impl ContainerRestoreOptions {
@@ -119,6 +122,7 @@ impl ContainerRestoreOptions {
             binds: Default::default(),
             policy: Default::default(),
             containment: Default::default(),
+            require_signed: None,
         }
     }
 }
@@ -767,6 +771,7 @@ pub async fn open_source(
     state: &StateRoot,
     target: &Path,
     insecure: bool,
+    trust: Option<&crate::archive::sign::TrustedKeys>,
 ) -> Result<(CheckpointDir, crate::archive::Extracted)> {
     // What is extracted must fit where it goes: a decompression bomb stops at the free space,
     // with a typed error, before the disk is full.
@@ -816,8 +821,16 @@ pub async fn open_source(
         .await?;
         tar
     };
-    let (a, t) = (archive.clone(), target.to_path_buf());
-    let extracted = crate::blocking(move || Ok(crate::archive::extract(&a, &t, &limits)?)).await;
+    let (a, t, trust) = (archive.clone(), target.to_path_buf(), trust.cloned());
+    let extracted = crate::blocking(move || {
+        let opts = crate::archive::ReadOptions {
+            limits,
+            trust: trust.as_ref(),
+            ..Default::default()
+        };
+        Ok(crate::archive::extract_with(&a, &t, &opts)?)
+    })
+    .await;
     if archive != path {
         let _ = std::fs::remove_file(&archive);
     }
@@ -919,7 +932,8 @@ pub async fn restore_archive(
         work.clone()
     }));
     let t = Instant::now();
-    let (ckpt, extracted) = open_source(source, &opts.state, &work, insecure).await?;
+    let trust = opts.require_signed.as_ref();
+    let (ckpt, extracted) = open_source(source, &opts.state, &work, insecure, trust).await?;
     let extract_time = t.elapsed();
     let mut opts = opts.clone();
     if opts.base.is_none() && opts.base_layers.is_empty() {

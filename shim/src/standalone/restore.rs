@@ -267,8 +267,9 @@ impl<I: ImageBackend> Standalone<I> {
         };
         // The archive, or the checkpoint image's layer, through the engine's safe extractor.
         let dir = lib_dir.join("checkpoint");
+        let trust = self.checkpointer.require_signed();
         let (ckpt, extracted) =
-            cpengine::Engine::open_checkpoint(&source_name, &self.cfg.state, &dir, false)
+            cpengine::Engine::open_checkpoint(&source_name, &self.cfg.state, &dir, false, trust)
                 .await
                 .map_err(|source| match source {
                     cpengine::Error::Archive(source) => ShimError::Archive {
