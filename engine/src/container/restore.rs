@@ -26,7 +26,7 @@ use std::time::Instant;
 use crate::Engine;
 use crate::criu::{Ack, Notification};
 use crate::error::{Error, Result};
-use crate::options::{CgroupMode, ExtMount, InheritFd, RestoreOptions};
+use crate::options::{CgroupMode, CriuFlags, ExtMount, InheritFd, RestoreOptions};
 use crate::report::{Phase, RestoreReport};
 
 use super::descriptors::read_descriptors;
@@ -66,11 +66,8 @@ pub struct ContainerRestoreOptions {
     /// Join these existing namespaces (a pod's IPC and UTS) instead of recreating the dumped
     /// ones, as runc does for namespaces its spec gives by path.
     pub join_ns: Vec<crate::options::JoinNamespace>,
-    pub tcp_established: bool,
-    pub ext_unix_sk: bool,
-    pub file_locks: bool,
-    pub timeout: std::time::Duration,
-    pub log_level: u32,
+    /// The CRIU knobs (`leave_running` and `network_lock` unused; see [`CriuFlags`]).
+    pub flags: CriuFlags,
     /// The binary that runs the log relay (default: [`super::relay::default_exe`]).
     pub relay_exe: Option<PathBuf>,
     /// Overlay lower layers (top first) to use as the base when `base` is not given (an
@@ -80,8 +77,6 @@ pub struct ContainerRestoreOptions {
     /// neither `base` nor `base_layers` is given. Without it, only an image the checkpoint's
     /// `config.dump` names exactly (a whole reference or id, never an id prefix) is used.
     pub base_image: Option<String>,
-    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
-    pub fault: Option<crate::fault::FaultPoint>,
     /// Lazy restore: the container runs as soon as its tasks exist, and a lazy-pages daemon
     /// copies its memory in on demand and in the background (see [`crate::criu::lazy`]). The
     /// checkpoint's images stay in the container's state until it is deleted.
@@ -106,15 +101,10 @@ impl ContainerRestoreOptions {
             log_path: None,
             netns: None,
             join_ns: Vec::new(),
-            tcp_established: false,
-            ext_unix_sk: false,
-            file_locks: false,
-            timeout: crate::options::DEFAULT_TIMEOUT,
-            log_level: crate::options::DEFAULT_LOG_LEVEL,
+            flags: CriuFlags::default(),
             relay_exe: None,
             base_layers: Vec::new(),
             base_image: None,
-            fault: None,
             lazy_pages: false,
             binds: Default::default(),
             policy: Default::default(),
@@ -223,7 +213,7 @@ pub async fn restore(
             .push(super::containment::DeviceRule::of_path(d)?);
     }
     // Two restores under one id must not race between the check and the record.
-    let _lock = super::lock::lock(&opts.state, id, opts.timeout).await?;
+    let _lock = super::lock::lock(&opts.state, id, opts.flags.timeout).await?;
     let record_path = opts.state.container_record(id);
     if record_path.exists() {
         return Err(super::ContainerError::AlreadyExists { id: id.to_string() }.into());
@@ -397,19 +387,14 @@ pub async fn restore(
     // 5. RESTORE
     ro.root = Some(rootfs.clone());
     ro.evasive_devices = true;
-    ro.tcp_established = opts.tcp_established;
-    ro.ext_unix_sk = opts.ext_unix_sk;
-    ro.file_locks = opts.file_locks;
+    ro.flags = opts.flags.clone();
     ro.cgroups = Some(CgroupMode::Soft);
     ro.orphan_pts_master = true;
     ro.empty_net_ns = opts.netns.is_none();
-    ro.timeout = opts.timeout;
-    ro.log_level = opts.log_level;
     ro.check_pids = !has_pidns;
     ro.lazy_pages = opts.lazy_pages;
     ro.join_cgroups = cgroups.clone();
     ro.ext_mounts = restore_ext_mounts(&mounts, &cgroups, &spec);
-    ro.fault = opts.fault.clone();
     cleanup.netns = opts.netns.clone().or_else(|| {
         opts.join_ns
             .iter()
