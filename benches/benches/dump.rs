@@ -24,7 +24,7 @@ fn dump_small_process(c: &mut Criterion) {
             || scratch("cpe-bench-"),
             |dir| {
                 let mut o = CheckpointOptions::new(w.pid, dir.path());
-                o.leave_running = true;
+                o.flags.leave_running = true;
                 rt.block_on(engine.dump(&o)).expect("dump");
                 dir
             },
@@ -45,7 +45,7 @@ fn page_dump_throughput(c: &mut Criterion) {
         // One dump to learn how many bytes of pages a dump writes.
         let probe = scratch("cpe-bench-");
         let mut o = CheckpointOptions::new(w.pid, probe.path());
-        o.leave_running = true;
+        o.flags.leave_running = true;
         let r = rt.block_on(engine.dump(&o)).expect("dump");
         g.throughput(Throughput::Bytes(r.pages_bytes()));
         drop(probe);
@@ -55,7 +55,7 @@ fn page_dump_throughput(c: &mut Criterion) {
                 || scratch("cpe-bench-"),
                 |dir| {
                     let mut o = CheckpointOptions::new(w.pid, dir.path());
-                    o.leave_running = true;
+                    o.flags.leave_running = true;
                     let r = rt.block_on(engine.dump(&o)).expect("dump");
                     if let Some(s) = &r.criu {
                         let t = (s.memdump + s.memwrite).as_secs_f64();

@@ -14,7 +14,7 @@ fn inspect_real_dump(c: &mut Criterion) {
     let w = Workload::start(&["--mem", "256"]);
     let dir = scratch("cpe-bench-");
     let mut o = CheckpointOptions::new(w.pid, dir.path());
-    o.leave_running = true;
+    o.flags.leave_running = true;
     let report = rt.block_on(engine.dump(&o)).expect("dump");
     let bytes = report.pages_bytes();
     let set = ImageSet::open(dir.path()).expect("open images");

@@ -9,6 +9,7 @@ use cpengine::container::StateRoot;
 use cpengine::rootfs::Base;
 use cpengine::{ContainerCheckpointOptions, SharedProgress};
 
+use crate::flags::{CriuArgs, VerbFlags};
 use crate::values::{Compression, NetworkLock};
 
 #[derive(Debug, clap::Args)]
@@ -39,15 +40,8 @@ pub struct Args {
     /// Where CRIU's images are staged (default: beside the archive).
     #[arg(long, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
-    /// Checkpoint established TCP connections.
-    #[arg(long)]
-    pub tcp_established: bool,
-    /// Checkpoint file locks.
-    #[arg(long)]
-    pub file_locks: bool,
-    /// Allow connected unix sockets whose peer is outside the container.
-    #[arg(long)]
-    pub ext_unix_sk: bool,
+    #[command(flatten)]
+    pub criu: CriuArgs,
     /// Stream CRIU's page images straight into the archive while CRIU dumps (one copy of
     /// the pages; uncompressed archives only). `false` stages the images first.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
@@ -69,11 +63,11 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     let engine = Engine::new().await?;
     let ctr = Container::find(&a.id, &a.runc_roots, state)?;
     let mut o = ContainerCheckpointOptions::new(a.output);
-    o.knobs.leave_running = a.leave_running;
-    o.knobs.tcp_established = a.tcp_established;
-    o.knobs.file_locks = a.file_locks;
-    o.knobs.ext_unix_sk = a.ext_unix_sk;
-    o.knobs.network_lock = a.network_lock.map(Into::into);
+    o.flags = a.criu.into_flags(VerbFlags {
+        leave_running: a.leave_running,
+        network_lock: a.network_lock,
+        ..VerbFlags::default()
+    });
     o.rootfs_base = a.rootfs_base.map(Base::from_path);
     o.compression = a.compress.into();
     o.skip_rootfs = a.skip_rootfs;

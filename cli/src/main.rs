@@ -5,6 +5,7 @@ mod checkpoint;
 mod delete;
 mod dump;
 mod exec;
+mod flags;
 mod image;
 mod inspect;
 mod key;

@@ -9,6 +9,7 @@ use cpengine::container::StateRoot;
 use cpengine::rootfs::Base;
 use cpengine::{Engine, RestoreOptions};
 
+use crate::flags::{CriuArgs, VerbFlags};
 use crate::output::table;
 
 #[derive(Debug, clap::Args)]
@@ -96,18 +97,11 @@ pub struct Args {
     /// Restore a process tree from this CRIU images directory instead.
     #[arg(long, short = 'D', conflicts_with_all = ["source", "id"])]
     pub images_dir: Option<PathBuf>,
-    /// Restore established TCP connections (needed if the checkpoint had them).
-    #[arg(long)]
-    pub tcp_established: bool,
     /// The tree was dumped as a shell job (process restore).
     #[arg(long)]
     pub shell_job: bool,
-    /// Restore connected unix sockets whose peer was outside the tree.
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    /// Restore file locks.
-    #[arg(long)]
-    pub file_locks: bool,
+    #[command(flatten)]
+    pub criu: CriuArgs,
     /// Lazy restore: run the restored tree at once and copy its memory in on demand and in
     /// the background (a `criu lazy-pages` daemon that exits when done; needs userfaultfd,
     /// see `cpengine check`).
@@ -132,12 +126,14 @@ pub struct Args {
 
 pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     let engine = Engine::new().await?;
+    // --shell-job is for a process tree: a container is never a shell job.
+    let flags = a.criu.into_flags(VerbFlags {
+        shell_job: a.shell_job && a.images_dir.is_some(),
+        ..VerbFlags::default()
+    });
     if let Some(images_dir) = a.images_dir {
         let mut opts = RestoreOptions::new(images_dir);
-        opts.tcp_established = a.tcp_established;
-        opts.shell_job = a.shell_job;
-        opts.ext_unix_sk = a.ext_unix_sk;
-        opts.file_locks = a.file_locks;
+        opts.flags = flags;
         opts.lazy_pages = a.lazy;
         let report = engine.restore(opts).await?;
         crate::output::report(&report, a.json)?;
@@ -151,9 +147,7 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
     o.base = a.rootfs_base.map(Base::from_path);
     o.base_image = a.rootfs_image;
     o.log_path = a.log;
-    o.tcp_established = a.tcp_established;
-    o.ext_unix_sk = a.ext_unix_sk;
-    o.file_locks = a.file_locks;
+    o.flags = flags;
     o.lazy_pages = a.lazy;
     o.policy = policy;
     o.binds.map = a.mounts.into_iter().collect();

@@ -33,7 +33,7 @@ pub use container::checkpoint::{
 pub use container::restore::{CheckpointDir, ContainerRestoreOptions, ContainerRestoreReport};
 pub use criu_proto::image::ImageError;
 pub use error::{Error, ErrorClass, Result};
-pub use options::{CheckpointOptions, RestoreOptions};
+pub use options::{CheckpointOptions, CriuFlags, RestoreOptions};
 pub use report::{DumpReport, RestoreReport};
 
 use criu::{AckAll, Criu, CriuVersion, Features, NotifyHandler};

@@ -46,7 +46,7 @@ pub async fn pre_dump(
     require_mem_track(criu, "a pre-dump").await?;
     let mut o = opts.clone();
     o.track_mem = true;
-    o.leave_running = true;
+    o.flags.leave_running = true;
     dump_as(criu, version, &o, handler, CriuReqType::SinglePreDump).await
 }
 
@@ -97,9 +97,9 @@ async fn dump_as(
     req.r#type = kind as i32;
     let mut session = criu.session(SpawnSpec::default())?;
     session.set_log(work_path.join(DUMP_LOG));
-    session.set_fault(opts.fault.clone());
+    session.set_fault(opts.flags.fault.clone());
     let prepared = started.elapsed();
-    let result = session.request(req, handler, opts.timeout).await;
+    let result = session.request(req, handler, opts.flags.timeout).await;
     let exchange = match result {
         Ok(ex) => ex,
         Err(source) => {
@@ -119,7 +119,7 @@ async fn dump_as(
     };
     // Resume first, then wait for CRIU to exit: a freezer cgroup CRIU found frozen is frozen
     // again when CRIU lets go of the tasks, and every moment until the thaw is downtime.
-    let resumed_at = opts.leave_running.then(|| {
+    let resumed_at = opts.flags.leave_running.then(|| {
         resume_tree(&before, opts.freeze_cgroup.as_deref());
         Instant::now()
     });
@@ -145,7 +145,7 @@ async fn dump_as(
     Ok(DumpReport {
         pid,
         images_dir: opts.images_dir.clone(),
-        leave_running: opts.leave_running,
+        leave_running: opts.flags.leave_running,
         criu_version: version.cloned(),
         phases,
         total: started.elapsed(),
@@ -200,16 +200,20 @@ pub async fn restore(
             &inherit_keys,
         )
     };
-    let shell_job = opts.shell_job;
+    let shell_job = opts.flags.shell_job;
     let RestoreOptions {
         inherit_fds: inherit,
         stdio,
-        timeout,
         join_cgroups,
+        flags,
+        ..
+    } = opts;
+    let crate::options::CriuFlags {
+        timeout,
         fault,
         log_level,
         ..
-    } = opts;
+    } = flags;
     inherit_fds.extend(inherit.into_iter().map(|f| f.fd));
     // Lazy: the daemon that serves the pages starts now and the restore at once; the restore
     // reads the images through a gate that opens when the daemon listens (see

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use cpengine::container::checkpoint::{DumpKnobs, dump_options, write_descriptors};
+use cpengine::CriuFlags;
+use cpengine::container::checkpoint::{dump_options, write_descriptors};
 use cpengine::container::restore::{CheckpointDir, ContainerRestoreOptions, RootfsBase, restore};
 use cpengine::container::state::StateRoot;
 use cpengine::container::{Container, Status};
@@ -26,7 +27,11 @@ async fn container_dump_then_restore_continues_the_counter() {
     let staging = scratch("cpe-stage-");
     let images = staging.path().join("checkpoint");
     std::fs::create_dir_all(&images).unwrap();
-    let opts = dump_options(&ctr, &images, staging.path(), &DumpKnobs::default()).unwrap();
+    let flags = CriuFlags {
+        leave_running: true,
+        ..CriuFlags::default()
+    };
+    let opts = dump_options(&ctr, &images, staging.path(), &flags).unwrap();
     write_descriptors(&ctr, &images).unwrap();
     let mut post_dump = false;
     let mut hook = |n: Notification| {

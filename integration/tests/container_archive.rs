@@ -225,7 +225,7 @@ async fn without_leave_running_the_container_is_gone_after_the_checkpoint() {
     let ctr = Container::find(&id, std::slice::from_ref(&c.root), &state).unwrap();
     let out = scratch("cpe-out-");
     let mut o = ContainerCheckpointOptions::new(out.path().join("c.tar"));
-    o.knobs.leave_running = false;
+    o.flags.leave_running = false;
     checkpoint(&engine, &ctr, &o).await.expect("checkpoint");
     // Its init was re-parented to us (the test is a subreaper): reap it.
     let pid = c.pid;

@@ -128,7 +128,7 @@ async fn checkpoint_failures_are_clear_errors_and_leave_the_workload_untouched()
     // container resumed.
     let mut o = ContainerCheckpointOptions::new(&output);
     o.state = Some(state.clone());
-    o.knobs.timeout = Duration::from_nanos(1);
+    o.flags.timeout = Duration::from_nanos(1);
     let e = checkpoint(&engine, &ctr, &o).await.unwrap_err();
     eprintln!("timeout: {e}");
     assert!(
@@ -352,7 +352,7 @@ async fn inspect_runs_with_least_privilege() {
     let w = Workload::start(&["--mem", "256"]);
     let images = scratch("cpe-ximg-");
     let mut o = cpengine::CheckpointOptions::new(w.pid, images.path());
-    o.leave_running = true;
+    o.flags.leave_running = true;
     engine.dump(&o).await.expect("dump");
     let mut child = Command::new(cpengine_bin())
         .arg("inspect")

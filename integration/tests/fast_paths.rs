@@ -306,13 +306,13 @@ async fn pre_dump_needs_soft_dirty_tracking() {
     let w = Workload::start(&["--mem", "8"]);
     let dir = scratch("cpe-pre-");
     let mut o = CheckpointOptions::new(w.pid, dir.path().join("pre"));
-    o.leave_running = true;
+    o.flags.leave_running = true;
     let r = engine.pre_dump(&o).await;
     if features.mem_track {
         // Where the kernel tracks dirty pages: pre-dump, then an incremental dump on top.
         r.expect("pre-dump");
         let mut d = CheckpointOptions::new(w.pid, dir.path().join("final"));
-        d.leave_running = true;
+        d.flags.leave_running = true;
         d.parent_images = Some("../pre".into());
         d.track_mem = true;
         engine.dump(&d).await.expect("incremental dump");

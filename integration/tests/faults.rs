@@ -147,8 +147,8 @@ async fn criu_killed_during_a_process_dump_leaves_the_tree_running() {
     let base = scratch("cpe-fdump-");
     let dump = |pid: i32, dir: &Path, fault: Option<FaultPoint>| {
         let mut o = CheckpointOptions::new(pid, dir);
-        o.leave_running = true;
-        o.fault = fault;
+        o.flags.leave_running = true;
+        o.flags.fault = fault;
         let engine = engine.clone();
         async move { engine.dump(&o).await }
     };
@@ -230,7 +230,7 @@ async fn criu_killed_during_a_process_restore_leaves_nothing_and_the_next_restor
     let tree = w.tree();
     let images = scratch("cpe-frst-");
     let mut o = CheckpointOptions::new(w.pid, images.path());
-    o.leave_running = true;
+    o.flags.leave_running = true;
     engine.dump(&o).await.expect("dump");
     w.kill();
     let sum = fingerprint(images.path());
@@ -238,7 +238,7 @@ async fn criu_killed_during_a_process_restore_leaves_nothing_and_the_next_restor
     let restore = |fault: Option<FaultPoint>| {
         let mut r = RestoreOptions::new(images.path());
         r.work_dir = Some(work.path().to_path_buf());
-        r.fault = fault;
+        r.flags.fault = fault;
         let engine = engine.clone();
         async move { engine.restore(r).await }
     };
@@ -383,7 +383,7 @@ async fn criu_killed_during_a_container_checkpoint_leaves_it_running_and_nothing
     let ckpt = |ctr: &Container, fault: Option<FaultPoint>| {
         let mut o = ContainerCheckpointOptions::new(&output);
         o.state = Some(state.clone());
-        o.knobs.fault = fault;
+        o.flags.fault = fault;
         let (engine, ctr) = (engine.clone(), ctr.clone());
         async move { checkpoint(&engine, &ctr, &o).await }
     };
@@ -475,7 +475,7 @@ async fn criu_killed_during_a_container_restore_cleans_up_and_the_next_restore_w
     let new_id = unique_id("cpe-frn");
     let restore = |fault: Option<FaultPoint>| {
         let mut o = restore_opts(&new_id, &state, &bundle.base);
-        o.fault = fault;
+        o.flags.fault = fault;
         let engine = engine.clone();
         let source = archive.display().to_string();
         async move { restore_archive(&engine, &source, &o, false).await }
@@ -559,7 +559,11 @@ async fn a_restore_failing_in_crius_restorer_returns_its_error_promptly_and_leav
     // The node admin allows that capability (as `--cap-add` would), so the restore policy
     // lets the images through and CRIU's restorer is what fails.
     o.policy.capabilities.0 |= 1u64 << cap;
-    assert!(o.timeout >= Duration::from_secs(300), "{:?}", o.timeout);
+    assert!(
+        o.flags.timeout >= Duration::from_secs(300),
+        "{:?}",
+        o.flags.timeout
+    );
     // Far below the restore's own timeout and far above any honest failure: a restore that
     // waits for its timeout is caught without a tight clock.
     let r = tokio::time::timeout(
@@ -567,7 +571,7 @@ async fn a_restore_failing_in_crius_restorer_returns_its_error_promptly_and_leav
         restore_archive(&engine, bad.to_str().unwrap(), &o, false),
     )
     .await
-    .unwrap_or_else(|_| panic!("the failed restore hangs (timeout {:?})", o.timeout));
+    .unwrap_or_else(|_| panic!("the failed restore hangs (timeout {:?})", o.flags.timeout));
     let e = match r {
         Ok(rep) => panic!(
             "restoring tasks that need capability {cap}, which this host lacks, succeeded: {rep:?}"

@@ -71,7 +71,7 @@ async fn dump_workload() -> Dumped {
     assert!(w.advances_past("pipe", 0), "pipe traffic before the dump");
     let images = scratch("cpe-img-");
     let mut opts = CheckpointOptions::new(w.pid, images.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     let report = engine.dump(&opts).await.expect("dump");
     let pages_written = report.criu.expect("criu stats").pages_written;
     Dumped {

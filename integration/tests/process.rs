@@ -35,7 +35,7 @@ async fn dump_and_restore_a_tree_continues_its_counters() {
 
     let images = scratch("cpe-img-");
     let mut opts = CheckpointOptions::new(w.pid, images.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     let before = w.counter();
     let report = engine.dump(&opts).await.expect("dump");
     let after = w.counter();
@@ -80,7 +80,7 @@ async fn open_file_and_pipe_survive_restore() {
 
     let images = scratch("cpe-img-");
     let mut opts = CheckpointOptions::new(w.pid, images.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     engine.dump(&opts).await.expect("dump");
     let piped_at_dump = w.file_counter("pipe");
     w.kill();
@@ -137,7 +137,7 @@ async fn leave_running_leaves_the_tree_running_and_untraced() {
     let w = Workload::start(&["--children", "1"]);
     let images = scratch("cpe-img-");
     let mut opts = CheckpointOptions::new(w.pid, images.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     engine.dump(&opts).await.expect("dump");
     for pid in w.tree() {
         let (state, tracer) = state_of(pid);
@@ -157,7 +157,7 @@ async fn report_stats_match_the_images_on_disk() {
     let w = Workload::start(&["--mem", "32"]);
     let images = scratch("cpe-img-");
     let mut opts = CheckpointOptions::new(w.pid, images.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     let r = engine.dump(&opts).await.expect("dump");
     let s = r.criu.clone().expect("criu stats");
     assert!(s.frozen > Duration::ZERO && s.memdump > Duration::ZERO);
@@ -216,11 +216,11 @@ async fn unwritable_images_dir_is_a_clear_error_and_the_workload_keeps_running()
     let _guard = Unmount(mnt.path());
 
     let mut opts = CheckpointOptions::new(w.pid, mnt.path().join("images"));
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     let err = engine.dump(&opts).await.unwrap_err();
     assert!(matches!(err, Error::ImagesDirNotWritable { .. }), "{err:?}");
     let mut opts = CheckpointOptions::new(w.pid, mnt.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     let err = engine.dump(&opts).await.unwrap_err();
     assert!(matches!(err, Error::ImagesDirNotWritable { .. }), "{err:?}");
     assert!(err.to_string().contains("not writable"));
@@ -236,7 +236,7 @@ async fn criu_killed_mid_dump_leaves_the_workload_running_and_the_next_dump_work
     let w = Workload::start(&["--mem", "768"]);
     let images = scratch("cpe-img-");
     let mut opts = CheckpointOptions::new(w.pid, images.path());
-    opts.leave_running = true;
+    opts.flags.leave_running = true;
     let dump = {
         let engine = engine.clone();
         let opts = opts.clone();

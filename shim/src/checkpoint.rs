@@ -121,7 +121,7 @@ pub fn check_allowed(location: &Path, allowed: &[PathBuf]) -> Result<()> {
 
 pub fn kubelet_options(output: PathBuf) -> ContainerCheckpointOptions {
     let mut o = ContainerCheckpointOptions::new(output);
-    o.knobs.leave_running = true;
+    o.flags.leave_running = true;
     o
 }
 
@@ -351,7 +351,7 @@ impl Checkpointer {
         let location = opts.output.clone();
         let pending = pending_path(&location);
         opts.output = pending.clone();
-        opts.knobs.leave_running = true;
+        opts.flags.leave_running = true;
         opts.state = Some(self.state.clone());
         let id = ctr.id.clone();
         let note = PendingNote::write(&self.state, &pending)?;

@@ -418,7 +418,7 @@ fn process_suite(bins: &Bins, mib: u32, runs: usize, lazy: bool, r: &mut Results
                     }
                     _ => {
                         let mut o = cpengine::CheckpointOptions::new(w.pid, &dir);
-                        o.leave_running = true;
+                        o.flags.leave_running = true;
                         let t = Instant::now();
                         let rep = bins.rt.block_on(bins.engine.dump(&o))?;
                         let wall = t.elapsed();

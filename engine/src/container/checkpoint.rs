@@ -19,80 +19,32 @@
 use std::path::{Path, PathBuf};
 
 use crate::criu::{Ack, Notification};
-use crate::options::{CgroupMode, CheckpointOptions, ExtMount};
+use crate::options::{CgroupMode, CheckpointOptions, CriuFlags, ExtMount};
 
 use super::{Container, ContainerError};
 
 pub use super::descriptors::{DESCRIPTORS_JSON, read_descriptors, write_descriptors};
 
-/// CRIU-level knobs of a container checkpoint (the archive-level ones live with the caller).
-#[derive(Debug, Clone)]
-pub struct DumpKnobs {
-    pub leave_running: bool,
-    pub tcp_established: bool,
-    pub ext_unix_sk: bool,
-    pub file_locks: bool,
-    pub shell_job: bool,
-    pub timeout: std::time::Duration,
-    pub log_level: u32,
-    /// Fault injection for tests (inert when `None`, the default; see [`crate::fault`]).
-    pub fault: Option<crate::fault::FaultPoint>,
-    /// How CRIU locks the container's network while it dumps. `None` (the default): no lock
-    /// unless established TCP connections are checkpointed.
-    ///
-    /// The lock only matters for `tcp_established`: without it CRIU refuses to dump an
-    /// established connection anyway, and a packet that arrives during the dump is no
-    /// different from one that arrives just after it. CRIU's default lock runs
-    /// `iptables-restore` and `ip6tables-restore` in the container's network namespace to lock
-    /// and again to unlock, plus `iptables` checks: measured on this machine (16 MiB
-    /// container, `perf trace -e sched:sched_process_exec`), ~80 ms before the pages are
-    /// dumped and ~65 ms after, all of it with the container frozen. CRIU records the method
-    /// in the images and a restore uses the same, so a skipped lock is also skipped on
-    /// restore, by any runtime.
-    pub network_lock: Option<crate::options::NetworkLock>,
-}
-
-impl Default for DumpKnobs {
-    fn default() -> Self {
-        Self {
-            leave_running: true,
-            tcp_established: false,
-            ext_unix_sk: false,
-            file_locks: false,
-            shell_job: false,
-            timeout: crate::options::DEFAULT_TIMEOUT,
-            log_level: crate::options::DEFAULT_LOG_LEVEL,
-            fault: None,
-            network_lock: None,
-        }
-    }
-}
-
 /// The CRIU options for dumping `ctr` into `images_dir`, with log and stats in `work_dir`.
+/// A container takes no network lock (`network_lock: None`) unless established TCP
+/// connections are checkpointed (see [`CriuFlags::network_lock`]).
 pub fn dump_options(
     ctr: &Container,
     images_dir: &Path,
     work_dir: &Path,
-    knobs: &DumpKnobs,
+    flags: &CriuFlags,
 ) -> Result<CheckpointOptions, ContainerError> {
     let mut o = CheckpointOptions::new(ctr.init_pid, images_dir);
     o.work_dir = Some(work_dir.to_path_buf());
     o.root = Some(ctr.rootfs.clone());
-    o.leave_running = knobs.leave_running;
-    o.tcp_established = knobs.tcp_established;
-    o.ext_unix_sk = knobs.ext_unix_sk;
-    o.file_locks = knobs.file_locks;
-    o.shell_job = knobs.shell_job;
-    o.timeout = knobs.timeout;
-    o.log_level = knobs.log_level;
-    o.fault = knobs.fault.clone();
+    o.flags = flags.clone();
+    o.flags.network_lock = flags
+        .network_lock
+        .or_else(|| (!flags.tcp_established).then_some(crate::options::NetworkLock::Skip));
     o.freeze_cgroup = ctr.freezer();
     o.cgroups = Some(CgroupMode::Soft);
     o.orphan_pts_master = true;
     o.empty_net_ns = true;
-    o.network_lock = knobs
-        .network_lock
-        .or_else(|| (!knobs.tcp_established).then_some(crate::options::NetworkLock::Skip));
     o.ext_mounts = external_mounts(ctr)?;
     for ns in &ctr.namespaces {
         let (Some(_), Some(name), Some(key)) =
@@ -194,7 +146,8 @@ pub type SharedProgress = std::sync::Arc<dyn crate::archive::Progress + Send>;
 pub struct ContainerCheckpointOptions {
     /// The archive to write (atomically; its parent must exist).
     pub output: PathBuf,
-    pub knobs: DumpKnobs,
+    /// The CRIU knobs; [`ContainerCheckpointOptions::new`] leaves the container running.
+    pub flags: CriuFlags,
     /// For a plain-directory rootfs: the base to diff against.
     pub rootfs_base: Option<crate::rootfs::Base>,
     /// Where CRIU's images are staged (default: beside `output`, same filesystem).
@@ -227,7 +180,7 @@ impl std::fmt::Debug for ContainerCheckpointOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContainerCheckpointOptions")
             .field("output", &self.output)
-            .field("knobs", &self.knobs)
+            .field("flags", &self.flags)
             .field("rootfs_base", &self.rootfs_base)
             .field("staging_dir", &self.staging_dir)
             .field("compression", &self.compression)
@@ -242,7 +195,10 @@ impl ContainerCheckpointOptions {
     pub fn new(output: impl Into<PathBuf>) -> Self {
         Self {
             output: output.into(),
-            knobs: DumpKnobs::default(),
+            flags: CriuFlags {
+                leave_running: true,
+                ..CriuFlags::default()
+            },
             rootfs_base: None,
             staging_dir: None,
             pod: None,
@@ -379,7 +335,7 @@ pub async fn checkpoint(
     ctr.ensure_running()?;
     // One checkpoint of a container at a time, across processes: a second one waits.
     let lock_root = opts.state.clone().unwrap_or_default();
-    let _lock = super::lock::lock(&lock_root, &ctr.id, opts.knobs.timeout).await?;
+    let _lock = super::lock::lock(&lock_root, &ctr.id, opts.flags.timeout).await?;
     // The one we waited for may have stopped it (a checkpoint without leave-running).
     ctr.ensure_running()?;
     let (output, parent) = destination(&opts.output)?;
@@ -408,7 +364,7 @@ pub async fn checkpoint(
     create_staging_dir(&staging_root, &staging_dir)?;
     let staging = Staging(staging_dir.clone());
     create_private_dir(&images_dir)?;
-    let dump_opts = dump_options(ctr, &images_dir, &staging_dir, &opts.knobs)?;
+    let dump_opts = dump_options(ctr, &images_dir, &staging_dir, &opts.flags)?;
     write_descriptors(ctr, &images_dir).map_err(Error::io("writing descriptors.json"))?;
 
     // Single copy: page images flow through FIFOs straight into the archive while CRIU dumps.
@@ -438,7 +394,7 @@ pub async fn checkpoint(
         } else {
             None
         },
-        timeout: opts.knobs.timeout,
+        timeout: opts.flags.timeout,
         pages: &mut pages,
         kind: &rootfs_kind,
         rootfs: &ctr.rootfs,
@@ -518,7 +474,7 @@ pub async fn checkpoint(
     drop(staging);
     drop(journal);
 
-    if !opts.knobs.leave_running {
+    if !opts.flags.leave_running {
         destroy_after_checkpoint(ctr, opts).await;
     }
     let mut phases = vec![Phase::new("prepare staging", prepare)];
@@ -534,7 +490,7 @@ pub async fn checkpoint(
     Ok(ContainerCheckpointReport {
         container: ctr.id.clone(),
         output,
-        leave_running: opts.knobs.leave_running,
+        leave_running: opts.flags.leave_running,
         frozen,
         total: started.elapsed(),
         phases,

@@ -14,7 +14,9 @@ use criu_proto::rpc::{
     CriuReqType, ExtMountMap, InheritFd as WireInheritFd, JoinNamespace as WireJoin,
 };
 
-use crate::options::{CgroupMode, CheckpointOptions, ExtMount, NetworkLock, RestoreOptions};
+use crate::options::{
+    CgroupMode, CheckpointOptions, CriuFlags, ExtMount, NetworkLock, RestoreOptions,
+};
 
 /// Name of CRIU's log in the work dir for a dump.
 pub const DUMP_LOG: &str = "dump.log";
@@ -30,11 +32,6 @@ pub fn dump_request(o: &CheckpointOptions, images_fd: RawFd, work_fd: Option<Raw
         images_dir_fd: images_fd,
         work_dir_fd: work_fd,
         pid: Some(o.pid),
-        leave_running: Some(o.leave_running),
-        tcp_established: Some(o.tcp_established),
-        shell_job: Some(o.shell_job),
-        ext_unix_sk: Some(o.ext_unix_sk),
-        file_locks: Some(o.file_locks),
         link_remap: o.link_remap.then_some(true),
         tcp_skip_in_flight: o.tcp_skip_in_flight.then_some(true),
         root: o.root.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -48,7 +45,6 @@ pub fn dump_request(o: &CheckpointOptions, images_fd: RawFd, work_fd: Option<Raw
         ext_mnt: ext_mounts(&o.ext_mounts),
         empty_ns: o.empty_net_ns.then_some(CLONE_NEWNET),
         orphan_pts_master: o.orphan_pts_master.then_some(true),
-        network_lock: o.network_lock.map(|n| net_lock(n) as i32),
         ghost_limit: o.ghost_limit,
         parent_img: o
             .parent_images
@@ -56,10 +52,9 @@ pub fn dump_request(o: &CheckpointOptions, images_fd: RawFd, work_fd: Option<Raw
             .map(|p| p.to_string_lossy().into_owned()),
         track_mem: o.track_mem.then_some(true),
         lazy_pages: o.lazy_pages.then_some(true),
-        log_level: Some(o.log_level as i32),
         log_file: Some(DUMP_LOG.to_string()),
         notify_scripts: Some(true),
-        ..Default::default()
+        ..flag_opts(&o.flags, CriuReqType::Dump)
     };
     CriuReq {
         r#type: CriuReqType::Dump as i32,
@@ -80,10 +75,6 @@ pub fn restore_request(
         images_dir_fd: images_fd,
         work_dir_fd: work_fd,
         rst_sibling: Some(true),
-        tcp_established: Some(o.tcp_established),
-        shell_job: Some(o.shell_job),
-        ext_unix_sk: Some(o.ext_unix_sk),
-        file_locks: Some(o.file_locks),
         evasive_devices: o.evasive_devices.then_some(true),
         root: o.root.as_ref().map(|p| p.to_string_lossy().into_owned()),
         inherit_fd: inherit
@@ -119,14 +110,31 @@ pub fn restore_request(
         lazy_pages: o.lazy_pages.then_some(true),
         lsm_profile: o.lsm_profile.clone(),
         lsm_mount_context: o.lsm_mount_context.clone(),
-        log_level: Some(o.log_level as i32),
         log_file: Some(RESTORE_LOG.to_string()),
         notify_scripts: Some(true),
-        ..Default::default()
+        ..flag_opts(&o.flags, CriuReqType::Restore)
     };
     CriuReq {
         r#type: CriuReqType::Restore as i32,
         opts: Some(opts),
+        ..Default::default()
+    }
+}
+
+/// The one place [`CriuFlags`] become CRIU options (the rest of the request is filled in by
+/// the caller). `leave_running` and `network_lock` go into a dump only: CRIU takes a
+/// restore's network lock method from the images. `timeout` and `fault` bound and test the
+/// session, not the request.
+fn flag_opts(f: &CriuFlags, kind: CriuReqType) -> CriuOpts {
+    let dump = kind == CriuReqType::Dump;
+    CriuOpts {
+        leave_running: dump.then_some(f.leave_running),
+        tcp_established: Some(f.tcp_established),
+        shell_job: Some(f.shell_job),
+        ext_unix_sk: Some(f.ext_unix_sk),
+        file_locks: Some(f.file_locks),
+        network_lock: f.network_lock.filter(|_| dump).map(|n| net_lock(n) as i32),
+        log_level: Some(f.log_level as i32),
         ..Default::default()
     }
 }
@@ -168,8 +176,8 @@ mod tests {
     #[test]
     fn dump_request_carries_the_options() {
         let mut o = CheckpointOptions::new(42, "/tmp/x");
-        o.leave_running = true;
-        o.shell_job = true;
+        o.flags.leave_running = true;
+        o.flags.shell_job = true;
         o.empty_net_ns = true;
         o.cgroups = Some(CgroupMode::Soft);
         o.ext_mounts.push(ExtMount::new("/data", "/data"));
@@ -206,6 +214,38 @@ mod tests {
         assert_eq!(opts.inherit_fd[0].key, "pipe:[123]");
         assert_eq!(opts.inherit_fd[0].fd, 4);
         assert_eq!(opts.log_file.as_deref(), Some("restore.log"));
+        assert_eq!(opts.leave_running, None);
+    }
+
+    #[test]
+    fn flags_reach_both_requests() {
+        let flags = CriuFlags {
+            leave_running: true,
+            tcp_established: true,
+            ext_unix_sk: true,
+            file_locks: true,
+            shell_job: true,
+            log_level: 2,
+            network_lock: Some(NetworkLock::Skip),
+            ..Default::default()
+        };
+        let mut d = CheckpointOptions::new(1, "/x");
+        d.flags = flags.clone();
+        let mut r = RestoreOptions::new("/x");
+        r.flags = flags;
+        let dump = dump_request(&d, 3, None).opts.unwrap();
+        let restore = restore_request(&r, 3, None, &[]).opts.unwrap();
+        for o in [&dump, &restore] {
+            assert_eq!(o.tcp_established, Some(true));
+            assert_eq!(o.ext_unix_sk, Some(true));
+            assert_eq!(o.file_locks, Some(true));
+            assert_eq!(o.shell_job, Some(true));
+            assert_eq!(o.log_level, Some(2));
+        }
+        assert_eq!(dump.leave_running, Some(true));
+        assert_eq!(dump.network_lock, Some(CriuNetworkLockMethod::Skip as i32));
+        assert_eq!(restore.leave_running, None);
+        assert_eq!(restore.network_lock, None);
     }
 
     #[test]

@@ -250,6 +250,8 @@ impl<I: ImageBackend> Standalone<I> {
         result
     }
 
+    /// `CreateContainer` of a checkpoint: extracts it, finds its base image, points its spec
+    /// at the new pod and records the plan `StartContainer` restores from.
     async fn prepare_restore(
         &self,
         id: &str,
@@ -265,59 +267,22 @@ impl<I: ImageBackend> Standalone<I> {
             CheckpointSource::Archive(a) => a.display().to_string(),
             CheckpointSource::Image(r) => r.clone(),
         };
-        // The archive, or the checkpoint image's layer, through the engine's safe extractor.
-        let dir = lib_dir.join("checkpoint");
-        let trust = self.checkpointer.require_signed();
-        let (ckpt, extracted) =
-            cpengine::Engine::open_checkpoint(&source_name, &self.cfg.state, &dir, false, trust)
-                .await
-                .map_err(|source| match source {
-                    cpengine::Error::Archive(source) => ShimError::Archive {
-                        step: "extracting the checkpoint",
-                        source,
-                    },
-                    source => ShimError::Engine {
-                        step: "opening the checkpoint",
-                        source,
-                    },
-                })?;
-        if !ckpt.has_images() {
-            return Err(ShimError::InvalidArgument(format!(
-                "{source_name} is not a checkpoint: checkpoint/inventory.img is missing"
-            )));
-        }
+        let (ckpt, extracted) = self.open_checkpoint(&source_name, lib_dir).await?;
         let mut spec = ckpt.spec.clone();
-        serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| {
-            ShimError::InvalidArgument(format!(
-                "spec.dump of {source_name} is not an OCI spec: {e}"
-            ))
-        })?;
         let refs = archive_base_refs(&extracted.config);
-        let mut base = None;
-        for r in &refs {
-            if let Ok(img) = self.images.resolve(r).await {
-                base = Some(img);
-                break;
-            }
-        }
-        let base = base.ok_or_else(|| {
-            ShimError::FailedPrecondition(format!(
-                "the base image of checkpoint {source_name} ({}) is not in the image store; pull it first",
-                if refs.is_empty() { "not named in config.dump".to_string() } else { refs.join(" / ") }
-            ))
-        })?;
+        let base = self.base_image(&refs, &source_name).await?;
         let binds = repoint_mounts(&mut spec, req, pod)?;
         repoint_namespaces(&mut spec, pod, dumped_namespaces(&ckpt)?)?;
         reannotate(&mut spec, req, pod);
-
-        let log = super::pod::log_path(pod, req, lib_dir)?;
-        if let Some(parent) = log.parent() {
-            std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
-        }
-        // The checkpointed container's log carries on in the new log.
-        if let Some(saved) = &extracted.log {
-            let _ = carry_log(saved, &log);
-        }
+        let log = new_log(pod, req, lib_dir, &extracted)?;
+        let plan = RestorePlan {
+            dir: extracted.root.clone(),
+            source: source_name,
+            spec,
+            config: ckpt.config.clone(),
+            base_layers: base.layers.clone(),
+            binds,
+        };
         let image_name = base
             .info
             .repo_tags
@@ -349,20 +314,67 @@ impl<I: ImageBackend> Standalone<I> {
             lowers: vec![],
             relay_pid: None,
             stop_signal: Some(base.config.stop_signal.clone()).filter(|s| !s.is_empty()),
-            restore: Some(RestorePlan {
-                dir: extracted.root.clone(),
-                source: source_name,
-                spec,
-                config: ckpt.config.clone(),
-                base_layers: base.layers.clone(),
-                binds,
-            }),
+            restore: Some(plan),
         };
         self.store.save_ctr(&rec)?;
         tracing::info!(container = %id, from = %rec.restore.as_ref().map(|r| r.source.as_str()).unwrap_or(""), "container prepared for restore");
         Ok(id.to_string())
     }
 
+    /// The archive, or the checkpoint image's layer, through the engine's safe extractor into
+    /// `<lib_dir>/checkpoint`; refused unless it holds CRIU images and an OCI spec.
+    async fn open_checkpoint(
+        &self,
+        source_name: &str,
+        lib_dir: &Path,
+    ) -> Result<(CheckpointDir, cpengine::archive::Extracted)> {
+        let dir = lib_dir.join("checkpoint");
+        let trust = self.checkpointer.require_signed();
+        let (ckpt, extracted) =
+            cpengine::Engine::open_checkpoint(source_name, &self.cfg.state, &dir, false, trust)
+                .await
+                .map_err(|source| match source {
+                    cpengine::Error::Archive(source) => ShimError::Archive {
+                        step: "extracting the checkpoint",
+                        source,
+                    },
+                    source => ShimError::Engine {
+                        step: "opening the checkpoint",
+                        source,
+                    },
+                })?;
+        if !ckpt.has_images() {
+            return Err(ShimError::InvalidArgument(format!(
+                "{source_name} is not a checkpoint: checkpoint/inventory.img is missing"
+            )));
+        }
+        serde_json::from_value::<oci_spec::runtime::Spec>(ckpt.spec.clone()).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "spec.dump of {source_name} is not an OCI spec: {e}"
+            ))
+        })?;
+        Ok((ckpt, extracted))
+    }
+
+    /// The first of the checkpoint's base image names (`refs`) the image store has.
+    async fn base_image(&self, refs: &[String], source_name: &str) -> Result<ResolvedImage> {
+        for r in refs {
+            if let Ok(img) = self.images.resolve(r).await {
+                return Ok(img);
+            }
+        }
+        Err(ShimError::FailedPrecondition(format!(
+            "the base image of checkpoint {source_name} ({}) is not in the image store; pull it first",
+            if refs.is_empty() {
+                "not named in config.dump".to_string()
+            } else {
+                refs.join(" / ")
+            }
+        )))
+    }
+
+    /// `StartContainer` of a container prepared for restore: the engine's restore with the
+    /// recorded plan, held to the live request.
     pub(super) async fn start_restored(&self, rec: CtrRecord) -> Result<()> {
         let plan = rec
             .restore
@@ -376,39 +388,7 @@ impl<I: ImageBackend> Standalone<I> {
             Some(plan.source.clone()),
         )
         .map_err(ShimError::engine("reopening the extracted checkpoint"))?;
-        let mut opts = ContainerRestoreOptions::new(&rec.id, self.cfg.state.clone());
-        // The base image's layers, top first (overlay order).
-        opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
-        opts.log_path = Some(rec.log_path.clone());
-        opts.relay_exe = Some(self.cfg.exe.clone());
-        opts.binds.map = plan.binds.clone();
-        // What the restored container may have comes from the live request, never the archive.
-        opts.policy = restore_policy(&rec.spec.security, rec.spec.resources.oom_score_adj, &pod);
-        // Its cgroup limits come from the request too (the devices from the policy).
-        let r = &rec.spec.resources;
-        let pos = |v: i64| Some(v).filter(|v| *v > 0);
-        opts.containment.resources = cpengine::container::containment::Resources {
-            memory_limit: pos(r.memory_limit_in_bytes),
-            cpu_shares: pos(r.cpu_shares).map(|v| v as u64),
-            cpu_quota: pos(r.cpu_quota),
-            cpu_period: pos(r.cpu_period).map(|v| v as u64),
-            pids_limit: None,
-        };
-        let dumped = dumped_namespaces(&ckpt)?;
-        if let Some(h) = pod.holder {
-            let holder = h.holder();
-            if dumped.net && h.net {
-                opts.netns = Some(holder.ns_path("net"));
-            }
-            for (on, kind) in [(dumped.ipc && h.ipc, "ipc"), (dumped.uts && h.uts, "uts")] {
-                if on {
-                    opts.join_ns.push(cpengine::options::JoinNamespace {
-                        ns: kind.into(),
-                        path: holder.ns_path(kind),
-                    });
-                }
-            }
-        }
+        let opts = self.restore_options(&rec, &plan, &pod, &ckpt)?;
         let engine = self.checkpointer.engine().await?;
         let report = engine
             .restore_container(&ckpt, &opts)
@@ -430,6 +410,69 @@ impl<I: ImageBackend> Standalone<I> {
         }
         Ok(())
     }
+
+    /// The engine's options for restoring `rec` from `plan`: the base image's layers, the
+    /// new log and binds, the policy and limits of the live request, the pod's namespaces.
+    fn restore_options(
+        &self,
+        rec: &CtrRecord,
+        plan: &RestorePlan,
+        pod: &PodRecord,
+        ckpt: &CheckpointDir,
+    ) -> Result<ContainerRestoreOptions> {
+        let mut opts = ContainerRestoreOptions::new(&rec.id, self.cfg.state.clone());
+        // The base image's layers, top first (overlay order).
+        opts.base_layers = plan.base_layers.iter().rev().cloned().collect();
+        opts.log_path = Some(rec.log_path.clone());
+        opts.relay_exe = Some(self.cfg.exe.clone());
+        opts.binds.map = plan.binds.clone();
+        // What the restored container may have comes from the live request, never the archive.
+        opts.policy = restore_policy(&rec.spec.security, rec.spec.resources.oom_score_adj, pod);
+        // Its cgroup limits come from the request too (the devices from the policy).
+        let r = &rec.spec.resources;
+        let pos = |v: i64| Some(v).filter(|v| *v > 0);
+        opts.containment.resources = cpengine::container::containment::Resources {
+            memory_limit: pos(r.memory_limit_in_bytes),
+            cpu_shares: pos(r.cpu_shares).map(|v| v as u64),
+            cpu_quota: pos(r.cpu_quota),
+            cpu_period: pos(r.cpu_period).map(|v| v as u64),
+            pids_limit: None,
+        };
+        let dumped = dumped_namespaces(ckpt)?;
+        if let Some(h) = &pod.holder {
+            let holder = h.holder();
+            if dumped.net && h.net {
+                opts.netns = Some(holder.ns_path("net"));
+            }
+            for (on, kind) in [(dumped.ipc && h.ipc, "ipc"), (dumped.uts && h.uts, "uts")] {
+                if on {
+                    opts.join_ns.push(cpengine::options::JoinNamespace {
+                        ns: kind.into(),
+                        path: holder.ns_path(kind),
+                    });
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// The new container's log (made with its directory); the checkpointed container's log, if
+/// the archive has one, carries on in it.
+fn new_log(
+    pod: &PodRecord,
+    req: &ContainerSpec,
+    lib_dir: &Path,
+    extracted: &cpengine::archive::Extracted,
+) -> Result<PathBuf> {
+    let log = super::pod::log_path(pod, req, lib_dir)?;
+    if let Some(parent) = log.parent() {
+        std::fs::create_dir_all(parent).map_err(ShimError::fs("creating", parent))?;
+    }
+    if let Some(saved) = &extracted.log {
+        let _ = carry_log(saved, &log);
+    }
+    Ok(log)
 }
 
 /// The engine's reading of the checkpoint's namespaces, as a shim error.
