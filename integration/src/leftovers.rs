@@ -1,7 +1,7 @@
 //! What a restore may leave behind: the check that a failed or refused container restore left
 //! nothing, and a guard that deletes a container a test restored with the `cpengine` CLI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cpengine::container::state::StateRoot;
@@ -67,4 +67,64 @@ impl Drop for CliRestored {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// `cpengine --state-root <state> restore <archive> --id <id> --rootfs-base <base> <extra…>`:
+/// whether it succeeded, its stdout and its stderr.
+pub fn cli_restore(
+    archive: &Path,
+    id: &str,
+    base: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let (st, out, err) = crate::run(
+        Command::new(crate::cpengine_bin())
+            .arg("--state-root")
+            .arg(state)
+            .arg("restore")
+            .arg(archive)
+            .arg("--id")
+            .arg(id)
+            .arg("--rootfs-base")
+            .arg(base)
+            .args(extra),
+    );
+    (st.success(), out, err)
+}
+
+/// Nothing of a refused restore exists: what [`assert_restore_left_nothing`] checks, and no
+/// file naming the id under the state root, no process whose command line names the state
+/// root, no runc container of that id.
+pub fn assert_refused_restore_left_nothing(state: &Path, id: &str) {
+    assert_restore_left_nothing(&StateRoot::at(state), id, "refused restore");
+    let mut stack = vec![state.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(!name.contains(id), "{} left behind", p.display());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    let needle = state.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            assert!(
+                !cmd.contains(&needle),
+                "process left: {} {cmd}",
+                e.file_name().to_string_lossy()
+            );
+        }
+    }
+    let (_, out, _) = crate::run(
+        Command::new("runc")
+            .arg("--root")
+            .arg(state.join("run/runc"))
+            .arg("list"),
+    );
+    assert!(!out.contains(id), "runc container left: {out}");
 }

@@ -15,7 +15,9 @@ use std::process::Command;
 use cpengine::container::manage;
 use cpengine::container::state::StateRoot;
 use cpengine_integration::faults::{mounts_under, restore_cgroups};
-use cpengine_integration::leftovers::{CliRestored, assert_restore_left_nothing};
+use cpengine_integration::leftovers::{
+    CliRestored, assert_refused_restore_left_nothing, cli_restore,
+};
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
 use criu_proto::image::{ImageReader, ImageWriter, header_for};
@@ -128,56 +130,6 @@ impl Unpacked {
             .arg(self.dir.path())
             .args(&names));
         assert!(st.success(), "tar: {err}");
-    }
-}
-
-/// `cpengine restore` of `archive` as `id` into a fresh state root.
-fn restore_cli(
-    archive: &Path,
-    id: &str,
-    base: &Path,
-    state: &Path,
-    extra: &[&str],
-) -> (bool, String, String) {
-    let (st, out, err) = run(Command::new(cpengine_bin())
-        .arg("--state-root")
-        .arg(state)
-        .arg("restore")
-        .arg(archive)
-        .arg("--id")
-        .arg(id)
-        .arg("--rootfs-base")
-        .arg(base)
-        .args(extra));
-    (st.success(), out, err)
-}
-
-/// Nothing of a refused restore exists: nothing a failed restore may leave (the shared check:
-/// container state, extraction, mounts under the state root, cgroups), no file naming the id,
-/// no process whose command line names the state root.
-fn assert_nothing_left(state: &Path, id: &str) {
-    assert_restore_left_nothing(&StateRoot::at(state), id, "refused restore");
-    let mut stack = vec![state.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(!name.contains(id), "{} left behind", p.display());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p);
-            }
-        }
-    }
-    let needle = state.display().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            assert!(
-                !cmd.contains(&needle),
-                "process left: {} {cmd}",
-                e.file_name().to_string_lossy()
-            );
-        }
     }
 }
 
@@ -409,7 +361,7 @@ async fn hostile_edits_are_refused_before_anything_is_created() {
         let state = scratch("cpe-hstate-");
         let id = unique_id("cpe-hr");
         let (ok, stdout, stderr) =
-            restore_cli(&edited, &id, &ck.bundle.base, state.path(), case.flags);
+            cli_restore(&edited, &id, &ck.bundle.base, state.path(), case.flags);
         if ok {
             // Never leave a restored hostile container running.
             drop(CliRestored::new(state.path(), &id));
@@ -425,7 +377,7 @@ async fn hostile_edits_are_refused_before_anything_is_created() {
             failures.push(format!("{}: error lacks {missing:?}: {stderr}", case.name));
         }
         eprintln!("{}: {}", case.name, stderr.trim());
-        assert_nothing_left(state.path(), &id);
+        assert_refused_restore_left_nothing(state.path(), &id);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -444,7 +396,7 @@ async fn the_unedited_and_the_trusted_archive_restore() {
     ] {
         let state = scratch("cpe-hstate-");
         let id = unique_id("cpe-hok");
-        let (ok, stdout, stderr) = restore_cli(archive, &id, &ck.bundle.base, state.path(), flags);
+        let (ok, stdout, stderr) = cli_restore(archive, &id, &ck.bundle.base, state.path(), flags);
         let _guard = CliRestored::new(state.path(), &id);
         assert!(ok, "restore failed: {stderr}");
         if flags.is_empty() {
@@ -477,7 +429,7 @@ async fn the_unedited_and_the_trusted_archive_restore() {
     // --trust-archive skips verification of an archive the policy would refuse, loudly.
     let state = scratch("cpe-hstate-");
     let id = unique_id("cpe-htr");
-    let (ok, _, stderr) = restore_cli(
+    let (ok, _, stderr) = cli_restore(
         &ck.archive,
         &id,
         &ck.bundle.base,
@@ -485,8 +437,8 @@ async fn the_unedited_and_the_trusted_archive_restore() {
         &["--seccomp", "required"],
     );
     assert!(!ok && stderr.contains("seccomp_mode"), "{stderr}");
-    assert_nothing_left(state.path(), &id);
-    let (ok, stdout, stderr) = restore_cli(
+    assert_refused_restore_left_nothing(state.path(), &id);
+    let (ok, stdout, stderr) = cli_restore(
         &ck.archive,
         &id,
         &ck.bundle.base,

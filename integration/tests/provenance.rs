@@ -15,90 +15,22 @@ use std::process::Command;
 use std::time::Duration;
 
 use cpengine::container::state::StateRoot;
-use cpengine_integration::faults::{mounts_under, restore_cgroups};
+use cpengine_integration::faults::mounts_under;
+use cpengine_integration::leftovers::{
+    CliRestored, assert_refused_restore_left_nothing, cli_restore,
+};
 use cpengine_integration::runc::*;
 use cpengine_integration::*;
 
 const SIGNATURE: &str = "cpengine-signature.json";
 
 /// Deletes a restored container when dropped (also when an assertion fails first).
-struct Restored {
-    state: PathBuf,
-    id: String,
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = Command::new(cpengine_bin())
-            .arg("--state-root")
-            .arg(&self.state)
-            .args(["delete", "--force", &self.id])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 fn cli(state: &Path, args: &[&str]) -> (bool, String, String) {
     let (st, out, err) = run(Command::new(cpengine_bin())
         .arg("--state-root")
         .arg(state)
         .args(args));
     (st.success(), out, err)
-}
-
-fn restore(
-    archive: &Path,
-    id: &str,
-    base: &Path,
-    state: &Path,
-    extra: &[&str],
-) -> (bool, String, String) {
-    let (a, b) = (archive.display().to_string(), base.display().to_string());
-    let mut args = vec!["restore", &a, "--id", id, "--rootfs-base", &b];
-    args.extend_from_slice(extra);
-    cli(state, &args)
-}
-
-/// Nothing of a refused restore exists: no container state, no file naming the id, no
-/// extraction, no mount under the state root, no cgroup, no process naming the state root.
-fn assert_nothing_left(state: &Path, id: &str) {
-    let root = StateRoot::at(state);
-    assert!(!root.container_record(id).exists(), "container record left");
-    assert!(!root.container_run_dir(id).exists(), "run dir left");
-    assert!(!root.container_lib_dir(id).exists(), "lib dir left");
-    let mut stack = vec![state.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(!name.contains(id), "{} left behind", e.path().display());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
-    let restores = state.join("lib/restores");
-    assert!(
-        std::fs::read_dir(&restores).map_or(true, |r| r.count() == 0),
-        "extraction left in {}",
-        restores.display()
-    );
-    assert_eq!(mounts_under(state), Vec::<PathBuf>::new(), "mounts left");
-    for cg in restore_cgroups(id) {
-        assert!(!cg.exists(), "cgroup {} left", cg.display());
-    }
-    let needle = state.display().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            assert!(!cmd.contains(&needle), "process left: {cmd}");
-        }
-    }
-    // And runc knows no container of that id under the state root.
-    let (_, out, _) = run(Command::new("runc")
-        .arg("--root")
-        .arg(state.join("run/runc"))
-        .arg("list"));
-    assert!(!out.contains(id), "runc container left: {out}");
 }
 
 /// Copies the plain tar `from` to `to` member by member: `edit` may change a member's data
@@ -226,11 +158,8 @@ async fn only_archives_signed_by_a_trusted_key_restore_and_tampering_is_refused(
     // Node B trusts node A's key: the signed archive restores (and is still verified).
     let node_b = scratch("cpe-prov-b-");
     let rid = unique_id("cpe-pvr");
-    let (ok, stdout, stderr) = restore(&archive, &rid, &bundle.base, node_b.path(), &trusted);
-    let guard = Restored {
-        state: node_b.path().into(),
-        id: rid.clone(),
-    };
+    let (ok, stdout, stderr) = cli_restore(&archive, &rid, &bundle.base, node_b.path(), &trusted);
+    let guard = CliRestored::new(node_b.path(), &rid);
     assert!(ok, "signed restore failed: {stderr}");
     assert!(stdout.contains("signature verified"), "{stdout}");
     assert!(stdout.contains("verified 2 threads"), "{stdout}");
@@ -239,26 +168,19 @@ async fn only_archives_signed_by_a_trusted_key_restore_and_tampering_is_refused(
     drop(guard);
 
     // Node B trusting only its own key refuses node A's archive, naming the key.
-    let rid = unique_id("cpe-pvu");
-    let (ok, _, stderr) = restore(
-        &archive,
-        &rid,
-        &bundle.base,
-        node_b.path(),
-        &["--require-signed"],
-    );
-    let _guard = Restored {
-        state: node_b.path().into(),
-        id: rid.clone(),
+    let refused = |archive: &Path, flags: &[&str], expect: &str| {
+        let rid = unique_id("cpe-pvr");
+        let (ok, _, stderr) = cli_restore(archive, &rid, &bundle.base, node_b.path(), flags);
+        let _guard = CliRestored::new(node_b.path(), &rid);
+        assert!(!ok, "{} restored", archive.display());
+        assert!(stderr.contains(expect), "wanted {expect:?}: {stderr}");
+        assert_refused_restore_left_nothing(node_b.path(), &rid);
     };
-    assert!(!ok, "restored with an untrusted key");
-    assert!(
-        stderr.contains(&format!(
-            "signed by key {key_id}, which is not a trusted key"
-        )),
-        "{stderr}"
+    refused(
+        &archive,
+        &["--require-signed"],
+        &format!("signed by key {key_id}, which is not a trusted key"),
     );
-    assert_nothing_left(node_b.path(), &rid);
 
     // One byte of the pages image flipped: refused, naming the member and the digest.
     let flipped = out.path().join("flipped.tar");
@@ -272,20 +194,11 @@ async fn only_archives_signed_by_a_trusted_key_restore_and_tampering_is_refused(
         true
     });
     assert!(hit);
-    let rid = unique_id("cpe-pvf");
-    let (ok, _, stderr) = restore(&flipped, &rid, &bundle.base, node_b.path(), &trusted);
-    let _guard = Restored {
-        state: node_b.path().into(),
-        id: rid.clone(),
-    };
-    assert!(!ok, "restored a tampered archive");
-    assert!(
-        stderr.contains(&format!(
-            "member {pages}: its sha256 differs from the signed manifest"
-        )),
-        "{stderr}"
+    refused(
+        &flipped,
+        &trusted,
+        &format!("member {pages}: its sha256 differs from the signed manifest"),
     );
-    assert_nothing_left(node_b.path(), &rid);
 
     // A JSON member edited (same size): refused as well.
     let edited = out.path().join("edited-config.tar");
@@ -296,29 +209,16 @@ async fn only_archives_signed_by_a_trusted_key_restore_and_tampering_is_refused(
         }
         true
     });
-    let rid = unique_id("cpe-pve");
-    let (ok, _, stderr) = restore(&edited, &rid, &bundle.base, node_b.path(), &trusted);
-    assert!(!ok, "restored a tampered archive");
-    assert!(
-        stderr.contains("member config.dump: its sha256 differs"),
-        "{stderr}"
-    );
-    assert_nothing_left(node_b.path(), &rid);
+    refused(&edited, &trusted, "member config.dump: its sha256 differs");
 
     // The signature stripped: refused with --require-signed, restored without it.
     let unsigned = out.path().join("unsigned.tar");
     rewrite(&archive, &unsigned, |n, _| n != SIGNATURE);
     assert!(!member_names(&unsigned).iter().any(|n| n == SIGNATURE));
+    refused(&unsigned, &trusted, "the archive is not signed");
     let rid = unique_id("cpe-pvs");
-    let (ok, _, stderr) = restore(&unsigned, &rid, &bundle.base, node_b.path(), &trusted);
-    assert!(!ok, "restored an unsigned archive");
-    assert!(stderr.contains("the archive is not signed"), "{stderr}");
-    assert_nothing_left(node_b.path(), &rid);
-    let (ok, stdout, stderr) = restore(&unsigned, &rid, &bundle.base, node_b.path(), &[]);
-    let _guard = Restored {
-        state: node_b.path().into(),
-        id: rid.clone(),
-    };
+    let (ok, stdout, stderr) = cli_restore(&unsigned, &rid, &bundle.base, node_b.path(), &[]);
+    let _guard = CliRestored::new(node_b.path(), &rid);
     assert!(
         ok,
         "unsigned restore without --require-signed failed: {stderr}"
