@@ -364,7 +364,8 @@ fn read_json_bytes(m: &Member, r: &mut dyn Read, limit: u64) -> Result<Vec<u8>, 
             limit,
         });
     }
-    let mut b = Vec::with_capacity(m.size as usize);
+    // Grown as bytes arrive: a header's size alone does not get memory.
+    let mut b = Vec::with_capacity(m.size.min(64 << 10) as usize);
     r.read_to_end(&mut b).map_err(|e| ArchiveError::Extract {
         name: m.name.clone(),
         source: e,
