@@ -282,6 +282,7 @@ impl<I: ImageBackend> Standalone<I> {
             config: ckpt.config.clone(),
             base_layers: base.layers.clone(),
             binds,
+            signed_by: extracted.signed_by.map(|k| k.to_line()),
         };
         let image_name = base
             .info
@@ -380,6 +381,7 @@ impl<I: ImageBackend> Standalone<I> {
             .restore
             .clone()
             .ok_or_else(|| ShimError::Internal("restore plan missing".into()))?;
+        check_provenance(&plan, self.checkpointer.require_signed())?;
         let pod = self.ready_pod(&rec.pod_id)?;
         let ckpt = CheckpointDir::reopen(
             &plan.dir,
@@ -519,6 +521,32 @@ fn carry_log(saved: &Path, log: &Path) -> std::io::Result<bool> {
     dst.set_permissions(std::fs::Permissions::from_mode(0o640))?;
     std::io::copy(&mut src, &mut dst)?;
     Ok(true)
+}
+
+/// A checkpoint extracted at CreateContainer restores at StartContainer only if it was verified
+/// then by a key trusted now (the shim may have been restarted with `--require-signed`, or
+/// with other keys, in between).
+fn check_provenance(
+    plan: &RestorePlan,
+    trust: Option<&cpengine::archive::sign::TrustedKeys>,
+) -> Result<()> {
+    use cpengine::archive::sign::{ProvenanceError, PublicKey};
+    let Some(trust) = trust else {
+        return Ok(());
+    };
+    let refusal = match plan.signed_by.as_deref().map(PublicKey::parse) {
+        None => ProvenanceError::Unsigned,
+        Some(Ok(k)) if trust.contains(&k) => return Ok(()),
+        Some(Ok(k)) => ProvenanceError::UntrustedKey { key_id: k.key_id() },
+        Some(Err(detail)) => ProvenanceError::BadSignatureMember {
+            field: "signed_by (the restore plan)",
+            detail,
+        },
+    };
+    Err(ShimError::Archive {
+        step: "starting a restored container",
+        source: cpengine::archive::ArchiveError::Provenance(refusal),
+    })
 }
 
 /// The restore policy of a CRI request: its container security context and its pod's
@@ -749,6 +777,37 @@ mod tests {
         );
         std::fs::write(dir.path().join("netns-10.img"), b"").unwrap();
         assert!(DumpedNamespaces::read(dir.path()).unwrap().net);
+    }
+
+    /// Review of the signing change: a checkpoint extracted while signatures were not required
+    /// (or verified by a key no longer trusted) is refused at StartContainer once they are.
+    #[test]
+    fn start_rechecks_the_extraction_against_the_keys_trusted_now() {
+        use cpengine::archive::sign::{PublicKey, TrustedKeys};
+        // Two valid points: [1, 1, …] and the base point's encoding.
+        let mut base = [0x66; 32];
+        base[0] = 0x58;
+        let (ours, theirs) = (PublicKey([1; 32]), PublicKey(base));
+        let plan = |signed_by: Option<&PublicKey>| RestorePlan {
+            dir: PathBuf::from("/nonexistent"),
+            source: "a.tar".into(),
+            spec: serde_json::Value::Null,
+            config: None,
+            base_layers: vec![],
+            binds: Default::default(),
+            signed_by: signed_by.map(PublicKey::to_line),
+        };
+        let trust = TrustedKeys::new([ours]);
+        assert!(check_provenance(&plan(None), None).is_ok());
+        assert!(check_provenance(&plan(Some(&ours)), Some(&trust)).is_ok());
+        for (p, want) in [
+            (plan(None), "is not signed"),
+            (plan(Some(&theirs)), "not a trusted key"),
+        ] {
+            let st = tonic::Status::from(check_provenance(&p, Some(&trust)).unwrap_err());
+            assert!(st.message().contains(want), "{st:?}");
+            assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+        }
     }
 
     #[test]

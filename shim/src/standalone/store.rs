@@ -93,6 +93,11 @@ pub struct RestorePlan {
     /// `cpengine::container::binds`); the checkpoint's own host paths are never used.
     #[serde(default)]
     pub binds: std::collections::BTreeMap<PathBuf, PathBuf>,
+    /// The key whose signature was verified when the checkpoint was extracted (a public key
+    /// line); `None`: signatures were not required then. StartContainer checks it against the
+    /// keys trusted at start.
+    #[serde(default)]
+    pub signed_by: Option<String>,
 }
 
 /// A persisted container.
