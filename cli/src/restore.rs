@@ -140,7 +140,13 @@ pub async fn run(a: Args, state: &StateRoot) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let policy = policy(&a);
+    // A file named on the command line is an archive: the engine takes only absolute paths
+    // as files (anything else is an image reference).
     let source = a.source.unwrap_or_default();
+    let source = match std::path::Path::new(&source) {
+        p if p.is_file() => std::path::absolute(p)?.display().to_string(),
+        _ => source,
+    };
     let id =
         a.id.ok_or_else(|| anyhow::anyhow!("restoring a container needs --id <NEW_ID>"))?;
     let mut o = ContainerRestoreOptions::new(id, state.clone());

@@ -141,7 +141,7 @@ impl Engine {
         container::restore::restore_archive(self, source, opts, insecure).await
     }
 
-    /// Extracts a checkpoint (an archive file, or a checkpoint image in the store or a
+    /// Extracts a checkpoint (an archive file named by an absolute path, or a checkpoint image in the store or a
     /// registry) into `target` through the hardened archive reader; with `trust`, only an
     /// archive signed by one of those keys (see [`archive::sign`]).
     pub async fn open_checkpoint(

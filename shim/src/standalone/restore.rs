@@ -264,7 +264,10 @@ impl<I: ImageBackend> Standalone<I> {
         create_private_dir(run_dir)?;
         create_private_dir(lib_dir)?;
         let source_name = match source {
-            CheckpointSource::Archive(a) => a.display().to_string(),
+            CheckpointSource::Archive(a) => std::path::absolute(a)
+                .map_err(|e| ShimError::Internal(format!("{}: {e}", a.display())))?
+                .display()
+                .to_string(),
             CheckpointSource::Image(r) => r.clone(),
         };
         let (ckpt, extracted) = self.open_checkpoint(&source_name, lib_dir).await?;

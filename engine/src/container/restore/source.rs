@@ -23,8 +23,11 @@ pub async fn open_source(
     limits.max_total_bytes = limits.max_total_bytes.min(crate::host::fs::free_bytes(
         target.parent().unwrap_or(target),
     ));
+    // Only an absolute path names a file: a relative one would resolve against whatever the
+    // caller's working directory is, so that an image reference such as `tmp/x` could name a
+    // file instead of the image.
     let path = Path::new(source);
-    let archive = if path.is_file() {
+    let archive = if path.is_absolute() && path.is_file() {
         path.to_path_buf()
     } else {
         // An image reference: local store first, then the registry it names.
@@ -163,6 +166,36 @@ mod copy_cap_tests {
         assert_eq!(
             copy_capped(&mut small, &mut Vec::new(), 1000).unwrap(),
             1000
+        );
+    }
+
+    /// Review of the signing change: a relative path is an image reference, never a file in
+    /// whatever the working directory is (the shim's `tmp/x` image would have read `/tmp/x`).
+    #[tokio::test]
+    async fn a_relative_path_is_an_image_reference_not_a_file() {
+        assert!(
+            Path::new("Cargo.toml").is_file(),
+            "run from the package directory"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let state = StateRoot::at(d.path());
+        let e = open_source("Cargo.toml", &state, &d.path().join("t"), false, None)
+            .await
+            .unwrap_err();
+        assert!(!matches!(e, Error::Archive(_)), "read as an archive: {e:?}");
+        let abs = std::path::absolute("Cargo.toml").unwrap();
+        let e = open_source(
+            abs.to_str().unwrap(),
+            &state,
+            &d.path().join("t"),
+            false,
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::Archive(_)),
+            "an absolute path is a file: {e:?}"
         );
     }
 }
