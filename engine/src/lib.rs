@@ -18,7 +18,7 @@ pub mod inspect;
 pub mod oci;
 pub mod options;
 pub mod policy;
-pub mod process;
+pub(crate) mod process;
 pub mod report;
 pub mod rootfs;
 pub(crate) mod tar;
@@ -84,8 +84,9 @@ impl Engine {
         process::dump(&self.criu, Some(&self.version), opts, handler).await
     }
 
-    /// Pre-dumps a process tree's memory for a later incremental dump (see
-    /// [`process::pre_dump`]); fails with [`Error::Unsupported`] without soft-dirty tracking.
+    /// Pre-dumps a process tree's memory (the tree left running, memory changes tracked from
+    /// now on) for a later incremental [`Engine::dump`] whose `parent_images` points there;
+    /// fails with [`Error::Unsupported`] without soft-dirty tracking, before touching the tree.
     pub async fn pre_dump(&self, opts: &CheckpointOptions) -> Result<DumpReport> {
         process::pre_dump(&self.criu, Some(&self.version), opts, &mut AckAll).await
     }
