@@ -282,7 +282,7 @@ impl Session {
         );
         let watched = async {
             tokio::select! {
-                r = until_worker_exits(exchange, self.exit_watch.as_ref(), self.child.as_mut(), worker, req_type) => r,
+                r = until_worker_exits(exchange, self.exit_watch.as_ref(), self.child.as_mut(), req_type) => r,
                 () = break_failed_restore_deadlock(worker, &root, &broke_deadlock) => {
                     unreachable!("the deadlock watch never returns")
                 }
@@ -602,21 +602,20 @@ async fn until_worker_exits<F>(
     exchange: F,
     exit_watch: Option<&AsyncFd<OwnedFd>>,
     child: Option<&mut Child>,
-    worker: Option<u32>,
     req_type: CriuReqType,
 ) -> Result<CriuResp, CriuError>
 where
     F: std::future::Future<Output = Result<CriuResp, CriuError>>,
 {
     let exited = async {
-        match (exit_watch, worker, child) {
-            (Some(watch), Some(pid), _) => {
+        match (exit_watch, child) {
+            (Some(watch), _) => {
                 let _ = watch.readable().await;
-                Some(unreaped_exit_status(pid))
+                Some(unreaped_exit_status(watch))
             }
             // No pidfd: watched by reaping it.
-            (None, _, Some(child)) => Some(child.wait().await.ok()),
-            _ => None,
+            (None, Some(child)) => Some(child.wait().await.ok()),
+            (None, None) => None,
         }
     };
     tokio::pin!(exchange);
@@ -646,21 +645,26 @@ fn watch_exit(pid: u32) -> std::io::Result<AsyncFd<OwnedFd>> {
 
 /// Whether the process behind `pidfd` has exited (it stays unreaped).
 fn has_exited(pidfd: &AsyncFd<OwnedFd>) -> bool {
-    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    use nix::sys::wait::WaitStatus;
     matches!(
-        waitid(Id::PIDFd(pidfd.get_ref().as_fd()), flags),
+        peek(pidfd),
         Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
     )
 }
 
-/// How an exited, not yet reaped child ended (its zombie stays).
-fn unreaped_exit_status(pid: u32) -> Option<ExitStatus> {
-    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-    use std::os::unix::process::ExitStatusExt;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
+/// The child behind `pidfd` as its parent sees it, without reaping it: `StillAlive` while it
+/// runs, `Exited`/`Signaled` once it is a zombie, `Err` (ECHILD) once anyone has reaped it.
+fn peek(pidfd: &AsyncFd<OwnedFd>) -> nix::Result<nix::sys::wait::WaitStatus> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-    match waitid(Id::Pid(pid), flags).ok()? {
+    waitid(Id::PIDFd(pidfd.get_ref().as_fd()), flags)
+}
+
+/// How an exited, not yet reaped child ended (its zombie stays).
+fn unreaped_exit_status(pidfd: &AsyncFd<OwnedFd>) -> Option<ExitStatus> {
+    use nix::sys::wait::WaitStatus;
+    use std::os::unix::process::ExitStatusExt;
+    match peek(pidfd).ok()? {
         WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
         WaitStatus::Signaled(_, sig, core) => Some(ExitStatus::from_raw(
             sig as i32 | if core { 0x80 } else { 0 },
@@ -675,12 +679,10 @@ fn unreaped_exit_status(pid: u32) -> Option<ExitStatus> {
 /// may have reaped the worker, and its pid may name someone else by now.
 /// `leader` is the worker's pid as spawned (the pidfd's process).
 fn kill_group(pidfd: Option<&AsyncFd<OwnedFd>>, leader: Option<u32>) {
-    use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let (Some(fd), Some(pgid)) = (pidfd, leader.and_then(|p| i32::try_from(p).ok())) else {
         return;
     };
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-    if waitid(Id::PIDFd(fd.get_ref().as_fd()), flags).is_err() {
+    if peek(fd).is_err() {
         return; // ECHILD: reaped already, by someone else
     }
     let _ = nix::sys::signal::killpg(

@@ -422,14 +422,8 @@ fn own_oom_score_adj() -> i64 {
 /// Whether this process has CAP_SYS_RESOURCE in its effective set.
 fn may_lower_oom_scores() -> bool {
     const CAP_SYS_RESOURCE: u32 = 24;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+    cpengine::container::exec::confinement_of(std::process::id() as i32)
+        .is_ok_and(|c| c.cap_eff & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 fn annotations(i: &SpecInput<'_>) -> Map {
