@@ -646,6 +646,10 @@ where
 /// The image the standalone fixtures import (the two-layer busybox of [`import_busybox`]).
 pub const BUSYBOX: &str = "docker.io/library/busybox:latest";
 
+/// A CRI container's counter: increments `i` every 0.1 s into /tmp/counter, printing nothing.
+pub const QUIET_COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+
 /// A pod sandbox run over CRI, with the client and the config it was run with (containers in
 /// it are created with that config as their sandbox config). What the pod holds is torn down
 /// with the runtime that runs it ([`Shim`]'s or containerd's guard) when a test ends early.

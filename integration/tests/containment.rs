@@ -265,7 +265,7 @@ async fn a_shim_restored_container_is_contained_and_exec_sync_is_confined() {
     use k8s_cri::v1 as pb;
     let f = ShimPod::start("contain", pb::NamespaceMode::Pod).await;
     let mut rt = f.rt.clone();
-    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+    let script = QUIET_COUNTER;
     let ctr = f
         .pod
         .start(container_config("counter", "busybox", script))

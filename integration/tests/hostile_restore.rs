@@ -463,7 +463,7 @@ async fn the_shim_refuses_a_hostile_archive_and_honours_the_restore_mode() {
     use k8s_cri::v1 as pb;
     let f = ShimPod::start("hostile", pb::NamespaceMode::Pod).await;
     let mut rt = f.rt.clone();
-    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+    let script = QUIET_COUNTER;
     let ctr = f
         .pod
         .start(container_config("counter", "busybox", script))

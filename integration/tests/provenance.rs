@@ -284,7 +284,7 @@ async fn the_shim_requiring_signatures_restores_its_own_archives_only() {
     let logs = scratch("cpe-podlogs-");
     let pod_cfg = pod_config("signed", logs.path(), pb::NamespaceMode::Pod);
     let pod = run_pod(&mut rt, pod_cfg.clone()).await;
-    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+    let script = QUIET_COUNTER;
     let ctr = create_start(
         &mut rt,
         &pod,

@@ -10,7 +10,7 @@ use cpengine_integration::cri::*;
 use cpengine_integration::*;
 use k8s_cri::v1 as pb;
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done";
+const COUNTER: &str = cpengine_integration::cri::QUIET_COUNTER;
 /// Containers checkpointed at once.
 const CONTAINERS: usize = 8;
 
